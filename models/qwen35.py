@@ -1,0 +1,333 @@
+"""Qwen3.5 text decoder, shaped for export.
+
+Attribute names follow transformers' `Qwen3_5ForCausalLM`, so checkpoint keys map almost one to one
+(`model.layers.{i}.linear_attn.in_proj_qkv.weight`, `...self_attn.q_proj.weight`, ...). All decoding state lives in
+buffers of fixed shape, so one `forward(tokens, input_pos)` serves prefill (T > 1) and decode (T == 1) eagerly and
+under `torch.export`:
+
+  * full-attention layers: `k_cache`, `v_cache` [B, n_kv, max_seq_len, head_dim] holding post-norm, post-RoPE keys;
+  * delta-net layers: `conv_state` [B, conv_dim, kernel-1] of raw pre-conv inputs and `recurrent_state`
+    [B, n_v, d_k, d_v] in float32.
+
+The caller owns positions: `input_pos` holds the absolute positions of `tokens`. `reset()` zeroes every state; a new
+sequence must start with it, since stale delta-net state leaks silently.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import Qwen35Config
+from .gated_delta import IMPLS, gated_delta_rule
+
+
+DEFAULT_MAX_SEQ_LEN = 2048
+
+
+def default_max_seq_len(config: Qwen35Config) -> int:
+    """Cache length when none is asked for: 2048, or less if the model itself is shorter."""
+    return min(DEFAULT_MAX_SEQ_LEN, config.max_position_embeddings)
+
+
+class Qwen35RMSNorm(nn.Module):
+    """Offset RMSNorm: y = x_hat * (1 + w), w initialised to 0, computed in fp32."""
+
+    def __init__(self, dim: int, eps: float = 1e-6):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.zeros(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xf = x.float()
+        xf = xf * torch.rsqrt((xf * xf).mean(-1, keepdim=True) + self.eps)
+        return (xf * (1.0 + self.weight.float())).type_as(x)
+
+
+class Qwen35RMSNormGated(nn.Module):
+    """Gated RMSNorm at the delta-net output: y = (w * x_hat) * silu(z); plain w (initialised to 1), norm first."""
+
+    def __init__(self, dim: int, eps: float = 1e-6):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
+        dtype = x.dtype
+        xf = x.float()
+        xf = xf * torch.rsqrt((xf * xf).mean(-1, keepdim=True) + self.eps)
+        y = self.weight * xf.to(dtype)
+        return (y * F.silu(gate.float())).to(dtype)
+
+
+class Qwen35MLP(nn.Module):
+    def __init__(self, hidden: int, intermediate: int):
+        super().__init__()
+        self.gate_proj = nn.Linear(hidden, intermediate, bias=False)
+        self.up_proj = nn.Linear(hidden, intermediate, bias=False)
+        self.down_proj = nn.Linear(intermediate, hidden, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class Qwen35GatedDeltaNet(nn.Module):
+    """Gated DeltaNet mixer: projections, causal depthwise conv + SiLU, gates, delta rule, gated norm, out_proj."""
+
+    def __init__(self, config: Qwen35Config, gdn_impl: str = "op"):
+        super().__init__()
+        self.num_k_heads = config.linear_num_key_heads
+        self.num_v_heads = config.linear_num_value_heads
+        self.head_k_dim = config.linear_key_head_dim
+        self.head_v_dim = config.linear_value_head_dim
+        self.key_dim = self.num_k_heads * self.head_k_dim
+        self.value_dim = self.num_v_heads * self.head_v_dim
+        self.conv_dim = config.conv_dim
+        self.conv_kernel_size = config.linear_conv_kernel_dim
+        self.gdn_impl = gdn_impl
+
+        self.in_proj_qkv = nn.Linear(config.hidden_size, self.conv_dim, bias=False)
+        self.in_proj_z = nn.Linear(config.hidden_size, self.value_dim, bias=False)
+        self.in_proj_b = nn.Linear(config.hidden_size, self.num_v_heads, bias=False)
+        self.in_proj_a = nn.Linear(config.hidden_size, self.num_v_heads, bias=False)
+        self.conv1d = nn.Conv1d(self.conv_dim, self.conv_dim, self.conv_kernel_size, groups=self.conv_dim, bias=False)
+        self.dt_bias = nn.Parameter(torch.ones(self.num_v_heads))
+        self.A_log = nn.Parameter(torch.zeros(self.num_v_heads))
+        self.norm = Qwen35RMSNormGated(self.head_v_dim, eps=config.rms_norm_eps)
+        self.out_proj = nn.Linear(self.value_dim, config.hidden_size, bias=False)
+
+    def setup_state(self, batch_size: int, dtype: torch.dtype) -> None:
+        # 3 raw columns suffice for a width-4 filter; transformers keeps 4.
+        conv = torch.zeros(batch_size, self.conv_dim, self.conv_kernel_size - 1, dtype=dtype)
+        rec = torch.zeros(batch_size, self.num_v_heads, self.head_k_dim, self.head_v_dim, dtype=torch.float32)
+        self.register_buffer("conv_state", conv, persistent=False)
+        self.register_buffer("recurrent_state", rec, persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, _ = x.shape
+        mixed = self.in_proj_qkv(x).transpose(1, 2)  # [B,conv_dim,T]
+        z = self.in_proj_z(x)  # [B,T,Hv*V]
+        beta = self.in_proj_b(x).float().sigmoid()  # [B,T,Hv]
+        # fp32 island: exp(A_log) overflows in fp16.
+        g = -self.A_log.float().exp() * F.softplus(self.in_proj_a(x).float() + self.dt_bias.float())  # [B,T,Hv]
+
+        window = torch.cat([self.conv_state, mixed.to(self.conv_state.dtype)], dim=-1)  # [B,conv_dim,K-1+T]
+        self.conv_state.copy_(window[:, :, -(self.conv_kernel_size - 1):])
+        conv = F.conv1d(window.to(self.conv1d.weight.dtype), self.conv1d.weight, groups=self.conv_dim)  # [B,conv_dim,T]
+        mixed = F.silu(conv).to(x.dtype).transpose(1, 2)  # [B,T,conv_dim]
+
+        q, k, v = torch.split(mixed, [self.key_dim, self.key_dim, self.value_dim], dim=-1)
+        q = q.reshape(b, t, self.num_k_heads, self.head_k_dim)  # [B,T,Hk,K]
+        k = k.reshape(b, t, self.num_k_heads, self.head_k_dim)  # [B,T,Hk,K]
+        v = v.reshape(b, t, self.num_v_heads, self.head_v_dim)  # [B,T,Hv,V]
+        out = gated_delta_rule(q, k, v, g, beta, self.recurrent_state, impl=self.gdn_impl)  # [B,T,Hv,V]
+
+        out = self.norm(out.reshape(b, t, self.num_v_heads, self.head_v_dim),
+                        z.reshape(b, t, self.num_v_heads, self.head_v_dim))  # [B,T,Hv,V]
+        return self.out_proj(out.reshape(b, t, self.value_dim))  # [B,T,h]
+
+
+class Qwen35Attention(nn.Module):
+    """Gated full attention: q/k norms, partial NeoX RoPE, GQA over a static KV cache, sigmoid output gate."""
+
+    def __init__(self, config: Qwen35Config):
+        super().__init__()
+        self.num_heads = config.num_attention_heads
+        self.num_kv_heads = config.num_key_value_heads
+        self.head_dim = config.head_dim
+        self.rotary_dim = config.rotary_dim
+        h = config.hidden_size
+        # q_proj carries query and output gate interleaved per head: [q_0 | gate_0 | q_1 | gate_1 | ...].
+        self.q_proj = nn.Linear(h, self.num_heads * self.head_dim * 2, bias=False)
+        self.k_proj = nn.Linear(h, self.num_kv_heads * self.head_dim, bias=False)
+        self.v_proj = nn.Linear(h, self.num_kv_heads * self.head_dim, bias=False)
+        self.o_proj = nn.Linear(self.num_heads * self.head_dim, h, bias=False)
+        self.q_norm = Qwen35RMSNorm(self.head_dim, eps=config.rms_norm_eps)
+        self.k_norm = Qwen35RMSNorm(self.head_dim, eps=config.rms_norm_eps)
+
+    def setup_state(self, batch_size: int, max_seq_len: int, dtype: torch.dtype) -> None:
+        shape = (batch_size, self.num_kv_heads, max_seq_len, self.head_dim)
+        self.register_buffer("k_cache", torch.zeros(shape, dtype=dtype), persistent=False)
+        self.register_buffer("v_cache", torch.zeros(shape, dtype=dtype), persistent=False)
+
+    def _rope(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        """NeoX half-split rotation of the first rotary_dim dims; the rest pass through. x: [B,H,T,D]; cos/sin [T,R]."""
+        rot, rest = x[..., : self.rotary_dim], x[..., self.rotary_dim:]
+        half = self.rotary_dim // 2
+        rotated = torch.cat([-rot[..., half:], rot[..., :half]], dim=-1)
+        return torch.cat([rot * cos + rotated * sin, rest], dim=-1)
+
+    def forward(self, x, input_pos, cos, sin, mask) -> torch.Tensor:
+        b, t, _ = x.shape
+        qg = self.q_proj(x).reshape(b, t, self.num_heads, 2 * self.head_dim)  # [B,T,Hq,2D]
+        q, gate = qg[..., : self.head_dim], qg[..., self.head_dim:]  # [B,T,Hq,D] each
+        gate = gate.reshape(b, t, self.num_heads * self.head_dim)  # [B,T,Hq*D]
+        q = self.q_norm(q).transpose(1, 2)  # [B,Hq,T,D]
+        k = self.k_norm(self.k_proj(x).reshape(b, t, self.num_kv_heads, self.head_dim)).transpose(1, 2)  # [B,Hkv,T,D]
+        v = self.v_proj(x).reshape(b, t, self.num_kv_heads, self.head_dim).transpose(1, 2)  # [B,Hkv,T,D]
+        q, k = self._rope(q, cos, sin), self._rope(k, cos, sin)
+
+        self.k_cache.index_copy_(2, input_pos, k.to(self.k_cache.dtype))
+        self.v_cache.index_copy_(2, input_pos, v.to(self.v_cache.dtype))
+        keys = self.k_cache.to(q.dtype)  # [B,Hkv,S,D]
+        values = self.v_cache.to(q.dtype)
+        group = self.num_heads // self.num_kv_heads
+        if group > 1:
+            keys = keys.repeat_interleave(group, dim=1)  # [B,Hq,S,D]; query head i reads kv head i // group
+            values = values.repeat_interleave(group, dim=1)
+        attn = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)  # [B,Hq,T,D]
+        attn = attn.transpose(1, 2).reshape(b, t, self.num_heads * self.head_dim)  # [B,T,Hq*D]
+        return self.o_proj(attn * torch.sigmoid(gate))
+
+
+class Qwen35DecoderLayer(nn.Module):
+    def __init__(self, config: Qwen35Config, layer_type: str, gdn_impl: str):
+        super().__init__()
+        self.layer_type = layer_type
+        if layer_type == "linear_attention":
+            self.linear_attn = Qwen35GatedDeltaNet(config, gdn_impl)
+        else:
+            self.self_attn = Qwen35Attention(config)
+        self.mlp = Qwen35MLP(config.hidden_size, config.intermediate_size)
+        self.input_layernorm = Qwen35RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.post_attention_layernorm = Qwen35RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+
+    def forward(self, x, input_pos, cos, sin, mask):
+        h = self.input_layernorm(x)
+        if self.layer_type == "linear_attention":
+            h = self.linear_attn(h)
+        else:
+            h = self.self_attn(h, input_pos, cos, sin, mask)
+        x = x + h
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class Qwen35Model(nn.Module):
+    def __init__(self, config: Qwen35Config, gdn_impl: str):
+        super().__init__()
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.layers = nn.ModuleList(Qwen35DecoderLayer(config, lt, gdn_impl) for lt in config.layer_types)
+        self.norm = Qwen35RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+
+
+class Qwen35ForCausalLM(nn.Module):
+    """Qwen3.5 text decoder with fixed-size state for export.
+
+    forward(tokens [B,T] int64, input_pos [T] int64) -> logits [B,T,vocab] (float32 unless the model is cast).
+    """
+
+    def __init__(self, config: Qwen35Config, *, max_seq_len: int | None = None, max_batch_size: int = 1,
+                 gdn_impl: str = "op", dtype: torch.dtype = torch.float32):
+        super().__init__()
+        max_seq_len = default_max_seq_len(config) if max_seq_len is None else max_seq_len
+        if gdn_impl not in IMPLS:
+            raise ValueError(f"gdn_impl={gdn_impl!r}; expected one of {IMPLS}")
+        if max_seq_len > config.max_position_embeddings:
+            raise ValueError(f"max_seq_len={max_seq_len} exceeds the model's max_position_embeddings="
+                             f"{config.max_position_embeddings}")
+        self.config = config
+        self.max_seq_len = max_seq_len
+        self.max_batch_size = max_batch_size
+        self.model = Qwen35Model(config, gdn_impl)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        if config.tie_word_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight  # stored once
+        self.setup_caches(max_batch_size, max_seq_len, dtype)
+
+    @property
+    def gdn_impl(self) -> str:
+        return next((m.gdn_impl for m in self.modules() if isinstance(m, Qwen35GatedDeltaNet)), "op")
+
+    def set_gdn_impl(self, impl: str) -> "Qwen35ForCausalLM":
+        if impl not in IMPLS:
+            raise ValueError(f"gdn_impl={impl!r}; expected one of {IMPLS}")
+        for m in self.modules():
+            if isinstance(m, Qwen35GatedDeltaNet):
+                m.gdn_impl = impl
+        return self
+
+    def setup_caches(self, max_batch_size: int, max_seq_len: int, dtype: torch.dtype | None = None) -> None:
+        """(Re)allocate every state buffer and the RoPE tables on the CPU. Cache dtype defaults to the weights'."""
+        cfg = self.config
+        if dtype is None:
+            dtype = self.model.norm.weight.dtype
+        self.max_batch_size, self.max_seq_len = max_batch_size, max_seq_len
+        for layer in self.model.layers:
+            if layer.layer_type == "linear_attention":
+                layer.linear_attn.setup_state(max_batch_size, dtype)
+            else:
+                layer.self_attn.setup_state(max_batch_size, max_seq_len, dtype)
+        rot = cfg.rotary_dim
+        inv_freq = 1.0 / (cfg.rope_theta ** (torch.arange(0, rot, 2, dtype=torch.float32) / rot))  # [R/2]
+        # Text-only mRoPE: the T, H and W rows are equal, so it is plain 1-D RoPE over all positions.
+        freqs = torch.arange(max_seq_len, dtype=torch.float32)[:, None] * inv_freq[None, :]  # [S,R/2]
+        emb = torch.cat([freqs, freqs], dim=-1)  # [S,R]
+        self.register_buffer("rope_cos", emb.cos(), persistent=False)
+        self.register_buffer("rope_sin", emb.sin(), persistent=False)
+
+    @torch.no_grad()
+    def reset(self) -> None:
+        """Zero every state: KV caches, conv states, recurrent states."""
+        for name, buf in self.named_buffers():
+            if name.endswith(("_cache", "_state")):
+                buf.zero_()
+
+    def forward(self, tokens: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
+        if not torch.compiler.is_compiling():
+            self._check_inputs(tokens, input_pos)
+        x = self.model.embed_tokens(tokens)  # [B,T,h]
+        cos = self.rope_cos[input_pos].to(x.dtype)  # [T,R]
+        sin = self.rope_sin[input_pos].to(x.dtype)
+        # Causal mask over the whole static cache: query at position p sees cache slots 0..p.
+        slots = torch.arange(self.max_seq_len, device=tokens.device)
+        mask = slots[None, :] <= input_pos[:, None]  # [T,S] bool
+        for layer in self.model.layers:
+            x = layer(x, input_pos, cos, sin, mask)
+        return self.lm_head(self.model.norm(x))  # [B,T,vocab]
+
+    def _check_inputs(self, tokens: torch.Tensor, input_pos: torch.Tensor) -> None:
+        if tokens.dim() != 2 or input_pos.dim() != 1 or tokens.shape[1] != input_pos.shape[0]:
+            raise ValueError(f"forward(tokens [B,T], input_pos [T]): got tokens {tuple(tokens.shape)}, "
+                             f"input_pos {tuple(input_pos.shape)}")
+        if tokens.shape[0] != self.max_batch_size:
+            raise ValueError(f"tokens has batch {tokens.shape[0]} but the caches hold max_batch_size="
+                             f"{self.max_batch_size}; call setup_caches() to resize")
+        if input_pos.numel() and int(input_pos.max()) >= self.max_seq_len:
+            raise ValueError(f"position {int(input_pos.max())} is past the cache: max_seq_len={self.max_seq_len} "
+                             f"(prompt plus generated tokens must fit; raise max_seq_len)")
+
+    # Loading ------------------------------------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(cls, path: str | Path, *, dtype: torch.dtype = torch.float32, max_seq_len: int | None = None,
+                        max_batch_size: int = 1, gdn_impl: str = "op") -> "Qwen35ForCausalLM":
+        """Load a local Hugging Face folder (CausalLM or ConditionalGeneration, safetensors only). See weights.py."""
+        from .weights import load_pretrained
+
+        return load_pretrained(cls, path, dtype=dtype, max_seq_len=max_seq_len, max_batch_size=max_batch_size,
+                               gdn_impl=gdn_impl)
+
+    @classmethod
+    def from_preset(cls, name: str, **kwargs) -> "Qwen35ForCausalLM":
+        """Random-initialised model of a preset shape (tests and benchmarks)."""
+        return cls(Qwen35Config.from_preset(name), **kwargs)
+
+    @torch.no_grad()
+    def generate(self, prompt: list[int], max_new_tokens: int, stop_ids: tuple[int, ...] = ()) -> list[int]:
+        """Greedy generation from a fresh state: one prefill call, then one call per token."""
+        if len(prompt) + max_new_tokens > self.max_seq_len:
+            raise ValueError(f"prompt ({len(prompt)} tokens) + max_new_tokens ({max_new_tokens}) exceeds "
+                             f"max_seq_len={self.max_seq_len}")
+        self.reset()
+        tokens = torch.tensor([prompt])
+        logits = self(tokens, torch.arange(len(prompt)))
+        out: list[int] = []
+        for i in range(max_new_tokens):
+            nxt = int(logits[0, -1].argmax())
+            out.append(nxt)
+            if nxt in stop_ids:
+                break
+            logits = self(torch.tensor([[nxt]]), torch.tensor([len(prompt) + i]))
+        return out

@@ -1,0 +1,152 @@
+"""Hugging Face checkpoint -> Qwen35ForCausalLM: one flat key map, a short ignore list, loud errors.
+
+Reads `config.json` and `model.safetensors` or shards listed in `model.safetensors.index.json`. Tensors are read one
+at a time from memory-mapped safetensors and assigned straight into a model built on the meta device, so peak memory
+is the final model plus one tensor. Pickle checkpoints (`*.bin`, `*.pt`) are never loaded.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+
+from .config import Qwen35Config
+
+# Real Qwen3.5 releases are Qwen3_5ForConditionalGeneration: text keys sit under `model.language_model.`.
+TEXT_PREFIXES = ("model.language_model.", "model.")
+
+# Keys we skip on purpose, with the reason. Anything else that does not map is an error.
+IGNORED = (
+    (re.compile(r"^model\.visual\."), "vision tower: text-only export"),
+    (re.compile(r"^mtp\."), "multi-token-prediction head: only used for self-speculative decoding"),
+    (re.compile(r"rotary_emb\.inv_freq$"), "RoPE tables are recomputed from the config"),
+)
+
+# Small parameters kept in fp32 whatever the requested dtype: the gate math runs in fp32 (exp(A_log) overflows fp16).
+FP32_PARAMS = re.compile(r"\.(A_log|dt_bias)$")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint folder or file that cannot be loaded as the model its config describes."""
+
+
+def checkpoint_files(path: Path) -> dict[str, Path]:
+    """Map every tensor key to the safetensors file that holds it."""
+    index = path / "model.safetensors.index.json"
+    single = path / "model.safetensors"
+    if index.is_file():
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+        except (json.JSONDecodeError, KeyError) as err:
+            raise CheckpointError(f"{index}: not a safetensors index ({type(err).__name__}: {err})") from None
+        files = {key: path / name for key, name in weight_map.items()}
+        for f in sorted(set(files.values())):
+            if not f.is_file():
+                raise CheckpointError(f"{index} lists shard {f.name}, which is missing")
+        return files
+    if single.is_file():
+        with _open(single) as f:
+            return {key: single for key in f.keys()}
+    shards = sorted(path.glob("*.safetensors"))
+    if shards:
+        raise CheckpointError(f"{path}: found {[s.name for s in shards]} but no model.safetensors.index.json")
+    pickles = sorted(p.name for p in path.iterdir() if p.suffix in (".bin", ".pt", ".pth"))
+    if pickles:
+        raise CheckpointError(f"{path}: only pickle checkpoints {pickles}; pickles are never loaded, "
+                              "convert them to safetensors first")
+    raise CheckpointError(f"{path}: no model.safetensors or model.safetensors.index.json")
+
+
+def _open(file: Path):
+    try:
+        return safe_open(str(file), framework="pt", device="cpu")
+    except (SafetensorError, OSError, ValueError) as err:
+        raise CheckpointError(f"{file}: cannot be read as safetensors (truncated or corrupt?): {err}") from None
+
+
+def map_key(key: str) -> str | None:
+    """Checkpoint key -> our parameter name, or None if the key is on the ignore list."""
+    for pattern, _reason in IGNORED:
+        if pattern.search(key):
+            return None
+    if key == "lm_head.weight":
+        return key
+    for prefix in TEXT_PREFIXES:
+        if key.startswith(prefix):
+            return "model." + key[len(prefix):]
+    return key  # unknown: the caller reports it
+
+
+def load_pretrained(cls, path, *, dtype=torch.float32, max_seq_len=None, max_batch_size=1, gdn_impl="op"):
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"checkpoint folder {path} does not exist")
+    config = Qwen35Config.from_json(path)
+    files = checkpoint_files(path)
+
+    from .qwen35 import default_max_seq_len
+
+    max_seq_len = default_max_seq_len(config) if max_seq_len is None else max_seq_len
+    if max_seq_len > config.max_position_embeddings:
+        raise ValueError(f"max_seq_len={max_seq_len} exceeds max_position_embeddings="
+                         f"{config.max_position_embeddings} in {path / 'config.json'}")
+    with torch.device("meta"):  # parameters cost nothing until the checkpoint's tensors are assigned
+        model = cls(config, max_seq_len=1, max_batch_size=max_batch_size, gdn_impl=gdn_impl)
+    expected = dict(model.named_parameters())  # a tied table appears once, as model.embed_tokens.weight
+    loaded: dict[str, torch.Tensor] = {}
+    by_file: dict[Path, list[str]] = {}
+    for key, file in files.items():
+        by_file.setdefault(file, []).append(key)
+
+    for file, keys in sorted(by_file.items()):
+        with _open(file) as f:
+            for key in sorted(keys):
+                name = map_key(key)
+                if name is None:
+                    continue
+                if name == "lm_head.weight" and config.tie_word_embeddings:
+                    continue  # tied: the embedding is the output matrix
+                if name.endswith("linear_attn.conv1d.bias"):
+                    _require_zero_bias(f, key, file)
+                    continue
+                if name not in expected:
+                    raise CheckpointError(f"{file.name}: unexpected tensor '{key}' (maps to '{name}', which this "
+                                          "model does not have); the config and the checkpoint disagree")
+                try:
+                    tensor = f.get_tensor(key)
+                except (SafetensorError, OSError, ValueError) as err:
+                    raise CheckpointError(f"{file}: tensor '{key}' cannot be read (truncated or corrupt?): {err}") \
+                        from None
+                want = tuple(expected[name].shape)
+                if tuple(tensor.shape) != want:
+                    raise CheckpointError(f"{file.name}: tensor '{key}' has shape {tuple(tensor.shape)}, expected "
+                                          f"{want} from {path / 'config.json'}")
+                target = torch.float32 if FP32_PARAMS.search(name) else dtype
+                loaded[name] = tensor.to(target)
+
+    missing = sorted(set(expected) - set(loaded))
+    if missing:
+        raise CheckpointError(f"{path}: tensor '{_hf_name(missing[0], files)}' is missing from the checkpoint"
+                              + (f" ({len(missing) - 1} more missing)" if len(missing) > 1 else ""))
+    model.load_state_dict(loaded, strict=False, assign=True)
+    if config.tie_word_embeddings:
+        model.lm_head.weight = model.model.embed_tokens.weight
+    model.setup_caches(max_batch_size, max_seq_len, dtype)
+    return model.eval().requires_grad_(False)
+
+
+def _require_zero_bias(f, key: str, file: Path) -> None:
+    # Qwen3.5's conv has no bias; a zero one (some converters write it) is harmless, anything else is not ours.
+    if f.get_tensor(key).abs().max() != 0:
+        raise CheckpointError(f"{file.name}: tensor '{key}' is a non-zero conv bias, which Qwen3.5 does not have")
+
+
+def _hf_name(name: str, files: dict[str, Path]) -> str:
+    """Our name -> the key a checkpoint of this layout would use (for error messages)."""
+    if any(k.startswith("model.language_model.") for k in files) and name.startswith("model."):
+        return "model.language_model." + name[len("model."):]
+    return name
