@@ -6,6 +6,7 @@
 //                        Tensor(b!) out) -> Tensor(b!)
 // The emitter passes 7 arguments, `out`, and a slot for the returned value.
 #include <executorch/runtime/core/evalue.h>
+#include <executorch/runtime/core/event_tracer_hooks.h>
 #include <executorch/runtime/core/exec_aten/util/tensor_util.h>
 #include <executorch/runtime/kernel/kernel_runtime_context.h>
 #include <executorch/runtime/kernel/operator_registry.h>
@@ -56,6 +57,9 @@ struct Desc {
 };
 
 void gated_delta_rule_out_boxed(KernelRuntimeContext& ctx, Span<EValue*> stack) {
+  // A profiling event named after this kernel: an ETDump that contains it proves
+  // the native kernel ran (tests/runtime/test_pte.py checks for it).
+  ::executorch::runtime::internal::EventTracerProfileOpScope scope(ctx.internal_event_tracer(), kOpName);
   if (stack.size() != kStackSize) {
     ET_LOG(Error, "%s: expected %zu stack values (7 arguments, out, return), got %zu", kOpName, kStackSize,
            static_cast<size_t>(stack.size()));
