@@ -20,7 +20,7 @@ const char* isa_name_generic();
 namespace {
 
 // Chunk size for T > 1, chosen by measurement (bench/bench_gated_delta.py --sweep-chunk).
-constexpr int64_t kDefaultChunk = 64;
+constexpr int64_t kDefaultChunk = 16;
 std::atomic<int64_t> g_chunk{0};
 std::atomic<int32_t> g_force_portable{-1};  // -1: read QWEN35_GDR_ISA once
 

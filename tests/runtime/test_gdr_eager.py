@@ -23,13 +23,14 @@ def _case(reason, B, T, Hk, Hv, K, V, dtype=torch.float32, gate="mid", l2=True):
     return pytest.param(B, T, Hk, Hv, K, V, dtype, gate, l2, id=_id(B, T, Hk, Hv, K, V, dtype, gate, l2))
 
 
-# Each shape is here for the branch it hits (chunk = 64, AVX2 vector = 8 floats, column block = 32).
+# Each shape is here for the branch it hits (tuned chunk C = 16, also the reference chunk 64 boundaries;
+# AVX2 vector = 8 floats; decode column block = 32; GEMM tile = 4 rows x 16 columns).
 CASES = [
     _case("decode branch (fused T=1 step)", 2, 1, 2, 4, 128, 128),
-    _case("smallest chunked prefill: one chunk of 2, mostly 'padding'", 2, 2, 2, 4, 128, 128),
-    _case("T < chunk: single ragged chunk", 2, 63, 2, 4, 128, 128),
-    _case("T == chunk: one exact chunk", 2, 64, 2, 4, 128, 128),
-    _case("T = chunk + 1: second chunk of one token", 2, 65, 2, 4, 128, 128),
+    _case("smallest chunked prefill: one ragged chunk of 2", 2, 2, 2, 4, 128, 128),
+    _case("63 = 3 chunks of 16 + ragged 15 (and < reference chunk 64)", 2, 63, 2, 4, 128, 128),
+    _case("64: exact multiple of every chunk size", 2, 64, 2, 4, 128, 128),
+    _case("65: a last chunk of one token (n = 1 GEMMs, empty substitution)", 2, 65, 2, 4, 128, 128),
     _case("several chunks and a ragged tail", 2, 130, 2, 4, 128, 128),
     _case("long prefill (benchmark length), 8 chunks of carried state", 2, 512, 2, 4, 128, 128),
     _case("Hv == Hk (0.8B/2B head layout), decode", 2, 1, 4, 4, 128, 128),
