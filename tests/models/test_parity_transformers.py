@@ -28,24 +28,30 @@ def token_ids(n: int, vocab: int, seed: int = 0) -> torch.Tensor:
     return torch.randint(0, vocab, (1, n), generator=torch.Generator().manual_seed(seed))
 
 
+# "op": our native kernel (the default, what export uses); "reference": the pure-PyTorch references.
+IMPLS = ["op", "reference"]
+
+
 @pytest.fixture(scope="module")
 def loaded(hf_checkpoint):
     cache = {}
 
-    def get(kind, regime, tied):
+    def get(kind, regime, tied, impl="reference"):
         key = (kind, regime, tied)
         if key not in cache:
             folder, hf = hf_checkpoint(kind, regime, tied)
             ours = Qwen35ForCausalLM.from_pretrained(folder, max_seq_len=256, gdn_impl="reference")
             cache[key] = (ours, hf)
-        return cache[key]
+        ours, hf = cache[key]
+        return ours.set_gdn_impl(impl), hf
 
     return get
 
 
+@pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("kind,regime,tied", CHECKPOINTS)
-def test_prefill_logits_match(loaded, kind, regime, tied):
-    ours, hf = loaded(kind, regime, tied)
+def test_prefill_logits_match(loaded, kind, regime, tied, impl):
+    ours, hf = loaded(kind, regime, tied, impl)
     ids = token_ids(max(PREFILL_LENGTHS), ours.config.vocab_size)
     expected = hf_logits(hf, ids)
     for t in PREFILL_LENGTHS:
@@ -56,9 +62,10 @@ def test_prefill_logits_match(loaded, kind, regime, tied):
         torch.testing.assert_close(got, expected[:, :t], atol=LOGITS_ATOL, rtol=0, msg=lambda m: f"T={t}: {m}")
 
 
+@pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("kind,regime,tied", CHECKPOINTS)
-def test_decode_after_prefill_matches(loaded, kind, regime, tied):
-    ours, hf = loaded(kind, regime, tied)
+def test_decode_after_prefill_matches(loaded, kind, regime, tied, impl):
+    ours, hf = loaded(kind, regime, tied, impl)
     prefill, steps = 65, 32
     ids = token_ids(prefill + steps, ours.config.vocab_size, seed=1)
     expected = hf_logits(hf, ids)
@@ -71,9 +78,10 @@ def test_decode_after_prefill_matches(loaded, kind, regime, tied):
                                        msg=lambda m: f"decode step at position {i}: {m}")
 
 
+@pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("kind,regime,tied", CHECKPOINTS[:3])
-def test_prefill_equals_single_token_steps(loaded, kind, regime, tied):
-    ours, _ = loaded(kind, regime, tied)
+def test_prefill_equals_single_token_steps(loaded, kind, regime, tied, impl):
+    ours, _ = loaded(kind, regime, tied, impl)
     t = 70
     ids = token_ids(t, ours.config.vocab_size, seed=2)
     with torch.no_grad():
@@ -105,7 +113,7 @@ def test_reset_clears_state(loaded):
 
 
 def test_greedy_generation_matches_transformers(loaded):
-    ours, hf = loaded("causal", "hv1x", True)
+    ours, hf = loaded("causal", "hv1x", True, "op")
     prompt = token_ids(12, ours.config.vocab_size, seed=7)
     with torch.no_grad():
         expected = hf.generate(prompt, max_new_tokens=24, do_sample=False, eos_token_id=None,
