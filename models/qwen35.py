@@ -33,6 +33,21 @@ def default_max_seq_len(config: Qwen35Config) -> int:
     return min(DEFAULT_MAX_SEQ_LEN, config.max_position_embeddings)
 
 
+def rms_scale(x: torch.Tensor, eps: float) -> torch.Tensor:
+    """rsqrt(mean(x^2) + eps) over the last dim, shaped [..., 1].
+
+    The mean is taken over a [B, N, D, 1] view: XNNPACK delegates mean.dim only on 4-D tensors over dims (2, 3),
+    so this keeps every norm inside the delegate instead of splitting the graph around it.
+    """
+    sq = (x * x).reshape(x.shape[0], -1, x.shape[-1], 1)  # [B,N,D,1]
+    return torch.rsqrt(sq.mean((2, 3), keepdim=True) + eps).reshape(*x.shape[:-1], 1)  # [...,1]
+
+
+def softplus(x: torch.Tensor) -> torch.Tensor:
+    """log(1 + e^x) as relu(x) + log(1 + e^-|x|): stable, and built from ops XNNPACK delegates (F.softplus is not)."""
+    return torch.relu(x) + torch.log(1.0 + torch.exp(-torch.abs(x)))
+
+
 class Qwen35RMSNorm(nn.Module):
     """Offset RMSNorm: y = x_hat * (1 + w), w initialised to 0, computed in fp32."""
 
@@ -43,8 +58,7 @@ class Qwen35RMSNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         xf = x.float()
-        xf = xf * torch.rsqrt((xf * xf).mean(-1, keepdim=True) + self.eps)
-        return (xf * (1.0 + self.weight.float())).type_as(x)
+        return (xf * rms_scale(xf, self.eps) * (1.0 + self.weight.float())).type_as(x)
 
 
 class Qwen35RMSNormGated(nn.Module):
@@ -58,8 +72,7 @@ class Qwen35RMSNormGated(nn.Module):
     def forward(self, x: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
         dtype = x.dtype
         xf = x.float()
-        xf = xf * torch.rsqrt((xf * xf).mean(-1, keepdim=True) + self.eps)
-        y = self.weight * xf.to(dtype)
+        y = self.weight * (xf * rms_scale(xf, self.eps)).to(dtype)
         return (y * F.silu(gate.float())).to(dtype)
 
 
@@ -112,7 +125,7 @@ class Qwen35GatedDeltaNet(nn.Module):
         z = self.in_proj_z(x)  # [B,T,Hv*V]
         beta = self.in_proj_b(x).float().sigmoid()  # [B,T,Hv]
         # fp32 island: exp(A_log) overflows in fp16.
-        g = -self.A_log.float().exp() * F.softplus(self.in_proj_a(x).float() + self.dt_bias.float())  # [B,T,Hv]
+        g = -self.A_log.float().exp() * softplus(self.in_proj_a(x).float() + self.dt_bias.float())  # [B,T,Hv]
 
         window = torch.cat([self.conv_state, mixed.to(self.conv_state.dtype)], dim=-1)  # [B,conv_dim,K-1+T]
         self.conv_state.copy_(window[:, :, -(self.conv_kernel_size - 1):])
@@ -174,12 +187,14 @@ class Qwen35Attention(nn.Module):
         self.v_cache.index_copy_(2, input_pos, v.to(self.v_cache.dtype))
         keys = self.k_cache.to(q.dtype)  # [B,Hkv,S,D]
         values = self.v_cache.to(q.dtype)
+        # GQA without repeating the cache: query head i reads kv head i // G, so the G query heads of one kv head
+        # are stacked along time and attend to that kv head together.
         group = self.num_heads // self.num_kv_heads
-        if group > 1:
-            keys = keys.repeat_interleave(group, dim=1)  # [B,Hq,S,D]; query head i reads kv head i // group
-            values = values.repeat_interleave(group, dim=1)
-        attn = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)  # [B,Hq,T,D]
-        attn = attn.transpose(1, 2).reshape(b, t, self.num_heads * self.head_dim)  # [B,T,Hq*D]
+        q = q.reshape(b, self.num_kv_heads, group * t, self.head_dim)  # [B,Hkv,G*T,D]
+        scores = (q @ keys.transpose(-1, -2)) * self.head_dim ** -0.5 + mask  # [B,Hkv,G*T,S]; mask [G*T,S]
+        attn = torch.softmax(scores.float(), dim=-1).to(q.dtype) @ values  # [B,Hkv,G*T,D]
+        attn = attn.reshape(b, self.num_heads, t, self.head_dim).transpose(1, 2)  # [B,T,Hq,D]
+        attn = attn.reshape(b, t, self.num_heads * self.head_dim)  # [B,T,Hq*D]
         return self.o_proj(attn * torch.sigmoid(gate))
 
 
@@ -281,9 +296,12 @@ class Qwen35ForCausalLM(nn.Module):
         x = self.model.embed_tokens(tokens)  # [B,T,h]
         cos = self.rope_cos[input_pos].to(x.dtype)  # [T,R]
         sin = self.rope_sin[input_pos].to(x.dtype)
-        # Causal mask over the whole static cache: query at position p sees cache slots 0..p.
+        # Additive causal mask over the whole static cache: a query at position p sees slots 0..p. Rows repeat per
+        # query head of a kv group (see Qwen35Attention), built once here for every layer.
+        group = self.config.num_attention_heads // self.config.num_key_value_heads
         slots = torch.arange(self.max_seq_len, device=tokens.device)
-        mask = slots[None, :] <= input_pos[:, None]  # [T,S] bool
+        visible = slots[None, :] <= input_pos.repeat(group)[:, None]  # [G*T,S]
+        mask = torch.where(visible, 0.0, float("-inf")).to(x.dtype)  # [G*T,S]
         for layer in self.model.layers:
             x = layer(x, input_pos, cos, sin, mask)
         return self.lm_head(self.model.norm(x))  # [B,T,vocab]

@@ -1,5 +1,6 @@
 """Loading local HF folders: round trips, key layouts, and every bad input with an error that names it."""
 
+import copy
 import json
 import shutil
 
@@ -33,8 +34,7 @@ def test_round_trip(hf_checkpoint, kind, sharded):
 def test_half_precision_checkpoint_loads_as_requested_dtype(hf_checkpoint, tmp_path):
     folder, hf = hf_checkpoint("causal", "hv1x", True)
     bf16 = tmp_path / "bf16"
-    hf.to(torch.bfloat16).save_pretrained(bf16)
-    hf.to(torch.float32)
+    copy.deepcopy(hf).to(torch.bfloat16).save_pretrained(bf16)  # a copy: the session fixture is shared
     ours = Qwen35ForCausalLM.from_pretrained(bf16, dtype=torch.float32, max_seq_len=32, gdn_impl="reference")
     assert ours.model.embed_tokens.weight.dtype == torch.float32
     assert ours.model.layers[0].linear_attn.A_log.dtype == torch.float32
