@@ -185,15 +185,19 @@ class Qwen35Attention(nn.Module):
 
         self.k_cache.index_copy_(2, input_pos, k.to(self.k_cache.dtype))
         self.v_cache.index_copy_(2, input_pos, v.to(self.v_cache.dtype))
-        keys = self.k_cache.to(q.dtype)  # [B,Hkv,S,D]
-        values = self.v_cache.to(q.dtype)
         # GQA without repeating the cache: query head i reads kv head i // G, so the G query heads of one kv head
-        # are stacked along time and attend to that kv head together.
+        # are folded into its rows (t-major: row t*G + g) and attend to that kv head together. Batched 3-D matmuls
+        # and t-major folding keep every shape guard provable under a dynamic T.
         group = self.num_heads // self.num_kv_heads
-        q = q.reshape(b, self.num_kv_heads, group * t, self.head_dim)  # [B,Hkv,G*T,D]
-        scores = (q @ keys.transpose(-1, -2)) * self.head_dim ** -0.5 + mask  # [B,Hkv,G*T,S]; mask [G*T,S]
-        attn = torch.softmax(scores.float(), dim=-1).to(q.dtype) @ values  # [B,Hkv,G*T,D]
-        attn = attn.reshape(b, self.num_heads, t, self.head_dim).transpose(1, 2)  # [B,T,Hq,D]
+        bh = b * self.num_kv_heads
+        q = q.transpose(1, 2).reshape(b, t, self.num_kv_heads, group, self.head_dim)  # [B,T,Hkv,G,D]
+        q = q.permute(0, 2, 1, 3, 4).reshape(bh, t * group, self.head_dim)  # [B*Hkv,T*G,D]
+        keys = self.k_cache.to(q.dtype).reshape(bh, -1, self.head_dim)  # [B*Hkv,S,D]
+        values = self.v_cache.to(q.dtype).reshape(bh, -1, self.head_dim)  # [B*Hkv,S,D]
+        scores = torch.bmm(q, keys.transpose(1, 2)) * self.head_dim ** -0.5 + mask  # [B*Hkv,T*G,S]; mask [T*G,S]
+        attn = torch.bmm(torch.softmax(scores.float(), dim=-1).to(q.dtype), values)  # [B*Hkv,T*G,D]
+        attn = attn.reshape(b, self.num_kv_heads, t, group, self.head_dim)  # [B,Hkv,T,G,D]
+        attn = attn.permute(0, 2, 1, 3, 4)  # [B,T,Hkv,G,D] = [B,T,Hq,D] in head order
         attn = attn.reshape(b, t, self.num_heads * self.head_dim)  # [B,T,Hq*D]
         return self.o_proj(attn * torch.sigmoid(gate))
 
@@ -300,8 +304,8 @@ class Qwen35ForCausalLM(nn.Module):
         # query head of a kv group (see Qwen35Attention), built once here for every layer.
         group = self.config.num_attention_heads // self.config.num_key_value_heads
         slots = torch.arange(self.max_seq_len, device=tokens.device)
-        visible = slots[None, :] <= input_pos.repeat(group)[:, None]  # [G*T,S]
-        mask = torch.where(visible, 0.0, float("-inf")).to(x.dtype)  # [G*T,S]
+        visible = slots[None, :] <= input_pos.repeat_interleave(group)[:, None]  # [T*G,S], row t*G + g
+        mask = torch.where(visible, 0.0, float("-inf")).to(x.dtype)  # [T*G,S]
         for layer in self.model.layers:
             x = layer(x, input_pos, cos, sin, mask)
         return self.lm_head(self.model.norm(x))  # [B,T,vocab]
