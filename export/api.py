@@ -107,3 +107,235 @@ def describe(config: Qwen35Config) -> dict:
         "vocab": config.vocab_size,
         "tied embeddings": config.tie_word_embeddings,
     }
+
+
+# --------------------------------------------------------------------------------------------------- export --
+
+PRESETS_DIR = Path(__file__).resolve().parent / "presets"
+RECIPES = {"xnnpack": "ExecuTorch .pte, XNNPACK delegate, our qwen35 kernel for the delta rule"}
+DEFAULT_PRESET = "xnnpack-8da4w"
+
+
+def available_export_presets() -> list[str]:
+    return sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
+
+
+def load_export_preset(name: str) -> dict:
+    import yaml
+
+    path = PRESETS_DIR / f"{name}.yaml"
+    if not path.is_file():
+        raise ValueError(f"--preset {name!r}: unknown; available: {available_export_presets()}")
+    return yaml.safe_load(path.read_text())
+
+
+@dataclass
+class ExportSettings:
+    recipe: str = "xnnpack"
+    qlinear: str = "8da4w"
+    qembedding: str = "4w"
+    group_size: int = 32
+    max_seq_len: int = 1024
+    max_prefill_chunk: int = 128
+    verify: dict = field(default_factory=dict)
+    preset: str | None = None
+
+    @classmethod
+    def resolve(cls, preset: str | None = DEFAULT_PRESET, **overrides) -> "ExportSettings":
+        """Preset values, then every override that is not None (the CLI's explicit flags)."""
+        from .quantize import GROUP_SIZES, QEMBEDDING, QLINEAR
+
+        base = load_export_preset(preset) if preset else {}
+        base.update({k: v for k, v in overrides.items() if v is not None})
+        settings = cls(**base, preset=preset)
+        if settings.recipe not in RECIPES:
+            raise ValueError(f"--recipe {settings.recipe!r}: unknown; valid recipes: {sorted(RECIPES)}")
+        for flag, value, valid in (("--qlinear", settings.qlinear, QLINEAR),
+                                   ("--qembedding", settings.qembedding, QEMBEDDING),
+                                   ("--group-size", settings.group_size, GROUP_SIZES)):
+            if value not in valid:
+                raise ValueError(f"{flag} {value!r}: not valid for recipe {settings.recipe}; valid: {list(valid)}")
+        if settings.max_prefill_chunk < 2:
+            raise ValueError("--max-prefill-chunk must be at least 2")
+        if settings.max_prefill_chunk > settings.max_seq_len:
+            raise ValueError(f"--max-prefill-chunk {settings.max_prefill_chunk} exceeds --max-seq-len "
+                             f"{settings.max_seq_len}")
+        return settings
+
+
+def _stop_ids(source_dir: Path | None, config: Qwen35Config, tokenizer) -> list[int]:
+    ids = list(config.eos_token_id)
+    if tokenizer is not None:
+        for token in ("<|im_end|>", "<|endoftext|>"):
+            tid = tokenizer.token_to_id(token)
+            if tid is not None and tid not in ids:
+                ids.append(tid)
+    return ids
+
+
+def _peak_rss_bytes() -> int:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def export(source: str, out: str | Path, *, preset: str | None = DEFAULT_PRESET, force: bool = False,
+           quality_gate: bool | None = None, progress: bool = True, **overrides) -> dict:
+    """Export `source` to a verified bundle folder at `out`; returns the manifest. Nothing is left on failure."""
+    import copy
+    import datetime
+    import shutil
+    import warnings
+
+    from tqdm import tqdm
+
+    from qwen_mobile.runtime.program import BundleProgram
+
+    from . import bundle
+    from .lowering import export_methods, lower_to_executorch, program_op_namespaces, state_buffers
+    from .quantize import quantize_model
+    from .verify import compare_with_eager, fixed_prompt, gate, op_nodes_per_method
+
+    settings = ExportSettings.resolve(preset, **overrides)
+    out = Path(out)
+    if out.exists() and not force:
+        raise FileExistsError(f"--out {out} already exists; pass --force to replace it")
+    resolved = resolve_source(source)
+    source_dir = resolved if isinstance(resolved, Path) else None
+    config = Qwen35Config.from_json(source_dir) if source_dir else Qwen35Config.from_preset(str(resolved))
+    if settings.max_seq_len > config.max_position_embeddings:
+        raise ValueError(f"--max-seq-len {settings.max_seq_len} exceeds the model's max_position_embeddings "
+                         f"({config.max_position_embeddings})")
+    random_weights = source_dir is None
+    if quality_gate is None:
+        quality_gate = not random_weights
+    tokenizer = None
+    if source_dir and (source_dir / "tokenizer.json").is_file():
+        from tokenizers import Tokenizer
+
+        tokenizer = Tokenizer.from_file(str(source_dir / "tokenizer.json"))
+    else:
+        warnings.warn(f"SOURCE {source}: no tokenizer.json; the bundle will be run with token ids only")
+
+    stages = ["load", "quantize", "export", "lower", "write", "verify"]
+    bar = tqdm(total=len(stages), desc="export", unit="stage", disable=not progress, leave=False)
+    timings: dict[str, float] = {}
+    t_all = time.perf_counter()
+
+    def stage(name):
+        bar.set_postfix_str(name)
+        timings[name] = time.perf_counter()
+
+    def done(name):
+        timings[name] = time.perf_counter() - timings[name]
+        bar.update(1)
+
+    stage("load")
+    reference = load_model(source, max_seq_len=settings.max_seq_len, gdn_impl="op")
+    model = copy.deepcopy(reference)
+    n_params = sum(p.numel() for p in model.parameters())
+    done("load")
+    stage("quantize")
+    qreport = quantize_model(model, settings.qlinear, settings.qembedding, settings.group_size)
+    done("quantize")
+    stage("export")
+    programs = export_methods(model, settings.max_prefill_chunk)
+    op_counts = op_nodes_per_method(programs)
+    expected = config.num_linear_layers
+    for method, count in op_counts.items():
+        if count != expected:
+            raise RuntimeError(f"export: method '{method}' has {count} qwen35.gated_delta_rule nodes, expected "
+                               f"{expected} (one per delta-net layer); refusing to ship a graph without our kernel")
+    done("export")
+    stage("lower")
+    stop_ids = _stop_ids(source_dir, config, tokenizer)
+    metadata = {
+        "get_max_seq_len": settings.max_prefill_chunk, "get_max_context_len": settings.max_seq_len,
+        "get_vocab_size": config.vocab_size, "get_eos_ids": stop_ids, "use_kv_cache": True,
+        "use_sdpa_with_kv_cache": False, "enable_dynamic_shape": True, "get_n_layers": config.num_hidden_layers,
+    }
+    if config.bos_token_id is not None:
+        metadata["get_bos_id"] = config.bos_token_id
+    et, graph_summary = lower_to_executorch(programs, metadata)
+    namespaces = program_op_namespaces(et)
+    done("lower")
+
+    with bundle.staged_bundle(out, force) as staging:
+        stage("write")
+        (staging / bundle.PROGRAM).write_bytes(et.buffer)
+        del et
+        for name in ("tokenizer.json", "tokenizer_config.json"):
+            if source_dir and (source_dir / name).is_file():
+                shutil.copy(source_dir / name, staging / name)
+        done("write")
+        stage("verify")
+        program = BundleProgram(staging / bundle.PROGRAM, max_prefill_tokens=settings.max_prefill_chunk,
+                                kernel_namespaces=namespaces)
+        prompt = fixed_prompt(config.vocab_size, tokenizer)
+        steps = min(32, settings.max_seq_len - len(prompt))
+        metrics = compare_with_eager(program, reference, prompt, steps=steps)
+        result = gate(metrics, settings.qlinear, settings.qembedding, settings.verify, quality_gate)
+        done("verify")
+        bar.close()
+        if not result.passed:
+            raise RuntimeError(f"verification failed ({result.gate}): {result.as_dict()}; no bundle written")
+
+        vocab = config.vocab_size
+        tensor = lambda n, shape, dtype: {"name": n, "shape": shape, "dtype": dtype}  # noqa: E731
+        manifest = {
+            "schema_version": 1,
+            "format": "qwen-mobile-bundle",
+            "toolkit_version": _toolkit_version(),
+            "created_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "model": {"id": Path(str(source)).name, "source": str(source), "size": _size_name(config),
+                      "params": n_params, "random_weights": random_weights, "config": config.to_hf_dict()},
+            "recipe": {"name": settings.recipe, "backend": "xnnpack", "preset": settings.preset,
+                       "qlinear": settings.qlinear, "qembedding": settings.qembedding,
+                       "group_size": settings.group_size, "tied_table_copies": qreport.tied_table_copies},
+            "program": {
+                "file": bundle.PROGRAM, "op_namespace": "qwen35", "kernel_namespaces": namespaces,
+                "methods": {
+                    "forward": {"inputs": [tensor("tokens", [1, "T"], "int64"), tensor("input_pos", ["T"], "int64")],
+                                "outputs": [tensor("logits", [1, 1, vocab], "float32")],
+                                "min_tokens": 1, "max_tokens": settings.max_prefill_chunk,
+                                "resets_state_at_position_0": True},
+                    "decode": {"inputs": [tensor("tokens", [1, 1], "int64"), tensor("input_pos", [1], "int64")],
+                               "outputs": [tensor("logits", [1, 1, vocab], "float32")],
+                               "min_tokens": 1, "max_tokens": 1, "resets_state_at_position_0": False},
+                },
+                "metadata": metadata,
+                "graph": graph_summary,
+            },
+            "state": {"max_seq_len": settings.max_seq_len, "max_batch_size": 1, "shared_between_methods": True,
+                      "reset": "a forward call whose input_pos[0] == 0 zeroes every buffer first",
+                      "buffers": [tensor(n, list(b.shape), str(b.dtype).replace("torch.", ""))
+                                  for n, b in state_buffers(model)]},
+            "tokenizer": {"file": "tokenizer.json" if (staging / "tokenizer.json").is_file() else None,
+                          "config_file": ("tokenizer_config.json" if (staging / "tokenizer_config.json").is_file()
+                                          else None),
+                          "bos_id": config.bos_token_id, "stop_ids": stop_ids, "thinking_default": None},
+            "verification": dict(result.as_dict(), quality_gate=quality_gate, prompt_tokens=len(prompt)),
+            "export": {"seconds": round(time.perf_counter() - t_all, 1), "peak_rss_bytes": _peak_rss_bytes(),
+                       "stage_seconds": {k: round(v, 1) for k, v in timings.items()},
+                       "quantization": qreport.__dict__},
+        }
+        manifest = bundle.write_manifest(staging, manifest)
+    return manifest
+
+
+def _size_name(config: Qwen35Config) -> str | None:
+    for name in ("0_8b", "2b", "4b", "9b"):
+        preset = Qwen35Config.from_preset(name)
+        if (preset.hidden_size, preset.num_hidden_layers, preset.linear_num_value_heads) == (
+                config.hidden_size, config.num_hidden_layers, config.linear_num_value_heads):
+            return name
+    return None
+
+
+def _toolkit_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("qwen-mobile")
+    except PackageNotFoundError:
+        return "0.0.0+unknown"

@@ -250,6 +250,7 @@ class Qwen35ForCausalLM(nn.Module):
         self.config = config
         self.max_seq_len = max_seq_len
         self.max_batch_size = max_batch_size
+        self.logits_to_keep = 0  # 0: logits for every position; K > 0: for the last K only (set by export)
         self.model = Qwen35Model(config, gdn_impl)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         if config.tie_word_embeddings:
@@ -308,7 +309,10 @@ class Qwen35ForCausalLM(nn.Module):
         mask = torch.where(visible, 0.0, float("-inf")).to(x.dtype)  # [T*G,S]
         for layer in self.model.layers:
             x = layer(x, input_pos, cos, sin, mask)
-        return self.lm_head(self.model.norm(x))  # [B,T,vocab]
+        if self.logits_to_keep:
+            # Prefill only needs the next-token logits: skipping the others saves T-1 rows of the vocab matmul.
+            x = x[:, -self.logits_to_keep:]  # [B,K,h]
+        return self.lm_head(self.model.norm(x))  # [B,T or K,vocab]
 
     def _check_inputs(self, tokens: torch.Tensor, input_pos: torch.Tensor) -> None:
         if tokens.dim() != 2 or input_pos.dim() != 1 or tokens.shape[1] != input_pos.shape[0]:

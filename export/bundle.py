@@ -1,0 +1,105 @@
+"""Bundle folders: the manifest contract, hashes, atomic writes, validation.
+
+A bundle is a folder holding `model.pte`, `tokenizer.json` and `tokenizer_config.json` when the source had them, and
+`manifest.json` (schema: schemas/manifest.schema.json, documented in MANIFEST.md). It is written under a temporary
+name beside its destination and renamed only once complete and verified, so a failed or interrupted export never
+leaves a bundle that looks whole.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+
+SCHEMA_PATH = Path(__file__).parent / "schemas" / "manifest.schema.json"
+MANIFEST = "manifest.json"
+PROGRAM = "model.pte"
+
+
+class BundleError(ValueError):
+    """A bundle folder that is incomplete, tampered with, or does not match the manifest schema."""
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def file_entries(folder: Path) -> dict[str, dict]:
+    return {p.name: {"sha256": sha256_file(p), "bytes": p.stat().st_size}
+            for p in sorted(folder.iterdir()) if p.is_file() and p.name != MANIFEST}
+
+
+def bundle_hash(manifest: dict) -> str:
+    """One identity for a bundle: the hash of its files' hashes (what snapshots and bench results refer to)."""
+    joined = "".join(f"{name}:{entry['sha256']};" for name, entry in sorted(manifest["files"].items()))
+    return hashlib.sha256(joined.encode()).hexdigest()
+
+
+def validate_manifest(manifest: dict, source: str = MANIFEST) -> None:
+    import jsonschema
+
+    schema = json.loads(SCHEMA_PATH.read_text())
+    try:
+        jsonschema.validate(manifest, schema)
+    except jsonschema.ValidationError as err:
+        where = "/".join(str(p) for p in err.absolute_path) or "(top level)"
+        raise BundleError(f"{source}: field '{where}': {err.message}") from None
+
+
+def load_manifest(folder: str | Path, check_hashes: bool = True) -> dict:
+    """Read and validate a bundle's manifest; with check_hashes, every listed file must exist with its sha256."""
+    folder = Path(folder)
+    path = folder / MANIFEST
+    if not path.is_file():
+        raise BundleError(f"{folder}: no {MANIFEST}; not a qwen-mobile bundle")
+    try:
+        manifest = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise BundleError(f"{path}: not valid JSON ({err})") from None
+    validate_manifest(manifest, str(path))
+    if check_hashes:
+        for name, entry in manifest["files"].items():
+            f = folder / name
+            if not f.is_file():
+                raise BundleError(f"{folder}: file '{name}' listed in the manifest is missing")
+            if f.stat().st_size != entry["bytes"] or sha256_file(f) != entry["sha256"]:
+                raise BundleError(f"{f}: sha256 does not match the manifest (modified or corrupt)")
+    return manifest
+
+
+@contextmanager
+def staged_bundle(out: Path, force: bool):
+    """Yield a temporary folder beside `out`; on success it replaces `out` atomically, on failure it is removed."""
+    out = Path(out)
+    if out.exists() and not force:
+        raise FileExistsError(f"--out {out} already exists; pass --force to replace it")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    try:
+        yield staging
+        if out.exists():
+            trash = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+            os.replace(out, trash / out.name)
+            shutil.rmtree(trash)
+        os.replace(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def write_manifest(folder: Path, manifest: dict) -> dict:
+    manifest = dict(manifest, files=file_entries(folder))
+    validate_manifest(manifest)
+    tmp = folder / f".{MANIFEST}.tmp"
+    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
+    os.replace(tmp, folder / MANIFEST)
+    return manifest

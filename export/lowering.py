@@ -1,0 +1,131 @@
+"""torch.export -> edge -> XNNPACK -> ExecuTorch program with two methods over one set of state buffers.
+
+Methods of the program:
+    forward(tokens [1,T], input_pos [T]) -> logits [1,1,vocab]   dynamic 1 <= T <= max_prefill_chunk
+        Prefill. A call whose input_pos[0] == 0 starts a new sequence: it zeroes every state buffer first (in-graph,
+        NaN-safe), so neither our runner nor ExecuTorch's stock LLM runner needs a reset method, and the mutable
+        buffers need no serialized initial value. Returns the last position's logits only.
+    decode(tokens [1,1], input_pos [1]) -> logits [1,1,vocab]
+        One token, no reset logic: the hot loop pays for nothing it does not need.
+Both read and write the same KV caches, conv states and recurrent states (`share_mutable_buffers`), so a prompt
+prefilled by `forward` is continued by `decode`.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from qwen_mobile.models import Qwen35ForCausalLM
+
+STATE_SUFFIXES = ("k_cache", "v_cache", "conv_state", "recurrent_state")
+
+
+def state_buffers(model: nn.Module) -> list[tuple[str, torch.Tensor]]:
+    return [(n, b) for n, b in model.named_buffers() if n.endswith(STATE_SUFFIXES)]
+
+
+class PrefillEntry(nn.Module):
+    """`forward`: zero all state when the chunk starts at position 0, then run the model."""
+
+    def __init__(self, model: Qwen35ForCausalLM):
+        super().__init__()
+        self.model = model
+
+    def forward(self, tokens: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
+        fresh = input_pos[:1] == 0  # [1] bool, broadcast over each buffer
+        for _, buf in state_buffers(self.model):
+            buf.copy_(torch.where(fresh, torch.zeros((), dtype=buf.dtype), buf))
+        return self.model(tokens, input_pos)
+
+
+class DecodeEntry(nn.Module):
+    def __init__(self, model: Qwen35ForCausalLM):
+        super().__init__()
+        self.model = model
+
+    def forward(self, tokens: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
+        return self.model(tokens, input_pos)
+
+
+def export_methods(model: Qwen35ForCausalLM, max_prefill_chunk: int) -> dict[str, torch.export.ExportedProgram]:
+    from torch.export import Dim, export
+
+    model.logits_to_keep = 1
+    model.reset()
+    seq = Dim("seq", min=1, max=max_prefill_chunk)
+    example_t = min(8, max_prefill_chunk)
+    with torch.no_grad():  # buffer-mutating graphs cannot be lowered with autograd state
+        forward = export(PrefillEntry(model), (torch.zeros(1, example_t, dtype=torch.long), torch.arange(example_t)),
+                         dynamic_shapes=({1: seq}, {0: seq}), strict=False)
+        decode = export(DecodeEntry(model), (torch.zeros(1, 1, dtype=torch.long), torch.zeros(1, dtype=torch.long)),
+                        strict=False)
+    return {"forward": forward, "decode": decode}
+
+
+def lower_to_executorch(programs: dict, metadata: dict):
+    """XNNPACK-lower every method and emit one program whose methods share their mutable buffers."""
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.exir import EdgeCompileConfig, ExecutorchBackendConfig, to_edge_transform_and_lower
+    from executorch.exir.passes import MemoryPlanningPass
+
+    edge = to_edge_transform_and_lower(
+        programs, partitioner=[XnnpackPartitioner()], constant_methods=metadata,
+        compile_config=EdgeCompileConfig(_check_ir_validity=False),
+    )
+    et = edge.to_executorch(ExecutorchBackendConfig(
+        memory_planning_pass=MemoryPlanningPass(share_mutable_buffers=True),
+        emit_mutable_buffer_names=True,
+        extract_delegate_segments=True,
+        # Fuses torchao's dequantize_affine + embedding into quantized_decomposed::embedding_{4bit,byte}.
+        do_quant_fusion_and_const_prop=True,
+    ))
+    graph_summary = {name: summarize_graph(et.exported_program(name).graph_module) for name in programs}
+    return et, graph_summary
+
+
+# ExecuTorch kernel libraries in the executorch wheel that a program may need besides the portable ops, keyed by
+# the op namespace that needs them.
+WHEEL_KERNEL_LIBRARIES = {"quantized_decomposed": "libexecutorch_kernels_quantized.so"}
+
+
+def load_wheel_kernels(namespaces) -> None:
+    """Register the wheel's extra ExecuTorch kernels (e.g. quantized embeddings) with the pybindings' registry."""
+    import ctypes
+    from pathlib import Path
+
+    import executorch
+
+    lib_dir = Path(list(executorch.__path__)[0]) / "lib"
+    for ns in sorted(set(namespaces)):
+        name = WHEEL_KERNEL_LIBRARIES.get(ns)
+        if name and name not in _LOADED:
+            ctypes.CDLL(str(lib_dir / name), mode=ctypes.RTLD_GLOBAL)
+            _LOADED.add(name)
+
+
+_LOADED: set[str] = set()
+
+
+def program_op_namespaces(et) -> list[str]:
+    """Namespaces of the non-delegated operators an emitted program calls (e.g. aten, qwen35, quantized_decomposed)."""
+    names = set()
+    for plan in et.executorch_program.execution_plan:
+        for op in plan.operators:
+            names.add(op.name.split("::")[0])
+    return sorted(names)
+
+
+def summarize_graph(gm: torch.fx.GraphModule) -> dict:
+    """Op histogram of a lowered graph: delegate calls vs ops left to the portable/our kernels."""
+    delegated = 0
+    outside: dict[str, int] = {}
+    for node in gm.graph.nodes:
+        if node.op != "call_function":
+            continue
+        name = getattr(node.target, "__name__", str(node.target))
+        if name == "executorch_call_delegate":
+            delegated += 1
+        elif name not in ("getitem",) and not name.startswith(("alloc", "sym_size", "view")):
+            outside[name] = outside.get(name, 0) + 1
+    return {"delegate_calls": delegated, "ops_outside_delegates": dict(sorted(outside.items(), key=lambda kv: -kv[1]))}

@@ -1,0 +1,101 @@
+"""The export gate: the `.pte` against eager fp32 on a fixed prompt, and the graph checks.
+
+The program and the eager model see the same tokens: a fixed prompt prefilled in two uneven chunks (so the dynamic
+prefill method runs twice and carries state between calls), then `steps` decode steps fed with eager fp32's greedy
+tokens (teacher forcing), so one early disagreement cannot snowball into unrelated comparisons.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+
+FP32_MAX_ABS_LOGIT_DIFF = 1e-4  # fp32 recipe: same math as eager up to op ordering inside XNNPACK
+
+
+@dataclass
+class VerifyResult:
+    steps: int
+    max_abs_logit_diff: float
+    top1_agreement: float
+    top5_overlap: float
+    mean_kl: float
+    greedy_identical: bool
+    passed: bool
+    gate: str
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def fixed_prompt(vocab_size: int, tokenizer=None, length: int = 40) -> list[int]:
+    if tokenizer is not None:
+        text = "def fibonacci(n):\n    \"\"\"Return the n-th Fibonacci number.\"\"\"\n    if n < 2:\n        return n\n"
+        ids = tokenizer.encode(text, add_special_tokens=False).ids
+        if len(ids) >= 8:
+            return ids[:length]
+    gen = torch.Generator().manual_seed(1234)
+    return torch.randint(0, vocab_size, (length,), generator=gen).tolist()
+
+
+@torch.no_grad()
+def compare_with_eager(program, eager, prompt: list[int], steps: int = 32) -> dict:
+    """Per-step logits of program vs eager (teacher-forced on eager's greedy tokens)."""
+    eager.reset()
+    eager.logits_to_keep = 0
+    split = max(1, len(prompt) // 3)  # two uneven chunks through `forward`
+    ref = [eager(torch.tensor([prompt]), torch.arange(len(prompt)))[0, -1]]
+    if split < len(prompt):
+        program.prefill(prompt[:split], 0)
+        got = [program.prefill(prompt[split:], split)]
+    else:
+        got = [program.prefill(prompt, 0)]
+    pos = len(prompt)
+    for _ in range(steps):
+        token = int(ref[-1].argmax())
+        ref.append(eager(torch.tensor([[token]]), torch.tensor([pos]))[0, -1])
+        got.append(program.decode(token, pos))
+        pos += 1
+    ref_t, got_t = torch.stack(ref).float(), torch.stack(got).float()  # [steps+1, vocab]
+    log_p, log_q = torch.log_softmax(ref_t, -1), torch.log_softmax(got_t, -1)
+    kl = (log_p.exp() * (log_p - log_q)).sum(-1)  # KL(eager || program) per step
+    top5_ref = ref_t.topk(5, -1).indices
+    top5_got = got_t.topk(5, -1).indices
+    overlap = torch.tensor([len(set(a.tolist()) & set(b.tolist())) / 5 for a, b in zip(top5_ref, top5_got)])
+    return dict(
+        steps=len(ref),
+        max_abs_logit_diff=float((ref_t - got_t).abs().max()),
+        top1_agreement=float((ref_t.argmax(-1) == got_t.argmax(-1)).float().mean()),
+        top5_overlap=float(overlap.mean()),
+        mean_kl=float(kl.mean()),
+        greedy_identical=bool((ref_t.argmax(-1) == got_t.argmax(-1)).all()),
+        finite=bool(torch.isfinite(got_t).all()),
+    )
+
+
+def gate(metrics: dict, qlinear: str, qembedding: str, floors: dict, quality_gate: bool) -> VerifyResult:
+    """fp32: logits within FP32_MAX_ABS_LOGIT_DIFF. Quantized: top-1 agreement and KL floors from the preset."""
+    full_precision = qlinear == "fp32" and qembedding == "none"
+    if not metrics["finite"]:
+        passed, rule = False, "non-finite logits"
+    elif full_precision:
+        bound = floors.get("max_abs_logit_diff", FP32_MAX_ABS_LOGIT_DIFF)
+        passed = metrics["max_abs_logit_diff"] <= bound and metrics["greedy_identical"]
+        rule = f"max |logit diff| <= {bound:g} and identical greedy tokens"
+    elif not quality_gate:
+        passed, rule = True, "quality gate off (random or untrained weights): finite logits only"
+    else:
+        top1, kl = floors.get("min_top1_agreement", 0.0), floors.get("max_mean_kl", float("inf"))
+        passed = metrics["top1_agreement"] >= top1 and metrics["mean_kl"] <= kl
+        rule = f"top-1 agreement >= {top1:g} and mean KL <= {kl:g}"
+    keys = ("steps", "max_abs_logit_diff", "top1_agreement", "top5_overlap", "mean_kl", "greedy_identical")
+    return VerifyResult(**{k: metrics[k] for k in keys}, passed=passed, gate=rule)
+
+
+def op_nodes_per_method(programs: dict) -> dict[str, int]:
+    """Count qwen35::gated_delta_rule nodes in each exported (pre-lowering) program."""
+    counts = {}
+    for name, ep in programs.items():
+        counts[name] = sum(1 for n in ep.graph.nodes if n.op == "call_function" and "gated_delta_rule" in str(n.target))
+    return counts

@@ -1,0 +1,46 @@
+"""Run an exported qwen-mobile `.pte` on the host: our kernel library plus the wheel's kernels, two methods.
+
+`BundleProgram` is the thin layer every host-side consumer uses (export verification, tests, benchmarks):
+`prefill(ids, start)` feeds a prompt through `forward` in chunks of at most `max_tokens` and returns the last
+logits; `decode(token, pos)` runs one step through `decode`. State lives in the program's shared mutable buffers; a
+prefill starting at position 0 resets it (see export/lowering.py).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from .ops import load_library
+
+
+class BundleProgram:
+    def __init__(self, pte_path: str | Path, *, max_prefill_tokens: int, kernel_namespaces=("qwen35",)):
+        from qwen_mobile.export.lowering import load_wheel_kernels
+
+        load_library()  # registers qwen35::gated_delta_rule.out with ExecuTorch before any method loads
+        load_wheel_kernels(kernel_namespaces)
+        from executorch.runtime import Runtime
+
+        self.path = Path(pte_path)
+        self.program = Runtime.get().load_program(str(self.path))
+        self.max_prefill_tokens = max_prefill_tokens
+        self._forward = self.program.load_method("forward")
+        self._decode = self.program.load_method("decode")
+
+    def prefill(self, ids: list[int], start_pos: int = 0, chunk: int | None = None) -> torch.Tensor:
+        """Logits [vocab] after the last prompt token. Chunks of at most `chunk` (default: the method's bound)."""
+        if not ids:
+            raise ValueError("prefill needs at least one token")
+        chunk = min(chunk or self.max_prefill_tokens, self.max_prefill_tokens)
+        logits = None
+        for i in range(0, len(ids), chunk):
+            part = ids[i:i + chunk]
+            pos = torch.arange(start_pos + i, start_pos + i + len(part))
+            logits = self._forward.execute([torch.tensor([part], dtype=torch.long), pos])[0]
+        return logits[0, -1]
+
+    def decode(self, token: int, pos: int) -> torch.Tensor:
+        """Logits [vocab] after one token at absolute position `pos`."""
+        return self._decode.execute([torch.tensor([[token]], dtype=torch.long), torch.tensor([pos])])[0][0, -1]
