@@ -1,0 +1,166 @@
+"""Rung by rung through `qwen-mobile export`: the .pte reproduces transformers, the manifest is a contract, bad input
+is refused loudly. Bundles are built once per module from tiny random checkpoints written by transformers."""
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from conftest import make_hf_causal_lm
+from qwen_mobile.export import bundle
+from qwen_mobile.export.api import export
+from qwen_mobile.runtime.program import BundleProgram
+
+LOGITS_ATOL = 1e-4  # fp32 .pte vs transformers fp32
+CHUNKING_ATOL = 1e-5  # same program, prefill split differently: only accumulation order differs
+SMALL = dict(max_seq_len=96, max_prefill_chunk=16, progress=False)
+
+
+def build(tmp_path_factory, regime, tied, preset, **extra):
+    hf = make_hf_causal_lm(regime, tied, seed=3)
+    src = tmp_path_factory.mktemp(f"src-{regime}")
+    hf.save_pretrained(src)
+    out = tmp_path_factory.mktemp("bundles") / f"{regime}-{preset}"
+    with pytest.warns(UserWarning, match="no tokenizer.json; the bundle will be run with token ids only"):
+        manifest = export(str(src), out, preset=preset, **SMALL, **extra)
+    return out, manifest, hf
+
+
+@pytest.fixture(scope="module")
+def fp32_hv1x(tmp_path_factory):
+    return build(tmp_path_factory, "hv1x", True, "xnnpack-fp32")  # 0.8B/2B head regime, tied table
+
+
+@pytest.fixture(scope="module")
+def fp32_hv2x(tmp_path_factory):
+    return build(tmp_path_factory, "hv2x", False, "xnnpack-fp32")  # 4B/9B head regime, own lm_head
+
+
+@pytest.fixture(scope="module")
+def q_hv2x(tmp_path_factory):
+    return build(tmp_path_factory, "hv2x", True, "xnnpack-8da4w", quality_gate=False)
+
+
+def program_of(out, manifest):
+    return BundleProgram(out / "model.pte", max_prefill_tokens=manifest["program"]["methods"]["forward"]["max_tokens"],
+                         kernel_namespaces=manifest["program"]["kernel_namespaces"])
+
+
+@pytest.mark.parametrize("which", ["fp32_hv1x", "fp32_hv2x"])
+def test_fp32_pte_reproduces_transformers(which, request):
+    out, manifest, hf = request.getfixturevalue(which)
+    program = program_of(out, manifest)
+    prompt = torch.randint(0, 160, (21,), generator=torch.Generator().manual_seed(5)).tolist()
+    # transformers greedy, then its logits at every step of its own sequence (full forward, no cache).
+    with torch.no_grad():
+        seq = hf.generate(torch.tensor([prompt]), max_new_tokens=32, do_sample=False, eos_token_id=None,
+                          pad_token_id=0)[0].tolist()
+        ref = hf(input_ids=torch.tensor([seq]), use_cache=False).logits[0]
+    got = [program.prefill(prompt, 0)]
+    ours = [int(got[-1].argmax())]
+    for pos in range(len(prompt), len(seq) - 1):
+        got.append(program.decode(ours[-1], pos))
+        ours.append(int(got[-1].argmax()))
+    assert ours == seq[len(prompt):], "greedy tokens of the .pte differ from transformers"
+    torch.testing.assert_close(torch.stack(got), ref[len(prompt) - 1:len(seq) - 1], atol=LOGITS_ATOL, rtol=0)
+
+
+def test_chunked_prefill_equals_one_long_prefill(fp32_hv2x):
+    out, manifest, _ = fp32_hv2x
+    program = program_of(out, manifest)
+    ids = torch.randint(0, 160, (40,), generator=torch.Generator().manual_seed(6)).tolist()
+    whole = [program.prefill(ids, 0, chunk=16)]  # 16 + 16 + 8
+    whole += [program.decode(7, 40), program.decode(9, 41)]
+    pieces = [program.prefill(ids, 0, chunk=5)]  # 8 calls of 5, carrying state between calls
+    pieces += [program.decode(7, 40), program.decode(9, 41)]
+    torch.testing.assert_close(torch.stack(pieces), torch.stack(whole), atol=CHUNKING_ATOL, rtol=0)
+
+
+def test_prefill_at_position_zero_starts_a_new_sequence(fp32_hv1x):
+    out, manifest, _ = fp32_hv1x
+    program = program_of(out, manifest)
+    ids = torch.randint(0, 160, (12,), generator=torch.Generator().manual_seed(7)).tolist()
+    first = program.prefill(ids, 0)
+    program.prefill(list(reversed(ids)) * 3, 12)  # leave plenty of state behind
+    torch.testing.assert_close(program.prefill(ids, 0), first, atol=0, rtol=0)
+
+
+def test_manifest_validates_and_hashes_match(fp32_hv1x):
+    out, manifest, _ = fp32_hv1x
+    loaded = bundle.load_manifest(out)
+    assert loaded == manifest
+    assert set(loaded["files"]) == {"model.pte"}  # the source had no tokenizer files
+    assert loaded["program"]["op_namespace"] == "qwen35" and "qwen35" in loaded["program"]["kernel_namespaces"]
+    n_gdn = sum(t == "linear_attention" for t in loaded["model"]["config"]["layer_types"])
+    assert sum(b["name"].endswith("recurrent_state") for b in loaded["state"]["buffers"]) == n_gdn
+    assert loaded["verification"]["passed"] and loaded["verification"]["max_abs_logit_diff"] <= LOGITS_ATOL
+
+
+def test_tampered_bundle_rejected(fp32_hv1x, tmp_path):
+    out, _, _ = fp32_hv1x
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    data = bytearray((copy / "model.pte").read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (copy / "model.pte").write_bytes(bytes(data))
+    with pytest.raises(bundle.BundleError, match="model.pte: sha256 does not match"):
+        bundle.load_manifest(copy)
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest["recipe"]["qlinear"] = "3bit"
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(bundle.BundleError, match="recipe/qlinear"):
+        bundle.load_manifest(copy, check_hashes=False)
+
+
+def test_quantized_bundle_runs_and_records_what_it_did(q_hv2x):
+    out, manifest, hf = q_hv2x
+    assert manifest["recipe"]["qlinear"] == "8da4w" and manifest["recipe"]["qembedding"] == "4w"
+    assert manifest["recipe"]["tied_table_copies"] == 2  # measured, and said: see export/README.md
+    assert "quantized_decomposed" in manifest["program"]["kernel_namespaces"]  # 4-bit embedding kernel
+    fp32_size = sum(p.numel() * 4 for p in hf.parameters())
+    assert manifest["files"]["model.pte"]["bytes"] < fp32_size / 2
+    program = program_of(out, manifest)
+    logits = program.prefill(list(range(10)), 0)
+    assert torch.isfinite(logits).all()
+    # Quantization error is bounded: random weights give no quality signal, but the logits must stay close.
+    with torch.no_grad():
+        ref = hf(input_ids=torch.arange(10)[None], use_cache=False).logits[0, -1]
+    assert (logits - ref).abs().max() < 0.5 * ref.abs().max()
+
+
+def test_bad_flags_are_refused_with_the_valid_choices(tmp_path):
+    with pytest.raises(ValueError, match=r"--qlinear '3w'.*valid: \['fp32', '8da4w'"):
+        export("tiny", tmp_path / "b", preset=None, qlinear="3w", qembedding="none", progress=False)
+    with pytest.raises(ValueError, match=r"--recipe 'coreml'.*valid recipes: \['xnnpack'\]"):
+        export("tiny", tmp_path / "b", recipe="coreml", progress=False)
+    with pytest.raises(ValueError, match="--max-seq-len 4096 exceeds the model's max_position_embeddings"):
+        export("tiny", tmp_path / "b", max_seq_len=4096, progress=False)
+    with pytest.raises(ValueError, match="unknown; available"):
+        export("tiny", tmp_path / "b", preset="xnnpack-2bit", progress=False)
+    assert not (tmp_path / "b").exists()
+
+
+def test_existing_out_needs_force(tmp_path):
+    (tmp_path / "b").mkdir()
+    with pytest.raises(FileExistsError, match="--force"):
+        export("tiny", tmp_path / "b", max_seq_len=64, max_prefill_chunk=16, progress=False)
+
+
+def test_failed_stage_leaves_nothing(tmp_path):
+    out = tmp_path / "bundle"
+    with pytest.raises(RuntimeError, match="verification failed"):
+        with bundle.staged_bundle(out, force=False) as staging:
+            (staging / "model.pte").write_bytes(b"half written")
+            raise RuntimeError("verification failed (simulated)")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_replacing_with_force_is_atomic(tmp_path):
+    out = tmp_path / "bundle"
+    out.mkdir()
+    (out / "old").write_text("x")
+    with bundle.staged_bundle(out, force=True) as staging:
+        (staging / "new").write_text("y")
+    assert sorted(p.name for p in out.iterdir()) == ["new"]
+    assert [p.name for p in tmp_path.iterdir()] == ["bundle"]
