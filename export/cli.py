@@ -162,16 +162,69 @@ def export_summary(manifest: dict, out: Path) -> str:
     return _table(rows, title="qwen-mobile export")
 
 
+def cmd_run(args) -> int:
+    """Greedy generation through a bundle's .pte on this host, with prefill/decode timings."""
+    from tokenizers import Tokenizer
+
+    from qwen_mobile.export.bundle import load_manifest
+    from qwen_mobile.runtime.program import BundleProgram
+
+    bundle_dir = Path(args.bundle)
+    manifest = load_manifest(bundle_dir)
+    tok_file = manifest["tokenizer"]["file"]
+    tokenizer = Tokenizer.from_file(str(bundle_dir / tok_file)) if tok_file else None
+    if args.prompt_ids is not None:
+        ids = args.prompt_ids
+    elif tokenizer is None:
+        raise SystemExit(f"error: bundle {bundle_dir} has no tokenizer; pass --prompt-ids")
+    else:
+        ids = tokenizer.encode(args.prompt, add_special_tokens=False).ids
+    max_ctx = manifest["state"]["max_seq_len"]
+    if len(ids) + args.max_new_tokens > max_ctx:
+        raise SystemExit(f"error: prompt ({len(ids)} tokens) + --max-new-tokens {args.max_new_tokens} exceeds the "
+                         f"bundle's context of {max_ctx} tokens")
+    program = BundleProgram(bundle_dir / manifest["program"]["file"],
+                            max_prefill_tokens=manifest["program"]["methods"]["forward"]["max_tokens"],
+                            kernel_namespaces=manifest["program"]["kernel_namespaces"])
+    stops = set(manifest["tokenizer"]["stop_ids"])
+    if tokenizer is not None:
+        print(tokenizer.decode(ids), end="", flush=True)
+    t0 = time.perf_counter()
+    logits = program.prefill(ids, 0)
+    t_prefill = time.perf_counter() - t0
+    out, t1 = [], time.perf_counter()
+    for i in range(args.max_new_tokens):
+        token = int(logits.argmax())
+        out.append(token)
+        if token in stops:
+            break
+        if tokenizer is not None:
+            print(tokenizer.decode([token]), end="", flush=True)
+        logits = program.decode(token, len(ids) + i)
+    t_decode = time.perf_counter() - t1
+    print() if tokenizer is not None else print(",".join(map(str, out)))
+    print(f"\n[{manifest['recipe']['qlinear']}/{manifest['recipe']['qembedding']} .pte: {len(ids)} prompt tokens "
+          f"in {t_prefill * 1e3:.0f} ms ({len(ids) / t_prefill:.0f} tok/s); {len(out)} generated in "
+          f"{t_decode:.2f} s ({len(out) / max(t_decode, 1e-9):.1f} tok/s) on this host]", file=sys.stderr)
+    return 0
+
+
 def cmd_demo(args) -> int:
-    """The README's main job on the embedded default: parity with transformers, then a generation."""
+    """The README's main job on the shipped model: parity with transformers, export a bundle, run it."""
     from qwen_mobile.export.api import DEFAULT_SOURCE
 
     source = args.source or DEFAULT_SOURCE
-    prompt = "def fibonacci(n):\n"
-    common = dict(source=source, prompt=prompt, prompt_ids=None, gdn_impl=args.gdn_impl, json=None)
+    prompt = "def fibonacci(n):\n    if n < 2:\n"
+    common = dict(source=source, prompt=prompt, prompt_ids=None, gdn_impl="op", json=None)
+    print("== 1/3 our eager model vs transformers ==")
     rc = cmd_check(argparse.Namespace(**common, new_tokens=16, atol=1e-4))
-    print()
-    rc |= cmd_generate(argparse.Namespace(**common, max_new_tokens=args.max_new_tokens))
+    print(f"\n== 2/3 export {source} -> {args.out} ({args.preset}) ==")
+    rc |= cmd_export(argparse.Namespace(
+        source=source, out=args.out, preset=args.preset, force=True, quality_gate="auto", no_progress=False,
+        recipe=None, qlinear=None, qembedding=None, group_size=None, max_seq_len=None, max_prefill_chunk=None))
+    print(f"\n== 3/3 run the bundle ==")
+    rc |= cmd_run(argparse.Namespace(bundle=args.out, prompt=prompt, prompt_ids=None,
+                                     max_new_tokens=args.max_new_tokens))
     return rc
 
 
@@ -246,10 +299,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_export)
 
-    p = sub.add_parser("demo", help="the README's main job: check + generate on the shipped default model")
-    add_source(p, required=False)
-    add_impl(p)
+    p = sub.add_parser("run", help="greedy generation through a bundle's .pte on this host, with timings")
+    p.add_argument("bundle", metavar="BUNDLE", help="bundle folder written by `qwen-mobile export`")
+    add_prompt(p)
     p.add_argument("--max-new-tokens", type=int, default=64)
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("demo", help="the README's main job on the shipped model: check, export, run")
+    add_source(p, required=False)
+    p.add_argument("--out", default="out/nano-8da4w", help="bundle folder (default: %(default)s, replaced)")
+    p.add_argument("--preset", default="xnnpack-8da4w")
+    p.add_argument("--max-new-tokens", type=int, default=48)
     p.set_defaults(func=cmd_demo)
     return parser
 
