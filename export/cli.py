@@ -96,29 +96,41 @@ def cmd_generate(args) -> int:
     ids = _prompt_ids(args, tokenizer)
     model = load_model(args.source, max_seq_len=len(ids) + args.max_new_tokens, gdn_impl=args.gdn_impl)
     stop = tuple(model.config.eos_token_id)
+    model.reset()
+    with torch.no_grad():
+        out, t_prefill, t_decode = _stream_greedy(
+            lambda: model(torch.tensor([ids]), torch.arange(len(ids)))[0, -1],
+            lambda token, pos: model(torch.tensor([[token]]), torch.tensor([pos]))[0, -1],
+            ids, args.max_new_tokens, stop, tokenizer)
+    _print_timings(len(ids), out, t_prefill, t_decode, f"eager {args.gdn_impl}")
+    return 0
+
+
+def _stream_greedy(prefill, step, ids, max_new_tokens, stop_ids, tokenizer):
+    """Greedy loop shared by the eager and the bundle paths: prefill() -> logits, step(token, pos) -> logits."""
     if tokenizer is not None:
         print(tokenizer.decode(ids), end="", flush=True)
-    model.reset()
     t0 = time.perf_counter()
-    with torch.no_grad():
-        logits = model(torch.tensor([ids]), torch.arange(len(ids)))
-        t_prefill = time.perf_counter() - t0
-        out: list[int] = []
-        t1 = time.perf_counter()
-        for i in range(args.max_new_tokens):
-            nxt = int(logits[0, -1].argmax())
-            out.append(nxt)
-            if nxt in stop:
-                break
-            if tokenizer is not None:
-                print(tokenizer.decode([nxt]), end="", flush=True)
-            logits = model(torch.tensor([[nxt]]), torch.tensor([len(ids) + i]))
-        t_decode = time.perf_counter() - t1
+    logits = prefill()
+    t_prefill = time.perf_counter() - t0
+    out, t1 = [], time.perf_counter()
+    for i in range(max_new_tokens):
+        token = int(logits.argmax())
+        out.append(token)
+        if token in stop_ids:
+            break
+        if tokenizer is not None:
+            print(tokenizer.decode([token]), end="", flush=True)
+        logits = step(token, len(ids) + i)
+    t_decode = time.perf_counter() - t1
     print() if tokenizer is not None else print(",".join(map(str, out)))
-    print(f"\n[{len(ids)} prompt tokens in {t_prefill * 1e3:.0f} ms ({len(ids) / t_prefill:.0f} tok/s); "
-          f"{len(out)} generated in {t_decode:.2f} s ({len(out) / max(t_decode, 1e-9):.1f} tok/s), eager "
-          f"{args.gdn_impl}]", file=sys.stderr)
-    return 0
+    return out, t_prefill, t_decode
+
+
+def _print_timings(n_prompt, out, t_prefill, t_decode, what):
+    print(f"\n[{what}: {n_prompt} prompt tokens in {t_prefill * 1e3:.0f} ms ({n_prompt / t_prefill:.0f} tok/s); "
+          f"{len(out)} generated in {t_decode:.2f} s ({len(out) / max(t_decode, 1e-9):.1f} tok/s) on this host]",
+          file=sys.stderr)
 
 
 def cmd_export(args) -> int:
@@ -187,25 +199,10 @@ def cmd_run(args) -> int:
                             max_prefill_tokens=manifest["program"]["methods"]["forward"]["max_tokens"],
                             kernel_namespaces=manifest["program"]["kernel_namespaces"])
     stops = set(manifest["tokenizer"]["stop_ids"])
-    if tokenizer is not None:
-        print(tokenizer.decode(ids), end="", flush=True)
-    t0 = time.perf_counter()
-    logits = program.prefill(ids, 0)
-    t_prefill = time.perf_counter() - t0
-    out, t1 = [], time.perf_counter()
-    for i in range(args.max_new_tokens):
-        token = int(logits.argmax())
-        out.append(token)
-        if token in stops:
-            break
-        if tokenizer is not None:
-            print(tokenizer.decode([token]), end="", flush=True)
-        logits = program.decode(token, len(ids) + i)
-    t_decode = time.perf_counter() - t1
-    print() if tokenizer is not None else print(",".join(map(str, out)))
-    print(f"\n[{manifest['recipe']['qlinear']}/{manifest['recipe']['qembedding']} .pte: {len(ids)} prompt tokens "
-          f"in {t_prefill * 1e3:.0f} ms ({len(ids) / t_prefill:.0f} tok/s); {len(out)} generated in "
-          f"{t_decode:.2f} s ({len(out) / max(t_decode, 1e-9):.1f} tok/s) on this host]", file=sys.stderr)
+    out, t_prefill, t_decode = _stream_greedy(lambda: program.prefill(ids, 0), program.decode, ids,
+                                              args.max_new_tokens, stops, tokenizer)
+    _print_timings(len(ids), out, t_prefill, t_decode,
+                   f"{manifest['recipe']['qlinear']}/{manifest['recipe']['qembedding']} .pte")
     return 0
 
 
