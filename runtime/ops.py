@@ -206,18 +206,34 @@ def library_path() -> Path:
 
 
 def _find_cmake() -> str:
-    exe = shutil.which("cmake")
-    if exe is None:
-        try:
-            import cmake  # the PyPI package
+    """The CMake pinned by our dependencies (PyPI `cmake` >= 3.28), before whatever is on PATH.
 
-            candidate = Path(cmake.CMAKE_BIN_DIR) / "cmake"
-            exe = str(candidate) if candidate.exists() else None
-        except ImportError:
-            exe = None
-    if exe is None:
-        raise RuntimeError(f"{OP_NAME}: cannot build the native library: no `cmake` found (pip install 'cmake>=3.28')")
-    return exe
+    The venv's bin/ is not on PATH when its python is run directly (`.venv/bin/python -m pytest`), and the system
+    CMake (Debian 12: 3.25) is too old for executorch's imported targets.
+    """
+    candidates = []
+    try:
+        import cmake  # the PyPI package
+
+        candidates.append(Path(cmake.CMAKE_BIN_DIR) / "cmake")
+    except ImportError:
+        pass
+    if shutil.which("cmake"):
+        candidates.append(Path(shutil.which("cmake")))
+    for exe in candidates:
+        if exe.exists() and _cmake_version(exe) >= (3, 28):
+            return str(exe)
+    found = ", ".join(f"{c} ({'.'.join(map(str, _cmake_version(c)))})" for c in candidates if c.exists())
+    raise RuntimeError(f"{OP_NAME}: cannot build the native library: need CMake >= 3.28 "
+                       f"(pip install 'cmake>=3.28'); found: {found or 'none'}")
+
+
+def _cmake_version(exe: Path) -> tuple[int, ...]:
+    try:
+        out = subprocess.run([str(exe), "--version"], capture_output=True, text=True, timeout=30).stdout
+        return tuple(int(x) for x in out.split()[2].split(".")[:2])
+    except (OSError, subprocess.SubprocessError, IndexError, ValueError):
+        return (0,)
 
 
 def _find_compiler() -> str:
