@@ -79,6 +79,30 @@ def quantize(a) -> dict:
     return {"s": time.perf_counter() - t0, "peak_rss_bytes": _peak()}
 
 
+def disable_extra_bufts() -> None:
+    """Make `Llama(...)` load weights without extra buffer types (no AMX / CPU_REPACK repacking).
+
+    llama.cpp 0.3.36 built -march=native on an AMX host segfaults in the first decode of a Q4_0/Q8_0 model
+    whose weights were repacked into the AMX buffer type (fine with bf16, fine with this off). The Llama class
+    exposes no switch, so clear `use_extra_bufts` in the defaults it starts from. This also turns off the
+    AVX2/AVX512 CPU_REPACK layouts, so Q4_0 prefill here is slower than llama.cpp can be.
+    """
+    import llama_cpp
+    import llama_cpp.llama as llama_mod
+
+    default_params = llama_cpp.llama_model_default_params
+    if getattr(default_params, "_no_extra_bufts", False):
+        return
+
+    def model_params():
+        p = default_params()
+        p.use_extra_bufts = False
+        return p
+
+    model_params._no_extra_bufts = True
+    llama_mod.llama_cpp.llama_model_default_params = model_params
+
+
 def run(a) -> dict:
     import numpy as np
     import llama_cpp
@@ -86,20 +110,7 @@ def run(a) -> dict:
 
     out: dict = {"extra_bufts": a.extra_bufts}
     if not a.extra_bufts:
-        # llama.cpp 0.3.36 built -march=native on an AMX host segfaults in the first decode of a Q4_0/Q8_0 model
-        # whose weights were repacked into the AMX buffer type (fine with bf16, fine with this off). The Llama
-        # class exposes no switch, so clear `use_extra_bufts` in the defaults it starts from. This also turns
-        # off the AVX2/AVX512 CPU_REPACK layouts, so Q4_0 prefill here is slower than llama.cpp can be.
-        import llama_cpp.llama as llama_mod
-
-        default_params = llama_cpp.llama_model_default_params
-
-        def model_params():
-            p = default_params()
-            p.use_extra_bufts = False
-            return p
-
-        llama_mod.llama_cpp.llama_model_default_params = model_params
+        disable_extra_bufts()
     n_ctx = max(a.prefill + [0]) + a.decode + 16
     t0 = time.perf_counter()
     llm = Llama(model_path=a.gguf, n_ctx=n_ctx, n_batch=512, n_ubatch=512, n_threads=a.threads,

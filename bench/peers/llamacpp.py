@@ -108,7 +108,7 @@ def run(res: PeerResult, *, prefill=(128, 512), decode_steps: int = 64, threads:
     st = speed_stats(w["decode_step_s"])
     res.decode_tok_s, res.decode_tok_s_p10, res.decode_tok_s_p90 = st["tok_s"], st["tok_s_p10"], st["tok_s_p90"]
     res.decode_steps = len(w["decode_step_s"])
-    res.run_peak_rss_bytes = max(w["peak_rss_bytes"], tr.peak_rss_bytes)
+    res.run_peak_rss_bytes = w["peak_rss_bytes"]
     res.notes.append(f"use_extra_bufts={w['extra_bufts']} (False: no AMX/CPU_REPACK weight layouts; AMX segfaults here)")
     res.notes.append(f"prefill batched (n_batch=n_ubatch=512, median of {reps}); decode from pos {w['decode_start_pos']}; "
                      f"logits finite={w['finite']}; {w['system_info'].strip()}")

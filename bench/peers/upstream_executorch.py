@@ -112,7 +112,9 @@ def export(checkpoint: Path, work: Path, variant: str = "fp32", *, meta_ckpt: Pa
     cmd = [sys.executable, "-m", "executorch.extension.llm.export.export_llm", "--config", str(upstream_yaml()),
            f"++base.model_class={model_class_for(hf.get('text_config', hf)['hidden_size'])}",
            f"++base.params={params}", f"++base.checkpoint={meta_ckpt}",
-           f"++export.output_dir={work}", f"++export.output_name={name}", f"hydra.run.dir={work / ('hydra_' + variant)}"]
+           # output_name is written relative to the cwd, not under output_dir: give it absolute.
+           f"++export.output_dir={work}", f"++export.output_name={work / name}",
+           f"hydra.run.dir={work / ('hydra_' + variant)}"]
     if max_seq_len:
         cmd += [f"++export.max_seq_length={max_seq_len}", f"++export.max_context_length={max_seq_len}"]
     cmd += VARIANTS[variant]
@@ -131,6 +133,9 @@ def export(checkpoint: Path, work: Path, variant: str = "fp32", *, meta_ckpt: Pa
         res.error = f"export_llm exit {tr.returncode}: " + tr.stdout[-1500:]
         return res
     pte = work / name
+    if not pte.exists():
+        res.error = f"export_llm exited 0 but {pte} is missing"
+        return res
     res.artifact = str(pte)
     res.size_bytes = dir_size(pte)
     res.export_s = sum(s["s"] for s in res.export_steps.values())
@@ -163,7 +168,7 @@ def run(res: PeerResult, *, prefill=(128, 512), decode_steps: int = 32, threads:
     st = speed_stats(w["decode_step_s"])
     res.decode_tok_s, res.decode_tok_s_p10, res.decode_tok_s_p90 = st["tok_s"], st["tok_s_p10"], st["tok_s_p90"]
     res.decode_steps = len(w["decode_step_s"])
-    res.run_peak_rss_bytes = max(w["peak_rss_bytes"], tr.peak_rss_bytes)
+    res.run_peak_rss_bytes = w["peak_rss_bytes"]
     res.notes.append(f"prefill {w['prefill_mode']} (static T=1 forward); decode from pos {w['decode_start_pos']}, "
                      f"first forward {w['first_forward_s']:.2f}s excluded; logits finite={w['finite']}")
     return res
