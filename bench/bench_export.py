@@ -110,7 +110,7 @@ def main() -> int:
     print(head)
     for r in rows:
         pp = r.get("prefill_tok_s") or {}
-        print(f"{r['peer'] + ' ' + str(r.get('variant', '')):<22}{r.get('size_bytes', 0) / 1e6:>9.0f}"
+        print(f"{r['peer'] + ' ' + str(r.get('variant', '')):<22}{(r.get('size_bytes') or 0) / 1e6:>9.0f}"
               f"{r.get('export_s') or 0:>10.0f}{(r.get('export_peak_rss_bytes') or 0) / 1e9:>10.2f}"
               + "".join(f"{pp.get(n, float('nan')):>9.1f}" for n in lens)
               + f"{r.get('decode_tok_s') or float('nan'):>9.2f}{(r.get('run_peak_rss_bytes') or 0) / 1e9:>8.2f}"
