@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from prepare import _bytes_to_unicode  # run as a script: models/nano/ is on sys.path
 
 HERE = Path(__file__).resolve().parent
 
@@ -111,18 +112,6 @@ def token_byte_lengths(tokenizer_path: Path, vocab: int) -> np.ndarray:
     for piece, i in tok.get_vocab(with_added_tokens=True).items():
         out[i] = 0 if piece in added else len(bytes(table[c] for c in piece))
     return out
-
-
-def _bytes_to_unicode() -> dict[int, str]:
-    """GPT-2's byte-to-printable-character table used by ByteLevel."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs, n = bs[:], 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return dict(zip(bs, map(chr, cs)))
 
 
 def windows_of(ids: np.ndarray, seq_len: int) -> torch.Tensor:
