@@ -113,6 +113,9 @@ def describe(config: Qwen35Config) -> dict:
 
 PRESETS_DIR = Path(__file__).resolve().parent / "presets"
 RECIPES = {"xnnpack": "ExecuTorch .pte, XNNPACK delegate, our qwen35 kernel for the delta rule"}
+# Linear schemes each recipe can lower. Weight-only linears (8w, 4w) leave torchao::dequantize_affine outside
+# XNNPACK in executorch 1.5.1 (`Missing out variants`), so the xnnpack recipe refuses them up front.
+RECIPE_QLINEAR = {"xnnpack": ("fp32", "8da4w", "8da8w")}
 DEFAULT_PRESET = "xnnpack-8da4w"
 
 
@@ -143,14 +146,14 @@ class ExportSettings:
     @classmethod
     def resolve(cls, preset: str | None = DEFAULT_PRESET, **overrides) -> "ExportSettings":
         """Preset values, then every override that is not None (the CLI's explicit flags)."""
-        from .quantize import GROUP_SIZES, QEMBEDDING, QLINEAR
+        from .quantize import GROUP_SIZES, QEMBEDDING
 
         base = load_export_preset(preset) if preset else {}
         base.update({k: v for k, v in overrides.items() if v is not None})
         settings = cls(**base, preset=preset)
         if settings.recipe not in RECIPES:
             raise ValueError(f"--recipe {settings.recipe!r}: unknown; valid recipes: {sorted(RECIPES)}")
-        for flag, value, valid in (("--qlinear", settings.qlinear, QLINEAR),
+        for flag, value, valid in (("--qlinear", settings.qlinear, RECIPE_QLINEAR[settings.recipe]),
                                    ("--qembedding", settings.qembedding, QEMBEDDING),
                                    ("--group-size", settings.group_size, GROUP_SIZES)):
             if value not in valid:

@@ -264,7 +264,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.set_defaults(func=cmd_generate)
 
-    from qwen_mobile.export.quantize import GROUP_SIZES, QEMBEDDING, QLINEAR
+    from qwen_mobile.export.api import RECIPE_QLINEAR
+    from qwen_mobile.export.quantize import GROUP_SIZES, QEMBEDDING
 
     p = sub.add_parser(
         "export", formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -274,15 +275,15 @@ def build_parser() -> argparse.ArgumentParser:
                     "is run on this host with our kernel and compared with eager fp32 before the folder appears.",
         epilog="Presets (export/presets/*.yaml) set every flag; explicit flags override them.\n"
                "  xnnpack-8da4w  phone default: int8 dynamic activations x int4 weights, 4-bit embedding\n"
-               "  xnnpack-8w     int8 weight-only linears and embedding\n"
+               "  xnnpack-8da8w  int8 dynamic activations x int8 weights, 8-bit embedding\n"
                "  xnnpack-fp32   full precision; the reference")
     add_source(p)
     p.add_argument("--out", required=True, help="bundle folder to create (refused if it exists, unless --force)")
     p.add_argument("--preset", default="xnnpack-8da4w", help="reviewed settings to start from (default: %(default)s)")
     p.add_argument("--recipe", choices=["xnnpack"], help="backend recipe: xnnpack = ExecuTorch .pte for Android/iOS CPU")
-    p.add_argument("--qlinear", choices=QLINEAR,
-                   help="linear layers: 8da4w = int8 dynamic activations x int4 group-wise weights (smallest, "
-                        "fastest decode); 8da8w = x int8 per-channel weights; 8w/4w = weight-only; fp32 = none")
+    p.add_argument("--qlinear", choices=RECIPE_QLINEAR["xnnpack"],
+                   help="linear layers: 8da4w = int8 dynamic activations x int4 group-wise weights (smallest); "
+                        "8da8w = int8 dynamic activations x int8 per-channel weights; fp32 = none")
     p.add_argument("--qembedding", choices=QEMBEDDING, help="embedding table: 4w/8w weight-only, or none")
     p.add_argument("--group-size", type=int, choices=GROUP_SIZES,
                    help="weights per scale for group-wise int4 (smaller = more accurate, larger file)")
