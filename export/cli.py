@@ -219,7 +219,7 @@ def cmd_demo(args) -> int:
     rc |= cmd_export(argparse.Namespace(
         source=source, out=args.out, preset=args.preset, force=True, quality_gate="auto", no_progress=False,
         recipe=None, qlinear=None, qembedding=None, group_size=None, max_seq_len=None, max_prefill_chunk=None))
-    print(f"\n== 3/3 run the bundle ==")
+    print("\n== 3/3 run the bundle ==")
     rc |= cmd_run(argparse.Namespace(bundle=args.out, prompt=prompt, prompt_ids=None,
                                      max_new_tokens=args.max_new_tokens))
     return rc

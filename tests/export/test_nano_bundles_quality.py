@@ -8,7 +8,6 @@ method, against our eager fp32 model on the same windows.
 
 import json
 import math
-from pathlib import Path
 
 import pytest
 import torch
