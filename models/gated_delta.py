@@ -32,11 +32,11 @@ def _l2norm(x: torch.Tensor) -> torch.Tensor:
     return x * torch.rsqrt((x * x).sum(-1, keepdim=True) + L2NORM_EPS)
 
 
-def _prepare(q, k, v, g, beta, use_qk_l2norm):
+def _prepare(q, k, v, g, beta, initial_state, use_qk_l2norm):
     """Head-repeat q/k, move heads before time, normalise; everything in the compute dtype.
 
-    Shapes: q, k [B,T,Hk,K]; v [B,T,Hv,V]; g, beta [B,T,Hv]
-         -> q, k [B,Hv,T,K]; v [B,Hv,T,V]; g, beta [B,Hv,T]
+    Shapes: q, k [B,T,Hk,K]; v [B,T,Hv,V]; g, beta [B,T,Hv]; initial_state [B,Hv,K,V] or None
+         -> q, k [B,Hv,T,K]; v [B,Hv,T,V]; g, beta [B,Hv,T]; state [B,Hv,K,V] (zeros if None)
     """
     compute = torch.promote_types(v.dtype, torch.float32)
     hk, hv = k.shape[2], v.shape[2]
@@ -51,7 +51,12 @@ def _prepare(q, k, v, g, beta, use_qk_l2norm):
     if use_qk_l2norm:
         q, k = _l2norm(q), _l2norm(k)
     q = q * q.shape[-1] ** -0.5
-    return q, k, v, g, beta
+    b, h, _, dk = k.shape
+    if initial_state is None:
+        state = torch.zeros(b, h, dk, v.shape[-1], dtype=v.dtype)
+    else:
+        state = initial_state.to(v.dtype)
+    return q, k, v, g, beta, state
 
 
 def recurrent_reference(q, k, v, g, beta, initial_state=None, use_qk_l2norm=True):
@@ -63,10 +68,9 @@ def recurrent_reference(q, k, v, g, beta, initial_state=None, use_qk_l2norm=True
         returns out [B, T, Hv, V] (dtype of v), final_state [B, Hv, K, V] (compute dtype)
     """
     out_dtype = v.dtype
-    q, k, v, g, beta = _prepare(q, k, v, g, beta, use_qk_l2norm)
-    b, h, t, dk = k.shape
+    q, k, v, g, beta, state = _prepare(q, k, v, g, beta, initial_state, use_qk_l2norm)
+    b, h, t, _ = k.shape
     dv = v.shape[-1]
-    state = (torch.zeros(b, h, dk, dv, dtype=v.dtype) if initial_state is None else initial_state.to(v.dtype))
     outs = []
     for i in range(t):
         state = state * g[:, :, i].exp()[..., None, None]
@@ -117,9 +121,8 @@ def chunked_reference(q, k, v, g, beta, initial_state=None, use_qk_l2norm=True, 
         returns out [B, T, Hv, V] (dtype of v), final_state [B, Hv, K, V] (compute dtype)
     """
     out_dtype = v.dtype
-    q, k, v, g, beta = _prepare(q, k, v, g, beta, use_qk_l2norm)
-    b, h, t, dk = k.shape
-    dv = v.shape[-1]
+    q, k, v, g, beta, state = _prepare(q, k, v, g, beta, initial_state, use_qk_l2norm)
+    b, h, t, _ = k.shape
     c = chunk_size
     pad = (c - t % c) % c
     if pad:
@@ -145,7 +148,6 @@ def chunked_reference(q, k, v, g, beta, initial_state=None, use_qk_l2norm=True, 
     k_to_end = k * (gamma[..., -1:] - gamma).exp()[..., None]
     chunk_decay = gamma[..., -1].exp()[..., None, None]  # [B,H,N,1,1]
 
-    state = (torch.zeros(b, h, dk, dv, dtype=v.dtype) if initial_state is None else initial_state.to(v.dtype))
     outs = []
     for i in range(n):
         v_new = u[:, :, i] - w[:, :, i] @ state  # [B,H,C,V]
