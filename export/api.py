@@ -166,7 +166,7 @@ class ExportSettings:
         return settings
 
 
-def _stop_ids(source_dir: Path | None, config: Qwen35Config, tokenizer) -> list[int]:
+def _stop_ids(config: Qwen35Config, tokenizer) -> list[int]:
     ids = list(config.eos_token_id)
     if tokenizer is not None:
         for token in ("<|im_end|>", "<|endoftext|>"):
@@ -251,7 +251,7 @@ def export(source: str, out: str | Path, *, preset: str | None = DEFAULT_PRESET,
                                f"{expected} (one per delta-net layer); refusing to ship a graph without our kernel")
     done("export")
     stage("lower")
-    stop_ids = _stop_ids(source_dir, config, tokenizer)
+    stop_ids = _stop_ids(config, tokenizer)
     metadata = {
         "get_max_seq_len": settings.max_prefill_chunk, "get_max_context_len": settings.max_seq_len,
         "get_vocab_size": config.vocab_size, "get_eos_ids": stop_ids, "use_kv_cache": True,

@@ -84,29 +84,6 @@ def lower_to_executorch(programs: dict, metadata: dict):
     return et, graph_summary
 
 
-# ExecuTorch kernel libraries in the executorch wheel that a program may need besides the portable ops, keyed by
-# the op namespace that needs them.
-WHEEL_KERNEL_LIBRARIES = {"quantized_decomposed": "libexecutorch_kernels_quantized.so"}
-
-
-def load_wheel_kernels(namespaces) -> None:
-    """Register the wheel's extra ExecuTorch kernels (e.g. quantized embeddings) with the pybindings' registry."""
-    import ctypes
-    from pathlib import Path
-
-    import executorch
-
-    lib_dir = Path(list(executorch.__path__)[0]) / "lib"
-    for ns in sorted(set(namespaces)):
-        name = WHEEL_KERNEL_LIBRARIES.get(ns)
-        if name and name not in _LOADED:
-            ctypes.CDLL(str(lib_dir / name), mode=ctypes.RTLD_GLOBAL)
-            _LOADED.add(name)
-
-
-_LOADED: set[str] = set()
-
-
 def program_op_namespaces(et) -> list[str]:
     """Namespaces of the non-delegated operators an emitted program calls (e.g. aten, qwen35, quantized_decomposed)."""
     names = set()

@@ -17,8 +17,6 @@ from .ops import load_library
 
 class BundleProgram:
     def __init__(self, pte_path: str | Path, *, max_prefill_tokens: int, kernel_namespaces=("qwen35",)):
-        from qwen_mobile.export.lowering import load_wheel_kernels
-
         load_library()  # registers qwen35::gated_delta_rule.out with ExecuTorch before any method loads
         load_wheel_kernels(kernel_namespaces)
         from executorch.runtime import Runtime
@@ -44,3 +42,25 @@ class BundleProgram:
     def decode(self, token: int, pos: int) -> torch.Tensor:
         """Logits [vocab] after one token at absolute position `pos`."""
         return self._decode.execute([torch.tensor([[token]], dtype=torch.long), torch.tensor([pos])])[0][0, -1]
+
+
+# ExecuTorch kernel libraries in the executorch wheel that a program may need besides the portable ops, keyed by
+# the op namespace that needs them.
+WHEEL_KERNEL_LIBRARIES = {"quantized_decomposed": "libexecutorch_kernels_quantized.so"}
+
+
+def load_wheel_kernels(namespaces) -> None:
+    """Register the wheel's extra ExecuTorch kernels (e.g. quantized embeddings) with the pybindings' registry."""
+    import ctypes
+
+    import executorch
+
+    lib_dir = Path(list(executorch.__path__)[0]) / "lib"
+    for ns in sorted(set(namespaces)):
+        name = WHEEL_KERNEL_LIBRARIES.get(ns)
+        if name and name not in _LOADED:
+            ctypes.CDLL(str(lib_dir / name), mode=ctypes.RTLD_GLOBAL)
+            _LOADED.add(name)
+
+
+_LOADED: set[str] = set()
