@@ -33,7 +33,7 @@ print(json.dumps({"seconds": time.perf_counter() - t0, "manifest_export": m["exp
 RUN_CHILD = r"""
 import json, statistics, sys, time, torch
 torch.set_num_threads(int(sys.argv[4]))
-from qwen_mobile.export.bundle import load_manifest
+from qwen_mobile.runtime.bundle import load_manifest
 from qwen_mobile.runtime.program import BundleProgram
 bundle, steps = sys.argv[1], int(sys.argv[2])
 lens = [int(x) for x in sys.argv[3].split(",")]

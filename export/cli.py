@@ -178,7 +178,7 @@ def cmd_run(args) -> int:
     """Greedy generation through a bundle's .pte on this host, with prefill/decode timings."""
     from tokenizers import Tokenizer
 
-    from qwen_mobile.export.bundle import load_manifest
+    from qwen_mobile.runtime.bundle import load_manifest
     from qwen_mobile.runtime.program import BundleProgram
 
     bundle_dir = Path(args.bundle)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from conftest import make_hf_causal_lm
-from qwen_mobile.export import bundle
+from qwen_mobile.runtime import bundle
 from qwen_mobile.export.api import export
 from qwen_mobile.runtime.program import BundleProgram
 

@@ -1,7 +1,7 @@
 """Bundle folders: the manifest contract, hashes, atomic writes, validation.
 
 A bundle is a folder holding `model.pte`, `tokenizer.json` and `tokenizer_config.json` when the source had them, and
-`manifest.json` (schema: schemas/manifest.schema.json, documented in MANIFEST.md). It is written under a temporary
+`manifest.json` (schema: schemas/manifest.schema.json, documented in export/README.md). It is written under a temporary
 name beside its destination and renamed only once complete and verified, so a failed or interrupted export never
 leaves a bundle that looks whole.
 """
