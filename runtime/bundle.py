@@ -34,8 +34,14 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
 
 
 def file_entries(folder: Path) -> dict[str, dict]:
-    return {p.name: {"sha256": sha256_file(p), "bytes": p.stat().st_size}
-            for p in sorted(folder.iterdir()) if p.is_file() and p.name != MANIFEST}
+    """Every file of the bundle but the manifest, keyed by its path relative to the bundle ("/"-separated).
+
+    Files inside a directory (a Core ML `.mlpackage` is one) are listed one by one, e.g.
+    "model.mlpackage/Data/com.apple.CoreML/weights/weight.bin"; a flat bundle's keys are plain file names.
+    """
+    folder = Path(folder)
+    return {p.relative_to(folder).as_posix(): {"sha256": sha256_file(p), "bytes": p.stat().st_size}
+            for p in sorted(folder.rglob("*")) if p.is_file() and p.relative_to(folder).as_posix() != MANIFEST}
 
 
 def bundle_hash(manifest: dict) -> str:
@@ -68,6 +74,8 @@ def load_manifest(folder: str | Path, check_hashes: bool = True) -> dict:
     validate_manifest(manifest, str(path))
     if check_hashes:
         for name, entry in manifest["files"].items():
+            if Path(name).is_absolute() or ".." in Path(name).parts:
+                raise BundleError(f"{folder}: file '{name}' in the manifest points outside the bundle")
             f = folder / name
             if not f.is_file():
                 raise BundleError(f"{folder}: file '{name}' listed in the manifest is missing")

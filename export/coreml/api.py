@@ -1,0 +1,229 @@
+"""`export_coreml`: a checkpoint to a verified Core ML bundle (stateful multifunction `.mlpackage` + manifest)."""
+
+from __future__ import annotations
+
+import datetime
+import shutil
+import time
+import warnings
+from pathlib import Path
+
+import torch
+
+from .convert import ANE_PACKAGE_LIMIT_BYTES, INT4_BLOCK_SIZE, MIN_DEPLOYMENT, QLINEAR
+from .graph import GDN_LAYOUTS, CoreMLDecoder, fp16_kv, state_shapes
+
+PACKAGE = "model.mlpackage"
+DEFAULT_MAX_SEQ_LEN = 1024
+DEFAULT_PREFILL_CHUNK = 64
+VERIFY_DECODE_STEPS = 16
+
+# Gates of the numpy-evaluated package against eager torch (teacher-forced, verify.compare_with_eager):
+# fp32: the same math as the eager model with fp16 attention caches; only op order differs.
+FP32_REL_TOL = 1e-4
+# fp16 / quantized: measured on nano (README "Parity"); the floors leave room for other prompts.
+QUALITY_FLOORS = {
+    "fp16": {"min_top1_agreement": 0.9, "max_mean_kl": 0.01},
+    "8w": {"min_top1_agreement": 0.9, "max_mean_kl": 0.01},
+    "4w": {"min_top1_agreement": 0.75, "max_mean_kl": 0.1},
+}
+
+
+def export_coreml(source: str, out: str | Path, *, qlinear: str = "fp16", max_seq_len: int = DEFAULT_MAX_SEQ_LEN,
+                  prefill_chunk: int = DEFAULT_PREFILL_CHUNK, gdn_layout: str = "io", head_fp32: bool = False,
+                  quality_gate: bool | None = None, force: bool = False, progress: bool = True) -> dict:
+    """Export `source` to a Core ML bundle folder at `out` (iOS 18+); returns the validated manifest.
+
+    The bundle holds `model.mlpackage` with two functions sharing weights and states: "prefill" (exactly
+    `prefill_chunk` tokens, chunked delta rule) and "decode" (one token). The attention caches of all layers are one
+    fp16 Core ML state; the delta-net state is fp32 input/output (`gdn_layout="io"`, the default, see README) or two
+    more fp16 states (`"state"`). Before the bundle appears, the saved package is run by the numpy MIL evaluator
+    against eager torch and must pass the gate for `qlinear`; nothing is left at `out` on failure.
+
+    source: a local HF folder, the shipped model "nano", or a preset name (random weights).
+    qlinear: "fp16" (fp16 weights and compute), "8w" (int8 per channel), "4w" (int4, blocks of 32), or "fp32"
+             (fp32 compute; for verification, not for phones).
+    head_fp32: keep the vocabulary projection in fp32 inside an fp16 program.
+    quality_gate: enforce top-1/KL floors for fp16/quantized builds; default on for checkpoints, off for presets.
+    """
+    import coremltools  # noqa: F401  (the [coreml] extra; fail before any work)
+
+    from qwen_mobile.export.api import _size_name, _stop_ids, _toolkit_version, load_model, resolve_source
+    from qwen_mobile.export.verify import compare_with_eager, gate
+    from qwen_mobile.models import Qwen35Config
+    from qwen_mobile.runtime import bundle
+
+    from .convert import build_package
+    from .evaluator import MILModel
+    from .runner import evaluator_runner
+
+    if qlinear not in QLINEAR:
+        raise ValueError(f"--qlinear {qlinear!r}: not valid for recipe coreml; valid: {list(QLINEAR)}")
+    if gdn_layout not in GDN_LAYOUTS:
+        raise ValueError(f"--gdn-layout {gdn_layout!r}: valid: {list(GDN_LAYOUTS)}")
+    if prefill_chunk < 2:
+        raise ValueError(f"--prefill-chunk {prefill_chunk}: must be at least 2 (single tokens go through decode)")
+    if prefill_chunk > max_seq_len:
+        raise ValueError(f"--prefill-chunk {prefill_chunk} exceeds --max-seq-len {max_seq_len}")
+    if head_fp32 and qlinear == "fp32":
+        raise ValueError("--head-fp32 only applies to fp16 programs; --qlinear fp32 is fp32 throughout")
+    out = Path(out)
+    if out.exists() and not force:
+        raise FileExistsError(f"--out {out} already exists; pass --force to replace it")
+    resolved = resolve_source(source)
+    source_dir = resolved if isinstance(resolved, Path) else None
+    config = Qwen35Config.from_json(source_dir) if source_dir else Qwen35Config.from_preset(str(resolved))
+    if max_seq_len > config.max_position_embeddings:
+        raise ValueError(f"--max-seq-len {max_seq_len} exceeds the model's max_position_embeddings "
+                         f"({config.max_position_embeddings})")
+    random_weights = source_dir is None
+    if quality_gate is None:
+        quality_gate = not random_weights
+    tokenizer = None
+    if source_dir and (source_dir / "tokenizer.json").is_file():
+        from tokenizers import Tokenizer
+
+        tokenizer = Tokenizer.from_file(str(source_dir / "tokenizer.json"))
+    else:
+        warnings.warn(f"SOURCE {source}: no tokenizer.json; the bundle will be run with token ids only")
+
+    say = (lambda msg: print(f"[coreml] {msg}", flush=True)) if progress else (lambda msg: None)
+    t_all = time.perf_counter()
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    model = load_model(source, max_seq_len=max_seq_len, gdn_impl="reference")
+    n_params = sum(p.numel() for p in model.parameters())
+    decoder = CoreMLDecoder(model, gdn_layout)
+    timings["load"] = time.perf_counter() - t0
+
+    with bundle.staged_bundle(out, force) as staging:
+        t0 = time.perf_counter()
+        report = build_package(decoder, staging / PACKAGE, prefill_chunk=prefill_chunk, qlinear=qlinear,
+                               keep_head_fp32=head_fp32, progress=say)
+        timings["convert"] = time.perf_counter() - t0
+        del decoder
+        for name in ("tokenizer.json", "tokenizer_config.json"):
+            if source_dir and (source_dir / name).is_file():
+                shutil.copy(source_dir / name, staging / name)
+
+        say("verify with the numpy MIL evaluator")
+        t0 = time.perf_counter()
+        mil = MILModel(staging / PACKAGE)
+        check_package_spec(mil, config, max_seq_len, prefill_chunk, gdn_layout)
+        shapes = state_shapes(config, max_seq_len)
+        runner = evaluator_runner(mil, prefill_chunk=prefill_chunk, gdn_layout=gdn_layout,
+                                  io_shapes={n: shapes[n] for n in ("gdn_conv", "gdn_rec")})
+        # fp32 is held to the model it implements exactly (fp16 caches); fp16 and quantized builds to the fp32 model.
+        reference = fp16_kv(model) if qlinear == "fp32" else model
+        prompt = verification_prompt(config.vocab_size, tokenizer, prefill_chunk)
+        steps = min(VERIFY_DECODE_STEPS, max_seq_len - len(prompt))
+        metrics = compare_with_eager(runner, reference, prompt, steps=steps)
+        if qlinear == "fp32":
+            result = gate(metrics, "fp32", "none", {"max_abs_logit_diff": FP32_REL_TOL}, quality_gate)
+        else:
+            result = gate(metrics, qlinear, "none", QUALITY_FLOORS[qlinear], quality_gate)
+        timings["verify"] = time.perf_counter() - t0
+        if not result.passed:
+            raise RuntimeError(f"Core ML verification failed ({result.gate}): {result.as_dict()}; no bundle written")
+
+        stop_ids = _stop_ids(config, tokenizer)
+        vocab = config.vocab_size
+        tensor = lambda n, shape, dtype: {"name": n, "shape": list(shape), "dtype": dtype}  # noqa: E731
+        io_inputs = [tensor("conv_in", shapes["gdn_conv"], "float32"), tensor("rec_in", shapes["gdn_rec"], "float32")]
+        io_outputs = [tensor("conv_out", shapes["gdn_conv"], "float32"), tensor("rec_out", shapes["gdn_rec"], "float32")]
+
+        def method(function, tokens):
+            inputs = [tensor("tokens", [1, tokens], "int32"), tensor("input_pos", [tokens], "int32")]
+            outputs = [tensor("logits", [1, 1, vocab], "float32")]
+            if gdn_layout == "io":
+                inputs, outputs = inputs + io_inputs, outputs + io_outputs
+            return {"function": function, "kind": "prefill" if tokens > 1 else "decode", "inputs": inputs,
+                    "outputs": outputs, "min_tokens": tokens, "max_tokens": tokens,
+                    "resets_state_at_position_0": True}
+
+        buffers = [dict(tensor("kv_cache", shapes["kv_cache"], "float16"), seq_axis=2, storage="coreml_state")]
+        for name in ("gdn_conv", "gdn_rec"):
+            storage = "coreml_state" if gdn_layout == "state" else "host_io"
+            dtype = "float16" if gdn_layout == "state" else "float32"
+            buffers.append(dict(tensor(name, shapes[name], dtype), seq_axis=None, storage=storage))
+        package_bytes = report.package_bytes
+        manifest = {
+            "schema_version": 1,
+            "format": "qwen-mobile-bundle",
+            "toolkit_version": _toolkit_version(),
+            "created_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "model": {"id": Path(str(source)).name, "source": str(source), "size": _size_name(config),
+                      "params": n_params, "random_weights": random_weights, "config": config.to_hf_dict()},
+            "recipe": {"name": "coreml", "backend": "coreml", "preset": None, "qlinear": qlinear,
+                       # linear_quantize_weights quantizes the embedding table with the linears.
+                       "qembedding": qlinear if qlinear in ("8w", "4w") else "none",
+                       "group_size": INT4_BLOCK_SIZE, "tied_table_copies": 2 if config.tie_word_embeddings else 1,
+                       "gdn_layout": gdn_layout, "head_fp32": head_fp32,
+                       "compute_precision": "fp32" if qlinear == "fp32" else "fp16",
+                       "minimum_deployment_target": MIN_DEPLOYMENT},
+            "program": {
+                "file": PACKAGE, "op_namespace": "qwen35", "kernel_namespaces": [],
+                "methods": {"forward": method("prefill", prefill_chunk), "decode": method("decode", 1)},
+                "packages": [{"file": PACKAGE, "layers": [0, config.num_hidden_layers], "bytes": package_bytes}],
+                "graph": {name: {"ops": mil.op_histogram(name)} for name in ("prefill", "decode")},
+                "prefill_rule": f"full {prefill_chunk}-token chunks through prefill, the rest through decode",
+            },
+            "state": {"max_seq_len": max_seq_len, "max_batch_size": 1, "shared_between_methods": True,
+                      "reset": "a call whose input_pos[0] == 0 zeroes every state first (in-graph)",
+                      "buffers": buffers},
+            "tokenizer": {"file": "tokenizer.json" if (staging / "tokenizer.json").is_file() else None,
+                          "config_file": ("tokenizer_config.json" if (staging / "tokenizer_config.json").is_file()
+                                          else None),
+                          "bos_id": config.bos_token_id, "stop_ids": stop_ids, "thinking_default": None},
+            "verification": dict(result.as_dict(), quality_gate=quality_gate, prompt_tokens=len(prompt),
+                                 evaluator="numpy MIL evaluator (Linux); MLModel.predict not run",
+                                 reference="eager fp32 with fp16 attention caches" if qlinear == "fp32"
+                                 else "eager fp32"),
+            "export": {"seconds": round(time.perf_counter() - t_all, 1),
+                       "stage_seconds": {k: round(v, 1) for k, v in timings.items()},
+                       "conversion": report.__dict__,
+                       "ane_package_limit_bytes": ANE_PACKAGE_LIMIT_BYTES},
+        }
+        if package_bytes > ANE_PACKAGE_LIMIT_BYTES:
+            warnings.warn(f"{PACKAGE} is {package_bytes / 1e9:.2f} GB, above the ~1.4 GB Neural Engine compile "
+                          "limit: it will run on GPU/CPU. Splitting into chained packages is not implemented yet.")
+        manifest = bundle.write_manifest(staging, manifest)
+    return manifest
+
+
+def verification_prompt(vocab_size: int, tokenizer, prefill_chunk: int) -> list[int]:
+    """A prompt long enough for one full prefill chunk plus a decoded tail, split by compare_with_eager in thirds."""
+    from qwen_mobile.export.verify import fixed_prompt
+
+    length = 3 * prefill_chunk + 5
+    prompt = fixed_prompt(vocab_size, tokenizer, length=length)
+    if len(prompt) < length:  # the tokenizer's text is short: pad with deterministic random ids
+        gen = torch.Generator().manual_seed(4321)
+        prompt += torch.randint(0, vocab_size, (length - len(prompt),), generator=gen).tolist()
+    return prompt
+
+
+def check_package_spec(mil, config, max_seq_len: int, prefill_chunk: int, gdn_layout: str) -> None:
+    """Assert what the apps rely on: function names, input/output names and shapes, states (names, fp16, shapes)."""
+    shapes = state_shapes(config, max_seq_len)
+    if sorted(mil.functions) != ["decode", "prefill"]:
+        raise RuntimeError(f"package functions {sorted(mil.functions)}; expected ['decode', 'prefill']")
+    want_states = {"kv_cache": shapes["kv_cache"]}
+    if gdn_layout == "state":
+        want_states.update(gdn_conv=shapes["gdn_conv"], gdn_rec=shapes["gdn_rec"])
+    got_states = {n: s for n, (s, _) in mil.state_specs().items()}
+    if got_states != want_states or any(dt.__name__ != "float16" for _, dt in mil.state_specs().values()):
+        raise RuntimeError(f"package states {mil.state_specs()}; expected fp16 {want_states}")
+    from coremltools.converters.mil.mil import types
+
+    for name, tokens in (("prefill", prefill_chunk), ("decode", 1)):
+        fn = mil.functions[name]
+        inputs = {n: tuple(v.shape) for n, v in fn.inputs.items() if not types.is_state(v.sym_type)}
+        want = {"tokens": (1, tokens), "input_pos": (tokens,)}
+        outputs = {v.name: tuple(v.shape) for v in fn.outputs}
+        want_out = {"logits": (1, 1, config.vocab_size)}
+        if gdn_layout == "io":
+            want.update(conv_in=shapes["gdn_conv"], rec_in=shapes["gdn_rec"])
+            want_out.update(conv_out=shapes["gdn_conv"], rec_out=shapes["gdn_rec"])
+        if inputs != want or outputs != want_out:
+            raise RuntimeError(f"function {name}: inputs {inputs}, outputs {outputs}; expected {want}, {want_out}")

@@ -1,0 +1,208 @@
+"""The torch module each Core ML function is converted from, and the state layouts it supports.
+
+Core ML functions have static shapes and keep mutable data in `ct.StateType`s, which must be fp16 on iOS 18. A
+published Qwen3.5 port found that several states in one model break on the Neural Engine, so the attention caches of
+every layer are packed into ONE state:
+
+    kv_cache [2 * n_attn, n_kv, max_seq_len, head_dim] fp16     rows 2j / 2j+1: keys / values of attention layer j
+
+The delta-net layers' state takes one of two layouts (GDN_LAYOUTS), compared in README.md ("State layout"):
+
+    "io":    conv_in [n_gdn, conv_dim, K-1] and rec_in [n_gdn, Hv, Dk, Dv] fp32 inputs, returned updated as conv_out and
+             rec_out: the host keeps them between calls (fp32, one state per package);
+    "state": two more fp16 states, gdn_conv and gdn_rec (three states per package).
+
+Every function takes tokens [1,T] int32 and input_pos [T] int32 (absolute positions) and returns the last position's
+logits [1,1,vocab] fp32. A call with input_pos[0] == 0 starts a new sequence: every state is zeroed first in-graph, so a
+state the device hands out uninitialised (or holding the previous conversation) never leaks, and masked cache slots can
+never hold NaN. The reference for all of it is the stock `Qwen35ForCausalLM` with fp16 attention caches (`fp16_kv`).
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from qwen_mobile.models import Qwen35ForCausalLM
+from qwen_mobile.models.qwen35 import softplus
+
+GDN_LAYOUTS = ("io", "state")
+# Additive mask for slots after the query position. Finite: -inf - -inf is NaN, and fp16 ends at 65504.
+MASK_VALUE = -30000.0
+
+
+class CoreMLDecoder(nn.Module):
+    """One Core ML function: forward(tokens [1,T] int32, input_pos [T] int32[, conv_in, rec_in]) -> logits[, ...]."""
+
+    def __init__(self, model: Qwen35ForCausalLM, gdn_layout: str = "io"):
+        super().__init__()
+        if gdn_layout not in GDN_LAYOUTS:
+            raise ValueError(f"gdn_layout={gdn_layout!r}; expected one of {GDN_LAYOUTS}")
+        if model.max_batch_size != 1:
+            raise ValueError("Core ML functions are batch 1; build the model with max_batch_size=1")
+        cfg = model.config
+        self.config = cfg
+        self.gdn_layout = gdn_layout
+        self.max_seq_len = model.max_seq_len
+        # A private copy without the model's per-layer state buffers: only the packed states below may reach the
+        # converter (an unused mutable buffer would become a Core ML state of its own).
+        self.model = copy.deepcopy(model).float()
+        for module in self.model.modules():
+            for name in ("k_cache", "v_cache", "conv_state", "recurrent_state"):
+                module._buffers.pop(name, None)
+        self.attn_index = [i for i, t in enumerate(cfg.layer_types) if t == "full_attention"]
+        self.gdn_index = [i for i, t in enumerate(cfg.layer_types) if t == "linear_attention"]
+        self.register_buffer("kv_cache", torch.zeros(state_shapes(cfg, self.max_seq_len)["kv_cache"],
+                                                     dtype=torch.float16), persistent=False)
+        if gdn_layout == "state":
+            shapes = state_shapes(cfg, self.max_seq_len)
+            self.register_buffer("gdn_conv", torch.zeros(shapes["gdn_conv"], dtype=torch.float16), persistent=False)
+            self.register_buffer("gdn_rec", torch.zeros(shapes["gdn_rec"], dtype=torch.float16), persistent=False)
+
+    def forward(self, tokens: torch.Tensor, input_pos: torch.Tensor, conv_in: torch.Tensor | None = None,
+                rec_in: torch.Tensor | None = None):
+        m, cfg = self.model, self.config
+        t = tokens.shape[1]
+        keep = (input_pos[:1] != 0).to(torch.float32)  # [1]: 0 starts a new sequence
+        if self.gdn_layout == "io":
+            conv_all, rec_all = conv_in * keep, rec_in * keep  # [Lg,C,K-1], [Lg,Hv,K,V]
+        else:
+            conv_all, rec_all = self.gdn_conv.float() * keep, self.gdn_rec.float() * keep
+        kv = self.kv_cache.float() * keep  # [2La,Hkv,S,D]
+
+        x = m.model.embed_tokens(tokens)  # [1,T,h]
+        cos, sin = m.rope_cos[input_pos], m.rope_sin[input_pos]  # [T,R]
+        slots = torch.arange(self.max_seq_len, dtype=input_pos.dtype)
+        onehot = (slots[None, :] == input_pos[:, None]).to(torch.float32)  # [T,S]
+        written = onehot.sum(0)[:, None] > 0  # [S,1]: slots this call writes
+        group = cfg.num_attention_heads // cfg.num_key_value_heads
+        # Rows of the folded GQA scores are (g, t) head-major: query head j*G+g of kv head j, position t.
+        visible = slots[None, :] <= input_pos.repeat(group)[:, None]  # [G*T,S]
+        mask = torch.where(visible, 0.0, MASK_VALUE)  # [G*T,S]
+
+        new_kv, new_conv, new_rec = [], [], []
+        for i, layer in enumerate(m.model.layers):
+            h = layer.input_layernorm(x)
+            if layer.layer_type == "linear_attention":
+                j = self.gdn_index.index(i)
+                h, conv_j, rec_j = _gdn(layer.linear_attn, h, conv_all[j:j + 1], rec_all[j:j + 1])
+                new_conv.append(conv_j)
+                new_rec.append(rec_j)
+            else:
+                j = self.attn_index.index(i)
+                h, k_j, v_j = _attention(layer.self_attn, h, cos, sin, mask, onehot, written, kv[2 * j], kv[2 * j + 1])
+                new_kv += [k_j, v_j]
+            x = x + h
+            x = x + layer.mlp(layer.post_attention_layernorm(x))
+        logits = m.lm_head(m.model.norm(x[:, t - 1:]))  # [1,1,vocab]: next-token logits only
+
+        self.kv_cache.copy_(torch.stack(new_kv).to(torch.float16))
+        conv_out, rec_out = torch.cat(new_conv), torch.cat(new_rec)  # [Lg,C,K-1], [Lg,Hv,K,V]
+        if self.gdn_layout == "io":
+            return logits, conv_out, rec_out
+        self.gdn_conv.copy_(conv_out.to(torch.float16))
+        self.gdn_rec.copy_(rec_out.to(torch.float16))
+        return logits
+
+
+def _gdn(mod, x, conv_state, rec_state):
+    """The delta-net mixer of models/qwen35.py with explicit state. x [1,T,h]; conv [1,C,K-1]; rec [1,Hv,K,V]."""
+    b, t, _ = x.shape
+    mixed = mod.in_proj_qkv(x).transpose(1, 2)  # [1,C,T]
+    z = mod.in_proj_z(x)  # [1,T,Hv*V]
+    beta = mod.in_proj_b(x).sigmoid()  # [1,T,Hv]
+    g = -mod.A_log.exp() * softplus(mod.in_proj_a(x) + mod.dt_bias)  # [1,T,Hv]
+    window = torch.cat([conv_state, mixed], dim=-1)  # [1,C,K-1+T]
+    conv_new = window[:, :, t:]  # [1,C,K-1]: the last K-1 raw columns
+    mixed = F.silu(F.conv1d(window, mod.conv1d.weight, groups=mod.conv_dim)).transpose(1, 2)  # [1,T,C]
+    q, k, v = torch.split(mixed, [mod.key_dim, mod.key_dim, mod.value_dim], dim=-1)
+    q = q.reshape(b, t, mod.num_k_heads, mod.head_k_dim)  # [1,T,Hk,K]
+    k = k.reshape(b, t, mod.num_k_heads, mod.head_k_dim)  # [1,T,Hk,K]
+    v = v.reshape(b, t, mod.num_v_heads, mod.head_v_dim)  # [1,T,Hv,V]
+    # The op updates its state in place; a clone keeps the function's inputs immutable (Core ML inputs are).
+    rec = rec_state.clone()
+    out = torch.ops.qwen35.gated_delta_rule(q, k, v, g, beta, rec, True)  # [1,T,Hv,V]
+    out = mod.norm(out, z.reshape(b, t, mod.num_v_heads, mod.head_v_dim))  # [1,T,Hv,V]
+    return mod.out_proj(out.reshape(b, t, mod.value_dim)), conv_new, rec  # [1,T,h]
+
+
+def _attention(mod, x, cos, sin, mask, onehot, written, k_cache, v_cache):
+    """Gated attention of models/qwen35.py over one layer's slice of the packed cache. caches [Hkv,S,D]."""
+    b, t, _ = x.shape
+    hq, hkv, d = mod.num_heads, mod.num_kv_heads, mod.head_dim
+    qg = mod.q_proj(x).reshape(b, t, hq, 2 * d)  # [1,T,Hq,2D]: query and gate interleaved per head
+    q, gate = qg[..., :d], qg[..., d:]  # [1,T,Hq,D] each
+    gate = gate.reshape(b, t, hq * d)  # [1,T,Hq*D]
+    q = mod.q_norm(q).transpose(1, 2)  # [1,Hq,T,D]
+    k = mod.k_norm(mod.k_proj(x).reshape(b, t, hkv, d)).transpose(1, 2)  # [1,Hkv,T,D]
+    v = mod.v_proj(x).reshape(b, t, hkv, d).transpose(1, 2)  # [1,Hkv,T,D]
+    q, k = mod._rope(q, cos, sin), mod._rope(k, cos, sin)
+    # Cache write without dynamic slicing: onehot^T [S,T] @ k [Hkv,T,D] puts each new row in its slot; the cache keeps
+    # fp16 precision, as on the device.
+    k_cache = torch.where(written, onehot.transpose(0, 1) @ k[0], k_cache).to(torch.float16)  # [Hkv,S,D]
+    v_cache = torch.where(written, onehot.transpose(0, 1) @ v[0], v_cache).to(torch.float16)  # [Hkv,S,D]
+    group = hq // hkv
+    qf = q.reshape(hkv, group * t, d)  # [Hkv,G*T,D]; query head j*G+g reads kv head j
+    scores = qf @ k_cache.float().transpose(1, 2) * d ** -0.5 + mask  # [Hkv,G*T,S]
+    attn = torch.softmax(scores, dim=-1) @ v_cache.float()  # [Hkv,G*T,D]
+    attn = attn.reshape(hq, t, d).transpose(0, 1).reshape(b, t, hq * d)  # [1,T,Hq*D]
+    return mod.o_proj(attn * torch.sigmoid(gate)), k_cache, v_cache
+
+
+def state_shapes(cfg, max_seq_len: int) -> dict[str, tuple[int, ...]]:
+    """Shapes of the packed state tensors (whichever layout holds them)."""
+    n_attn, n_gdn = cfg.layer_types.count("full_attention"), cfg.layer_types.count("linear_attention")
+    return {
+        "kv_cache": (2 * n_attn, cfg.num_key_value_heads, max_seq_len, cfg.head_dim),
+        "gdn_conv": (n_gdn, cfg.conv_dim, cfg.linear_conv_kernel_dim - 1),
+        "gdn_rec": (n_gdn, cfg.linear_num_value_heads, cfg.linear_key_head_dim, cfg.linear_value_head_dim),
+    }
+
+
+def example_inputs(decoder: CoreMLDecoder, t: int) -> tuple[torch.Tensor, ...]:
+    """Inputs of a T-token function (positions 0..T-1)."""
+    args = (torch.zeros(1, t, dtype=torch.int32), torch.arange(t, dtype=torch.int32))
+    if decoder.gdn_layout == "io":
+        shapes = state_shapes(decoder.config, decoder.max_seq_len)
+        args += (torch.zeros(shapes["gdn_conv"]), torch.zeros(shapes["gdn_rec"]))
+    return args
+
+
+def export_function(decoder: CoreMLDecoder, t: int) -> torch.export.ExportedProgram:
+    """torch.export one static-T function, with the gated-delta nodes rewritten for the MIL translation."""
+    from .mil_gdn import functionalize_gated_delta
+
+    import qwen_mobile.runtime  # noqa: F401  (defines torch.ops.qwen35.gated_delta_rule)
+
+    decoder.kv_cache.zero_()
+    with torch.no_grad():
+        ep = torch.export.export(decoder, example_inputs(decoder, t), strict=False)
+    ep = ep.run_decompositions({})
+    n = functionalize_gated_delta(ep)
+    if n != len(decoder.gdn_index):
+        raise RuntimeError(f"Core ML export: {n} qwen35::gated_delta_rule nodes for {len(decoder.gdn_index)} "
+                           "delta-net layers; refusing a graph without our op")
+    return ep
+
+
+def fp16_kv(model: Qwen35ForCausalLM, gdn_fp16: bool = False) -> Qwen35ForCausalLM:
+    """A copy of `model` whose attention caches (and, with gdn_fp16, delta-net states) round through fp16 storage.
+
+    The stock forward casts on every cache write and read (`index_copy_(..., k.to(cache.dtype))`, `cache.to(q.dtype)`),
+    so this is the eager reference for Core ML functions, whose states are fp16. With gdn_fp16 the references
+    (`gdn_impl='reference'`) keep the recurrence in fp32 between writes, as the converted graph does.
+    """
+    ref = copy.deepcopy(model).float()
+    for layer in ref.model.layers:
+        if layer.layer_type == "full_attention":
+            for name in ("k_cache", "v_cache"):
+                layer.self_attn._buffers[name] = layer.self_attn._buffers[name].half()
+        elif gdn_fp16:
+            for name in ("conv_state", "recurrent_state"):
+                layer.linear_attn._buffers[name] = layer.linear_attn._buffers[name].half()
+    if gdn_fp16:
+        ref.set_gdn_impl("reference")
+    return ref
