@@ -1,0 +1,121 @@
+"""export_coreml end to end: a verified bundle, the saved package's spec, and its numbers from the numpy evaluator
+against the stock eager model (an implementation the Core ML graph shares no code path with for the delta rule)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from qwen_mobile.runtime import bundle
+
+# The fp32 program against eager fp32 with fp16 attention caches (the state dtype Core ML imposes).
+FP32_REL_TOL = 1e-4
+SMALL = dict(max_seq_len=64, prefill_chunk=16, progress=False)
+
+
+def _export(source, out, **kw):
+    from qwen_mobile.export.coreml import export_coreml
+
+    return export_coreml(str(source), out, **{**SMALL, **kw})
+
+
+@pytest.mark.parametrize("regime", ["hv1x", "hv2x"])
+def test_fp32_bundle_matches_eager(hf_checkpoint, tmp_path, regime):
+    from qwen_mobile.export.coreml.evaluator import MILModel
+    from qwen_mobile.export.coreml.graph import fp16_kv
+    from qwen_mobile.export.coreml.runner import evaluator_runner
+    from qwen_mobile.models import Qwen35ForCausalLM
+
+    folder, _ = hf_checkpoint("causal", regime)
+    out = tmp_path / "bundle"
+    manifest = _export(folder, out, qlinear="fp32")
+
+    # The manifest is valid, lists the package's files one by one, and their hashes hold.
+    assert bundle.load_manifest(out) == manifest
+    assert any(name.startswith("model.mlpackage/") and name.endswith("weight.bin") for name in manifest["files"])
+    assert manifest["recipe"]["name"] == "coreml" and manifest["verification"]["passed"]
+    assert [b["storage"] for b in manifest["state"]["buffers"]] == ["coreml_state", "host_io", "host_io"]
+
+    # Independently of the export's own gate: run the saved package on a fresh prompt, prefill chunk + decode tail.
+    mil = MILModel(out / "model.mlpackage")
+    assert sorted(mil.functions) == ["decode", "prefill"]
+    assert {n: (s, d.__name__) for n, (s, d) in mil.state_specs().items()} == {
+        "kv_cache": (tuple(manifest["state"]["buffers"][0]["shape"]), "float16")}
+    shapes = {b["name"]: tuple(b["shape"]) for b in manifest["state"]["buffers"]}
+    runner = evaluator_runner(mil, prefill_chunk=16, gdn_layout="io",
+                              io_shapes={n: shapes[n] for n in ("gdn_conv", "gdn_rec")})
+    ref = fp16_kv(Qwen35ForCausalLM.from_pretrained(folder, max_seq_len=64)).set_gdn_impl("reference")
+    ref.reset()
+    prompt = torch.randint(0, ref.config.vocab_size, (37,), generator=torch.Generator().manual_seed(7)).tolist()
+    got = [runner.prefill(prompt, 0)]
+    want = [ref(torch.tensor([prompt]), torch.arange(len(prompt)))[0, -1]]
+    for pos in range(len(prompt), len(prompt) + 5):
+        token = int(want[-1].argmax())
+        got.append(runner.decode(token, pos))
+        want.append(ref(torch.tensor([[token]]), torch.tensor([pos]))[0, -1])
+    got, want = torch.stack(got), torch.stack(want)
+    rel = float((got - want).abs().max() / want.abs().max())
+    assert rel <= FP32_REL_TOL, f"{regime}: max logit error {rel:.3g} of max |logit|"
+
+
+def test_tampered_package_is_rejected(hf_checkpoint, tmp_path):
+    folder, _ = hf_checkpoint("causal", "hv2x")
+    out = tmp_path / "bundle"
+    manifest = _export(folder, out, qlinear="fp32")
+    weight = next(name for name in manifest["files"] if name.endswith("weight.bin"))
+    data = bytearray((out / weight).read_bytes())
+    data[-1] ^= 0xFF
+    (out / weight).write_bytes(bytes(data))
+    with pytest.raises(bundle.BundleError, match="sha256"):
+        bundle.load_manifest(out)
+
+
+@pytest.mark.parametrize("kwargs, flag", [
+    (dict(qlinear="8da4w"), "--qlinear"),
+    (dict(gdn_layout="fp8"), "--gdn-layout"),
+    (dict(prefill_chunk=1), "--prefill-chunk"),
+    (dict(prefill_chunk=128, max_seq_len=64), "--prefill-chunk"),
+    (dict(max_seq_len=100000), "--max-seq-len"),
+    (dict(qlinear="fp32", head_fp32=True), "--head-fp32"),
+])
+def test_bad_arguments_name_the_flag(hf_checkpoint, tmp_path, kwargs, flag):
+    folder, _ = hf_checkpoint("causal", "hv2x")
+    with pytest.raises(ValueError, match=flag):
+        _export(folder, tmp_path / "never", **kwargs)
+    assert not (tmp_path / "never").exists()
+
+
+def test_existing_out_needs_force(hf_checkpoint, tmp_path):
+    folder, _ = hf_checkpoint("causal", "hv2x")
+    (tmp_path / "taken").mkdir()
+    with pytest.raises(FileExistsError, match="--force"):
+        _export(folder, tmp_path / "taken", qlinear="fp32")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("qlinear", ["fp16", "8w", "4w"])
+@pytest.mark.parametrize("regime", ["hv1x", "hv2x"])
+def test_tiny_quantized_recipes(hf_checkpoint, tmp_path, regime, qlinear):
+    folder, _ = hf_checkpoint("causal", regime)
+    manifest = _export(folder, tmp_path / "b", qlinear=qlinear)
+    assert manifest["verification"]["passed"] and manifest["recipe"]["qlinear"] == qlinear
+    ops = manifest["program"]["graph"]["decode"]["ops"]
+    if qlinear == "4w":
+        assert "constexpr_blockwise_shift_scale" in ops, ops
+    if qlinear == "8w":
+        assert any(op.startswith("constexpr_") for op in ops), ops
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("qlinear, gdn_layout", [("fp32", "io"), ("fp16", "io"), ("8w", "io"), ("4w", "io"),
+                                                 ("fp16", "state")])
+def test_nano_recipes(tmp_path, qlinear, gdn_layout):
+    """The shipped trained model through every recipe; the export's own gate enforces the quality floors."""
+    manifest = _export("nano", tmp_path / "b", qlinear=qlinear, gdn_layout=gdn_layout, max_seq_len=512,
+                       prefill_chunk=64)
+    v = manifest["verification"]
+    assert v["passed"] and v["quality_gate"], v
+    print(f"\nnano coreml {qlinear} {gdn_layout}: {manifest['export']['conversion']['package_bytes'] / 1e6:.1f} MB, "
+          f"top-1 {v['top1_agreement']:.3f}, KL {v['mean_kl']:.2e}, max|dlogit| {v['max_abs_logit_diff']:.3g}")
+    assert np.isfinite(v["max_abs_logit_diff"])
