@@ -19,6 +19,7 @@
 #include <executorch/runtime/platform/runtime.h>
 #include <sys/resource.h>
 #include <sys/utsname.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -245,13 +246,26 @@ std::string read_file_or_empty(const std::string& path) {
   return s;
 }
 
-std::string shell_line(const char* cmd) {
-  std::string out;
-  if (FILE* p = popen(cmd, "r")) {
-    char buf[256];
-    if (std::fgets(buf, sizeof buf, p)) out = buf;
-    pclose(p);
+// getprop's output, run directly rather than through popen(): a glibc build run from `adb shell` would look for
+// /bin/sh, which Android does not have.
+std::string getprop(const char* key) {
+  int fds[2];
+  if (pipe(fds) != 0) return "";
+  const pid_t pid = fork();
+  if (pid == 0) {
+    dup2(fds[1], 1);
+    close(fds[0]);
+    close(fds[1]);
+    execl("/system/bin/getprop", "getprop", key, static_cast<char*>(nullptr));
+    _exit(127);
   }
+  close(fds[1]);
+  std::string out;
+  char buf[256];
+  ssize_t n;
+  while ((n = read(fds[0], buf, sizeof buf)) > 0) out.append(buf, static_cast<size_t>(n));
+  close(fds[0]);
+  if (pid > 0) waitpid(pid, nullptr, 0);
   while (!out.empty() && (out.back() == '\n' || out.back() == '\r')) out.pop_back();
   return out;
 }
@@ -306,8 +320,8 @@ Json device_info(int emulated_override) {
   const bool android = access("/system/bin/getprop", X_OK) == 0;
   std::string model, os = std::string(u.sysname) + " " + u.release;
   if (android) {
-    model = shell_line("/system/bin/getprop ro.product.manufacturer") + " " + shell_line("/system/bin/getprop ro.product.model");
-    os = "Android " + shell_line("/system/bin/getprop ro.build.version.release") + " (Linux " + u.release + ")";
+    model = getprop("ro.product.manufacturer") + " " + getprop("ro.product.model");
+    os = "Android " + getprop("ro.build.version.release") + " (Linux " + u.release + ")";
   } else {
     std::string dt = read_file_or_empty("/sys/firmware/devicetree/base/model");
     model = dt.empty() ? arch + " host" : dt;
