@@ -1,0 +1,130 @@
+#!/usr/bin/env bash
+# Builds qwen-bench for x86-64 (against the installed executorch wheel) and for aarch64 (g++-aarch64-linux-gnu
+# against the aarch64 executorch wheel from PyPI), runs both on a tiny bundle (the aarch64 one under qemu) and
+# compares tokens and logits: aarch64 vs x86 vs Python's BundleProgram. Exits non-zero on any mismatch.
+#
+#   runtime/scripts/check_arm64.sh [BUNDLE_DIR ...]
+#
+# Without a bundle it exports a random-weight model (the `tiny` preset, untied; xnnpack-fp32) into the build folder
+# once. Installs g++-aarch64-linux-gnu and qemu-user-static with apt-get when missing (needs root). qemu timings are
+# not performance: the JSON it writes says `"emulated": true`.
+#
+# Environment: PYTHON (default .venv/bin/python), QWEN_NATIVE_BUILD (default runtime/build-native, git-ignored),
+# QWEN_ARM64_WHEEL_CACHE (default ~/.cache/qwen_mobile/executorch-aarch64), CHECK_GEN (default 12),
+# CHECK_PROMPT_LEN (default 24).
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+PY=${PYTHON:-$ROOT/.venv/bin/python}
+BUILD=${QWEN_NATIVE_BUILD:-$ROOT/runtime/build-native}
+CACHE=${QWEN_ARM64_WHEEL_CACHE:-$HOME/.cache/qwen_mobile/executorch-aarch64}
+GEN=${CHECK_GEN:-12}
+PROMPT_LEN=${CHECK_PROMPT_LEN:-24}
+SYSROOT=/usr/aarch64-linux-gnu
+t0=$(date +%s)
+step() { printf '\n== %s (%ss)\n' "$*" "$(( $(date +%s) - t0 ))"; }
+
+step "tools"
+need=()
+command -v aarch64-linux-gnu-g++ >/dev/null || need+=(g++-aarch64-linux-gnu)
+QEMU=$(command -v qemu-aarch64-static || command -v qemu-aarch64 || true)
+[ -n "$QEMU" ] || need+=(qemu-user-static)
+if [ ${#need[@]} -gt 0 ]; then
+  if [ "$(id -u)" != 0 ]; then
+    echo "check_arm64: missing ${need[*]}; install them (apt-get install ${need[*]}) or run as root" >&2
+    exit 2
+  fi
+  apt-get update -q >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${need[@]}" >/dev/null
+  QEMU=$(command -v qemu-aarch64-static || command -v qemu-aarch64)
+fi
+echo "compiler: $(aarch64-linux-gnu-g++ --version | head -1)"
+echo "emulator: $QEMU ($("$QEMU" --version | head -1))"
+
+step "aarch64 executorch wheel"
+ET_VERSION=$("$PY" -c 'from importlib.metadata import version; print(version("executorch"))')
+WHEEL_DIR=$CACHE/$ET_VERSION
+if [ ! -f "$WHEEL_DIR/executorch/lib/cmake/executorch/executorch-config.cmake" ]; then
+  mkdir -p "$CACHE/download"
+  # Same version as the host wheel: the .pte format and kernel names must match what exported the bundle.
+  "$PY" -m pip download -q --no-deps --only-binary=:all: --platform manylinux_2_28_aarch64 --python-version 3.11 \
+    -d "$CACHE/download" "executorch==$ET_VERSION"
+  rm -rf "$WHEEL_DIR.partial" && mkdir -p "$WHEEL_DIR.partial"
+  "$PY" - "$CACHE/download" "$WHEEL_DIR.partial" "$ET_VERSION" <<'EOF'
+import glob, sys, zipfile
+src, dst, ver = sys.argv[1:]
+wheels = glob.glob(f"{src}/executorch-{ver}-*manylinux*aarch64.whl")
+if not wheels:
+    sys.exit(f"check_arm64: no aarch64 wheel for executorch {ver} in {src}")
+with zipfile.ZipFile(wheels[0]) as z:
+    # Only the C++ parts: headers, shared libraries and the CMake package.
+    z.extractall(dst, [n for n in z.namelist() if n.startswith(("executorch/include/", "executorch/lib/", "executorch/share/"))])
+EOF
+  rm -rf "$WHEEL_DIR" && mv "$WHEEL_DIR.partial" "$WHEEL_DIR"
+fi
+echo "executorch $ET_VERSION aarch64: $WHEEL_DIR"
+
+step "build x86-64"
+X86=$("$PY" -c 'import sys; from qwen_mobile.runtime import native as n; print(n.build_runner(sys.argv[1], n.host_executorch_cmake_dir()))' "$BUILD/x86_64")
+step "build aarch64"
+ARM=$("$PY" -c 'import sys; from qwen_mobile.runtime import native as n; print(n.build_runner(sys.argv[1], sys.argv[2], sys.argv[3]))' \
+  "$BUILD/aarch64" "$WHEEL_DIR/executorch/lib/cmake/executorch" "$ROOT/runtime/cmake/aarch64-linux-gnu.cmake")
+file "$ARM" | sed 's/, BuildID.*//'
+
+BUNDLES=("$@")
+if [ ${#BUNDLES[@]} -eq 0 ]; then
+  TINY=$BUILD/bundles/tiny-untied-fp32
+  if [ ! -f "$TINY/manifest.json" ]; then
+    step "export a tiny random model (xnnpack-fp32)"
+    # The `tiny` preset with its own lm_head: a random model with a tied table greedily repeats one token, which
+    # would make the token comparison trivial; this one emits a different token at each of the 12 steps.
+    "$PY" - "$ROOT/models/presets/tiny.json" "$BUILD/bundles/tiny-untied-src" <<'EOF'
+import json, sys, torch
+from transformers import Qwen3_5ForCausalLM, Qwen3_5TextConfig
+cfg = dict(json.load(open(sys.argv[1])), tie_word_embeddings=False)
+torch.manual_seed(0)
+Qwen3_5ForCausalLM(Qwen3_5TextConfig(**cfg)).save_pretrained(sys.argv[2])
+EOF
+    "$ROOT/.venv/bin/qwen-mobile" export "$BUILD/bundles/tiny-untied-src" --preset xnnpack-fp32 --max-seq-len 128 \
+      --out "$TINY" --force --no-progress >"$BUILD/export-tiny.log" 2>&1 || { tail -20 "$BUILD/export-tiny.log" >&2; exit 1; }
+  fi
+  BUNDLES=("$TINY")
+fi
+
+status=0
+for B in "${BUNDLES[@]}"; do
+  name=$(basename "$B")
+  step "run $name"
+  OUT=$BUILD/check/$name && mkdir -p "$OUT"
+  # A fixed prompt spread over the vocabulary, stop ids stepped over.
+  IDS=$("$PY" - "$B" "$PROMPT_LEN" <<'EOF'
+import json, sys
+m = json.load(open(f"{sys.argv[1]}/manifest.json")); n = int(sys.argv[2]); v = m["model"]["config"]["vocab_size"]
+stop = set(m["tokenizer"]["stop_ids"]); ids = [(7 + 37 * i) % v for i in range(n)]
+print(",".join(str(t if t not in stop else (t + 1) % v) for t in ids))
+EOF
+)
+  common=(--bundle "$B" --prompt-ids "$IDS" --gen "$GEN" --runs 1 --warmup 0 --no-power)
+  "$X86" "${common[@]}" --json "$OUT/x86_64.json" --dump-logits "$OUT/x86_64.bin" 2>"$OUT/x86_64.log" \
+    || { tail -5 "$OUT/x86_64.log" >&2; exit 1; }
+  "$QEMU" -L "$SYSROOT" "$ARM" "${common[@]}" --json "$OUT/aarch64.json" --dump-logits "$OUT/aarch64.bin" \
+    2>"$OUT/aarch64.log" || { tail -5 "$OUT/aarch64.log" >&2; exit 1; }
+  "$PY" -c 'import json,sys; d=json.load(open(sys.argv[1]))["device"]; assert d["arch"]=="aarch64" and d["emulated"], d' \
+    "$OUT/aarch64.json"
+  "$PY" -m qwen_mobile.runtime.native compare --bundle "$B" --prompt-ids "$IDS" --gen "$GEN" --python \
+    --run "x86_64=$OUT/x86_64.json:$OUT/x86_64.bin" --run "aarch64=$OUT/aarch64.json:$OUT/aarch64.bin" || status=1
+done
+
+# The Linux-on-phone / `adb shell` question: the glibc build with its own loader and libraries, run with no cross
+# sysroot at all (as on a device without glibc), must give the aarch64 run's logits bit for bit.
+step "self-contained glibc package"
+PKG=$BUILD/aarch64-glibc-package
+"$ROOT/runtime/scripts/package_arm64_glibc.sh" "$BUILD/aarch64" "$WHEEL_DIR/executorch/lib" "$PKG"
+env -u QEMU_LD_PREFIX "$QEMU" "$PKG/lib/ld-linux-aarch64.so.1" --library-path "$PKG/lib" "$PKG/bin/qwen-bench" \
+  "${common[@]}" --json "$OUT/package.json" --dump-logits "$OUT/package.bin" 2>"$OUT/package.log" \
+  || { tail -5 "$OUT/package.log" >&2; exit 1; }
+if cmp -s "$OUT/aarch64.bin" "$OUT/package.bin"; then echo "package vs aarch64: logits identical OK"
+else echo "package vs aarch64: logits differ MISMATCH"; status=1; fi
+
+step "done"
+[ $status -eq 0 ] && echo "check_arm64: PASS" || echo "check_arm64: FAIL" >&2
+exit $status
