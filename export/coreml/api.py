@@ -30,7 +30,8 @@ QUALITY_FLOORS = {
 
 
 def export_coreml(source: str, out: str | Path, *, qlinear: str = "fp16", max_seq_len: int = DEFAULT_MAX_SEQ_LEN,
-                  prefill_chunk: int = DEFAULT_PREFILL_CHUNK, gdn_layout: str = "io", head_fp32: bool = False,
+                  prefill_chunk: int = DEFAULT_PREFILL_CHUNK, gdn_layout: str = "io", gdn_fp32: bool = False,
+                  head_fp32: bool = False,
                   quality_gate: bool | None = None, force: bool = False, progress: bool = True) -> dict:
     """Export `source` to a Core ML bundle folder at `out` (iOS 18+); returns the validated manifest.
 
@@ -43,6 +44,8 @@ def export_coreml(source: str, out: str | Path, *, qlinear: str = "fp16", max_se
     source: a local HF folder, the shipped model "nano", or a preset name (random weights).
     qlinear: "fp16" (fp16 weights and compute), "8w" (int8 per channel), "4w" (int4, blocks of 32), or "fp32"
              (fp32 compute; for verification, not for phones).
+    gdn_fp32: keep the delta rule and the recurrent state's path in fp32 inside an fp16 program (likely off the
+              Neural Engine; measured gain on nano is small, README "State layout").
     head_fp32: keep the vocabulary projection in fp32 inside an fp16 program.
     quality_gate: enforce top-1/KL floors for fp16/quantized builds; default on for checkpoints, off for presets.
     """
@@ -67,6 +70,8 @@ def export_coreml(source: str, out: str | Path, *, qlinear: str = "fp16", max_se
         raise ValueError(f"--prefill-chunk {prefill_chunk} exceeds --max-seq-len {max_seq_len}")
     if head_fp32 and qlinear == "fp32":
         raise ValueError("--head-fp32 only applies to fp16 programs; --qlinear fp32 is fp32 throughout")
+    if gdn_fp32 and qlinear == "fp32":
+        raise ValueError("--gdn-fp32 only applies to fp16 programs; --qlinear fp32 is fp32 throughout")
     out = Path(out)
     if out.exists() and not force:
         raise FileExistsError(f"--out {out} already exists; pass --force to replace it")
@@ -99,7 +104,7 @@ def export_coreml(source: str, out: str | Path, *, qlinear: str = "fp16", max_se
     with bundle.staged_bundle(out, force) as staging:
         t0 = time.perf_counter()
         report = build_package(decoder, staging / PACKAGE, prefill_chunk=prefill_chunk, qlinear=qlinear,
-                               keep_head_fp32=head_fp32, progress=say)
+                               keep_gdn_fp32=gdn_fp32, keep_head_fp32=head_fp32, progress=say)
         timings["convert"] = time.perf_counter() - t0
         del decoder
         for name in ("tokenizer.json", "tokenizer_config.json"):
@@ -158,7 +163,7 @@ def export_coreml(source: str, out: str | Path, *, qlinear: str = "fp16", max_se
                        # linear_quantize_weights quantizes the embedding table with the linears.
                        "qembedding": qlinear if qlinear in ("8w", "4w") else "none",
                        "group_size": INT4_BLOCK_SIZE, "tied_table_copies": 2 if config.tie_word_embeddings else 1,
-                       "gdn_layout": gdn_layout, "head_fp32": head_fp32,
+                       "gdn_layout": gdn_layout, "gdn_fp32": gdn_fp32, "head_fp32": head_fp32,
                        "compute_precision": "fp32" if qlinear == "fp32" else "fp16",
                        "minimum_deployment_target": MIN_DEPLOYMENT},
             "program": {
@@ -203,8 +208,13 @@ def verification_prompt(vocab_size: int, tokenizer, prefill_chunk: int) -> list[
     return prompt
 
 
-def check_package_spec(mil, config, max_seq_len: int, prefill_chunk: int, gdn_layout: str) -> None:
-    """Assert what the apps rely on: function names, input/output names and shapes, states (names, fp16, shapes)."""
+def check_package_spec(mil, config, max_seq_len: int, prefill_chunk: int, gdn_layout: str,
+                       positional_outputs: bool = False) -> None:
+    """Assert what the apps rely on: function names, input/output names and shapes, states (names, fp16, shapes).
+
+    positional_outputs: outputs are checked by position only (ExecuTorch's delegate names them after graph nodes and
+    hands them back by position).
+    """
     shapes = state_shapes(config, max_seq_len)
     if sorted(mil.functions) != ["decode", "prefill"]:
         raise RuntimeError(f"package functions {sorted(mil.functions)}; expected ['decode', 'prefill']")
@@ -220,10 +230,13 @@ def check_package_spec(mil, config, max_seq_len: int, prefill_chunk: int, gdn_la
         fn = mil.functions[name]
         inputs = {n: tuple(v.shape) for n, v in fn.inputs.items() if not types.is_state(v.sym_type)}
         want = {"tokens": (1, tokens), "input_pos": (tokens,)}
-        outputs = {v.name: tuple(v.shape) for v in fn.outputs}
         want_out = {"logits": (1, 1, config.vocab_size)}
         if gdn_layout == "io":
             want.update(conv_in=shapes["gdn_conv"], rec_in=shapes["gdn_rec"])
             want_out.update(conv_out=shapes["gdn_conv"], rec_out=shapes["gdn_rec"])
+        names = list(want_out) if positional_outputs else [v.name for v in fn.outputs]
+        if len(names) != len(fn.outputs):
+            raise RuntimeError(f"function {name}: {len(fn.outputs)} outputs, expected {list(want_out)}")
+        outputs = {n: tuple(v.shape) for n, v in zip(names, fn.outputs)}
         if inputs != want or outputs != want_out:
             raise RuntimeError(f"function {name}: inputs {inputs}, outputs {outputs}; expected {want}, {want_out}")

@@ -34,14 +34,24 @@ class ConversionReport:
     weight_bytes: int = 0
 
 
-def _keep_fp32_selector(keep_gdn_fp32: bool, keep_head_fp32: bool, vocab: int):
-    """op_selector for FP16ComputePrecision: True casts the op to fp16."""
+def _keep_fp32_selector(keep_gdn_fp32: bool, keep_head_fp32: bool, config):
+    """op_selector for FP16ComputePrecision: True casts the op to fp16.
+
+    keep_gdn_fp32 keeps the delta rule (every op the translation names with GDN_OP_TAG) and the recurrent state's
+    whole path in fp32: the ops producing [..., Hv, K, V] tensors (the state read, its reset, per-layer slices and
+    the concat that returns it). Without the second part the state would be rounded to fp16 before it reaches the op.
+    """
     from .mil_gdn import GDN_OP_TAG
 
+    state_tail = (config.linear_num_value_heads, config.linear_key_head_dim, config.linear_value_head_dim)
+
     def select(op) -> bool:
-        if keep_gdn_fp32 and GDN_OP_TAG in op.name:
-            return False
-        if keep_head_fp32 and op.op_type == "linear" and op.weight.shape[0] == vocab:
+        if keep_gdn_fp32:
+            if GDN_OP_TAG in op.name:
+                return False
+            if any(tuple(out.shape[-3:]) == state_tail for out in op.outputs if out.rank >= 3):
+                return False
+        if keep_head_fp32 and op.op_type == "linear" and op.weight.shape[0] == config.vocab_size:
             return False
         return True
 
@@ -71,10 +81,15 @@ def convert_function(decoder: CoreMLDecoder, tokens: int, *, precision: str, kee
         compute = ct.precision.FLOAT32
     else:
         compute = ct.transform.FP16ComputePrecision(
-            op_selector=_keep_fp32_selector(keep_gdn_fp32, keep_head_fp32, decoder.config.vocab_size))
+            op_selector=_keep_fp32_selector(keep_gdn_fp32, keep_head_fp32, decoder.config))
+    pipeline = ct.PassPipeline.DEFAULT
+    if len(states) > 1:
+        # coremltools 9.0's canonicalize_inplace_pattern indexes a stale op list and raises KeyError once it has
+        # moved one state update next to its producer and meets another; it only reorders ops, so skip it.
+        pipeline.remove_passes(["common::canonicalize_inplace_pattern"])
     return ct.convert(ep, outputs=[ct.TensorType(name=n, dtype=np.float32) for n in outputs], states=states,
                       minimum_deployment_target=getattr(ct.target, MIN_DEPLOYMENT), compute_precision=compute,
-                      skip_model_load=True)
+                      pass_pipeline=pipeline, skip_model_load=True)
 
 
 def quantize(mlmodel, qlinear: str):

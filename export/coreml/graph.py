@@ -29,6 +29,8 @@ from torch import nn
 from qwen_mobile.models import Qwen35ForCausalLM
 from qwen_mobile.models.qwen35 import softplus
 
+from .mil_gdn import functional_op
+
 GDN_LAYOUTS = ("io", "state")
 # Additive mask for slots after the query position. Finite: -inf - -inf is NaN, and fp16 ends at 65504.
 MASK_VALUE = -30000.0
@@ -122,9 +124,9 @@ def _gdn(mod, x, conv_state, rec_state):
     q = q.reshape(b, t, mod.num_k_heads, mod.head_k_dim)  # [1,T,Hk,K]
     k = k.reshape(b, t, mod.num_k_heads, mod.head_k_dim)  # [1,T,Hk,K]
     v = v.reshape(b, t, mod.num_v_heads, mod.head_v_dim)  # [1,T,Hv,V]
-    # The op updates its state in place; a clone keeps the function's inputs immutable (Core ML inputs are).
-    rec = rec_state.clone()
-    out = torch.ops.qwen35.gated_delta_rule(q, k, v, g, beta, rec, True)  # [1,T,Hv,V]
+    # The functional twin of qwen35::gated_delta_rule (mil_gdn.functional_op): Core ML inputs are immutable and
+    # ExecuTorch's partitioner only takes functional ops; eagerly it runs our op on a copy of the state.
+    out, rec = functional_op()(q, k, v, g, beta, rec_state, True)  # [1,T,Hv,V], [1,Hv,K,V]
     out = mod.norm(out, z.reshape(b, t, mod.num_v_heads, mod.head_v_dim))  # [1,T,Hv,V]
     return mod.out_proj(out.reshape(b, t, mod.value_dim)), conv_new, rec  # [1,T,h]
 
@@ -172,20 +174,24 @@ def example_inputs(decoder: CoreMLDecoder, t: int) -> tuple[torch.Tensor, ...]:
 
 
 def export_function(decoder: CoreMLDecoder, t: int) -> torch.export.ExportedProgram:
-    """torch.export one static-T function, with the gated-delta nodes rewritten for the MIL translation."""
+    """torch.export one static-T function for ct.convert (aliases dropped, one delta-rule node per layer)."""
     from .mil_gdn import functionalize_gated_delta
-
-    import qwen_mobile.runtime  # noqa: F401  (defines torch.ops.qwen35.gated_delta_rule)
 
     decoder.kv_cache.zero_()
     with torch.no_grad():
         ep = torch.export.export(decoder, example_inputs(decoder, t), strict=False)
     ep = ep.run_decompositions({})
-    n = functionalize_gated_delta(ep)
-    if n != len(decoder.gdn_index):
-        raise RuntimeError(f"Core ML export: {n} qwen35::gated_delta_rule nodes for {len(decoder.gdn_index)} "
-                           "delta-net layers; refusing a graph without our op")
+    functionalize_gated_delta(ep)
+    check_gdn_nodes(ep, len(decoder.gdn_index))
     return ep
+
+
+def check_gdn_nodes(ep, expected: int) -> None:
+    """Exactly one delta-rule node per delta-net layer, or the export is refused."""
+    n = sum(1 for node in ep.graph.nodes if node.op == "call_function" and "gated_delta_rule" in str(node.target))
+    if n != expected:
+        raise RuntimeError(f"Core ML export: {n} gated_delta_rule nodes for {expected} delta-net layers; refusing a "
+                           "graph without our op")
 
 
 def fp16_kv(model: Qwen35ForCausalLM, gdn_fp16: bool = False) -> Qwen35ForCausalLM:

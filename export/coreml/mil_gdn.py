@@ -9,9 +9,9 @@ carries no custom layer and every Core ML compute unit can run it:
     inverse is recursive doubling over constant masks (10 matmuls for C = 64). The Neumann power product
     (I-A)(I+A^2)(I+A^4)... is exact on paper but overflows in fp32 and gives NaN in fp16 on correlated keys.
 
-The op mutates its `state` argument. torch.export records that as `auto_functionalized_v2`, which coremltools
-cannot read; `functionalize_gated_delta(ep)` rewrites those nodes back into calls of the op itself whose result is
-the pair (out, new_state), which is what the translation returns.
+The op mutates its `state` argument. torch.export records that as `auto_functionalized_v2`, which neither
+coremltools nor ExecuTorch's partitioner can read; `functionalize_gated_delta(ep)` rewrites those nodes into calls
+of a functional twin, `qwen35_coreml::gated_delta_rule_functional` -> (out, new_state), translated by the same code.
 
 Contract (runtime/ops.py): q, k [B,T,Hk,K]; v [B,T,Hv,V]; g (log decay, <= 0), beta [B,T,Hv]; state [B,Hv,K,V];
 value head j reads key head j // (Hv // Hk).
@@ -23,7 +23,10 @@ import numpy as np
 
 L2NORM_EPS = 1e-6  # models/gated_delta.py L2NORM_EPS: x * rsqrt(sum(x^2) + eps)
 MAX_CHUNK = 64  # models/gated_delta.py CHUNK_SIZE
-OP_ALIASES = ["qwen35::gated_delta_rule", "qwen35.gated_delta_rule"]
+# ExecuTorch's partitioner looks ops up by their bare __name__ ("gated_delta_rule_functional.default").
+OP_ALIASES = ["qwen35::gated_delta_rule", "qwen35.gated_delta_rule", "gated_delta_rule",
+              "qwen35_coreml::gated_delta_rule_functional", "gated_delta_rule_functional",
+              "qwen35_coreml.gated_delta_rule_functional"]
 
 # Every op of the translation is named "<torch node>__gdr_<n>": precision selectors keep these in fp32 by name.
 GDN_OP_TAG = "__gdr_"
@@ -223,26 +226,66 @@ def _unit_lower_inverse(mb, a, c: int):
 # ------------------------------------------------------------------------------------ torch.export side --
 
 
-def functionalize_gated_delta(ep) -> int:
-    """Rewrite `auto_functionalized_v2(qwen35.gated_delta_rule, ...)` nodes of `ep` into direct op calls; drop aliases.
+FUNCTIONAL_SCHEMA = ("gated_delta_rule_functional(Tensor q, Tensor k, Tensor v, Tensor g, Tensor beta, Tensor state, "
+                     "bool use_qk_l2norm=True) -> (Tensor, Tensor)")
+_functional_lib = None
 
-    After the rewrite the node `n = qwen35.gated_delta_rule(q, k, v, g, beta, base, use_qk_l2norm)` stands for the
-    pair (out, new_state), read by the same getitem(n, 0) / getitem(n, 1) users as before; that is the contract of
-    the translation above, and no torch kernel ever runs this graph. Returns the number of rewritten nodes; raises if
-    the state is a view of a larger base (the Core ML graphs pass whole tensors).
+
+def functional_op():
+    """`qwen35_coreml::gated_delta_rule_functional`: (out, new_state) = our op applied to a copy of the state.
+
+    Conversion-private. ExecuTorch's verifier refuses a mutating op in a functional edge graph, so the Core ML
+    graphs name the delta rule by this functional twin; its only lowering is the MIL translation above, and the
+    export checks that no node outside the Core ML delegate calls it, so it never reaches a runtime's op table.
+    """
+    global _functional_lib
+    import torch
+
+    import qwen_mobile.runtime  # noqa: F401  (defines qwen35::gated_delta_rule)
+    from qwen_mobile.runtime.ops import validate_args
+
+    if _functional_lib is None and not hasattr(torch.ops.qwen35_coreml, "gated_delta_rule_functional"):
+        lib = torch.library.Library("qwen35_coreml", "DEF")
+        lib.define(FUNCTIONAL_SCHEMA)
+
+        def eager(q, k, v, g, beta, state, use_qk_l2norm=True):
+            new_state = state.clone()
+            return torch.ops.qwen35.gated_delta_rule(q, k, v, g, beta, new_state, use_qk_l2norm), new_state
+
+        def fake(q, k, v, g, beta, state, use_qk_l2norm=True):
+            validate_args(q, k, v, g, beta, state)
+            return v.new_empty(v.shape), state.new_empty(state.shape)
+
+        lib.impl("gated_delta_rule_functional", eager, "CompositeExplicitAutograd")
+        torch.library.register_fake("qwen35_coreml::gated_delta_rule_functional", fake, lib=lib)
+        _functional_lib = lib
+    return torch.ops.qwen35_coreml.gated_delta_rule_functional.default
+
+
+def functionalize_gated_delta(ep) -> int:
+    """Rewrite `auto_functionalized_v2(qwen35.gated_delta_rule, ...)` nodes of `ep` into the functional twin; drop
+    aliases.
+
+    The node `n = gated_delta_rule_functional(q, k, v, g, beta, base, use_qk_l2norm)` returns the pair
+    (out, new_state) that auto_functionalized_v2 returned, so its getitem(n, 0) / getitem(n, 1) users stay as they
+    are. Works on ATen (torch.export) and edge (ExecuTorch) programs. Returns the number of rewritten nodes; raises
+    for any other mutating op, or if the state is a view of a larger base (the Core ML graphs pass whole tensors).
     """
     import torch
 
     op = torch.ops.qwen35.gated_delta_rule.default
+    twin = functional_op()
     count = 0
     for node in list(ep.graph.nodes):
-        if node.op == "call_function" and node.target is torch.ops.aten.alias.default:
+        if node.op != "call_function":
+            continue
+        if node.target is torch.ops.aten.alias.default or "alias_copy" in str(node.target):
             # Functional graphs keep aliases of tensors that are never mutated (`.float()` of an fp32 tensor):
             # identities coremltools has no translation for.
             node.replace_all_uses_with(node.args[0])
             ep.graph.erase_node(node)
             continue
-        if node.op != "call_function" or "auto_functionalized" not in str(node.target):
+        if "auto_functionalized" not in str(node.target):
             continue
         if not node.args or node.args[0] is not op:
             raise NotImplementedError(f"Core ML export: mutating op {node.args[:1]} in node {node.name} has no "
@@ -257,7 +300,7 @@ def functionalize_gated_delta(ep) -> int:
                                           "tensor (clone it) to the op in Core ML graphs")
         if len(bases) != 1 or index != 0:
             raise NotImplementedError(f"{node.name}: expected one state base, got {len(bases)}")
-        node.target = op
+        node.target = twin
         node.args = (kw["q"], kw["k"], kw["v"], kw["g"], kw["beta"], bases[0], kw.get("use_qk_l2norm", True))
         node.kwargs = {}
         count += 1

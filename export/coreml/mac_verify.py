@@ -1,0 +1,123 @@
+"""Verify a Core ML bundle with `MLModel.predict` on a Mac: the same comparison the export runs on Linux.
+
+    python scripts/verify_coreml_on_mac.py BUNDLE [--compute-units ALL|CPU_ONLY|CPU_AND_GPU|CPU_AND_NE] [--steps 16]
+
+Runs the bundle's package through Core ML (macOS 15+ for states and multifunction packages) on the export's
+verification prompt, teacher-forced against eager torch, applies the export's gate, and, with --also-evaluator, runs
+the numpy MIL evaluator on the same calls so the Linux numbers can be checked against the device. `--backend
+evaluator` takes the identical path without Core ML (how this module is tested on Linux). Exit status 1 if the gate
+fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+COMPUTE_UNITS = ("ALL", "CPU_ONLY", "CPU_AND_GPU", "CPU_AND_NE")
+
+
+def coreml_call(package: Path, compute_units: str):
+    """call(function, inputs) -> outputs over MLModel.predict, with one MLState shared by both functions."""
+    import coremltools as ct
+
+    if sys.platform != "darwin":
+        raise RuntimeError("MLModel.predict needs macOS (15+ for stateful multifunction packages); on Linux use "
+                           "--backend evaluator")
+    units = getattr(ct.ComputeUnit, compute_units)
+    models = {fn: ct.models.MLModel(str(package), function_name=fn, compute_units=units)
+              for fn in ("prefill", "decode")}
+    # Both functions declare the same states; one MLState carries the cache from prefill into decode.
+    state = models["decode"].make_state()
+    return lambda fn, inputs: models[fn].predict(inputs, state=state)
+
+
+def evaluator_call(package: Path):
+    from .evaluator import MILModel
+
+    mil = MILModel(package)
+    state = mil.new_state()
+    return lambda fn, inputs: mil.run(fn, inputs, state)
+
+
+def verify(bundle_dir: str | Path, *, backend: str = "coreml", compute_units: str = "ALL", steps: int | None = None,
+           also_evaluator: bool = False, source: str | None = None) -> dict:
+    from qwen_mobile.export.api import load_model, resolve_source
+    from qwen_mobile.export.verify import compare_with_eager, gate
+    from qwen_mobile.runtime import bundle
+
+    from .api import FP32_REL_TOL, PACKAGE, QUALITY_FLOORS, VERIFY_DECODE_STEPS, verification_prompt
+    from .graph import fp16_kv
+    from .runner import CoreMLRunner
+
+    bundle_dir = Path(bundle_dir)
+    manifest = bundle.load_manifest(bundle_dir)
+    if manifest["recipe"]["name"] != "coreml":
+        raise ValueError(f"{bundle_dir}: recipe {manifest['recipe']['name']!r}, not a coreml bundle")
+    qlinear = manifest["recipe"]["qlinear"]
+    layout = manifest["recipe"]["gdn_layout"]
+    prefill_chunk = manifest["program"]["methods"]["forward"]["max_tokens"]
+    max_seq_len = manifest["state"]["max_seq_len"]
+    io_shapes = {b["name"]: tuple(b["shape"]) for b in manifest["state"]["buffers"] if b["storage"] == "host_io"}
+    source = source or manifest["model"]["source"]
+    resolve_source(source)  # a clear error if the checkpoint is not on this machine
+    model = load_model(source, max_seq_len=max_seq_len, gdn_impl="reference")
+    reference = fp16_kv(model) if qlinear == "fp32" else model
+    tokenizer = None
+    if (bundle_dir / "tokenizer.json").is_file():
+        from tokenizers import Tokenizer
+
+        tokenizer = Tokenizer.from_file(str(bundle_dir / "tokenizer.json"))
+    prompt = verification_prompt(model.config.vocab_size, tokenizer, prefill_chunk)
+    steps = steps if steps is not None else min(VERIFY_DECODE_STEPS, max_seq_len - len(prompt))
+
+    package = bundle_dir / PACKAGE
+    call = coreml_call(package, compute_units) if backend == "coreml" else evaluator_call(package)
+    runner = CoreMLRunner(call, prefill_chunk=prefill_chunk, gdn_layout=layout, io_shapes=io_shapes)
+    metrics = compare_with_eager(runner, reference, prompt, steps=steps)
+    if qlinear == "fp32":
+        result = gate(metrics, "fp32", "none", {"max_abs_logit_diff": FP32_REL_TOL}, True)
+    else:
+        result = gate(metrics, qlinear, "none", QUALITY_FLOORS[qlinear], not manifest["model"]["random_weights"])
+    report = {"bundle": str(bundle_dir), "backend": backend, "compute_units": compute_units if backend == "coreml"
+              else None, "qlinear": qlinear, "gdn_layout": layout, **result.as_dict()}
+    if also_evaluator and backend == "coreml":
+        # Same calls through both: how far the Linux evaluator is from this device.
+        device = CoreMLRunner(coreml_call(package, compute_units), prefill_chunk=prefill_chunk, gdn_layout=layout,
+                              io_shapes=io_shapes)
+        numpy_eval = CoreMLRunner(evaluator_call(package), prefill_chunk=prefill_chunk, gdn_layout=layout,
+                                  io_shapes=io_shapes)
+        a, b = device.prefill(prompt, 0), numpy_eval.prefill(prompt, 0)
+        diffs = [float((a - b).abs().max())]
+        pos = len(prompt)
+        for _ in range(steps):
+            token = int(a.argmax())
+            a, b = device.decode(token, pos), numpy_eval.decode(token, pos)
+            diffs.append(float((a - b).abs().max()))
+            pos += 1
+        report["device_vs_evaluator_max_abs_logit_diff"] = max(diffs)
+    report["finite"] = bool(np.isfinite(report["max_abs_logit_diff"]))
+    return report
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description="Verify a qwen-mobile Core ML bundle with MLModel.predict (macOS).")
+    p.add_argument("bundle", type=Path)
+    p.add_argument("--compute-units", default="ALL", choices=COMPUTE_UNITS)
+    p.add_argument("--backend", default="coreml", choices=("coreml", "evaluator"))
+    p.add_argument("--steps", type=int, default=None, help="decode steps after the prompt (default: the export's)")
+    p.add_argument("--also-evaluator", action="store_true", help="also report device vs numpy evaluator")
+    p.add_argument("--source", default=None, help="checkpoint for the eager reference (default: the manifest's)")
+    args = p.parse_args(argv)
+    report = verify(args.bundle, backend=args.backend, compute_units=args.compute_units, steps=args.steps,
+                    also_evaluator=args.also_evaluator, source=args.source)
+    print(json.dumps(report, indent=2))
+    return 0 if report["passed"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
