@@ -7,7 +7,7 @@ import shutil
 import pytest
 import torch
 
-from conftest import make_hf_causal_lm
+from checkpoints import make_hf_causal_lm
 from qwen_mobile.runtime import bundle
 from qwen_mobile.export.api import export
 from qwen_mobile.runtime.program import BundleProgram

@@ -5,7 +5,7 @@ import pytest
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from conftest import make_hf_causal_lm
+from checkpoints import make_hf_causal_lm
 from qwen_mobile.export.api import export
 from qwen_mobile.models import Qwen35ForCausalLM
 

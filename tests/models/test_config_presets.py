@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from qwen_mobile.models import ConfigError, Qwen35Config, Qwen35ForCausalLM, available_presets
-from conftest import tiny_text_config
+from checkpoints import tiny_text_config
 
 # Text-decoder parameters counting a tied table once, from ../shared/qwen35-architecture.md section 3.
 DOC_PARAMS = {"0_8b": 752_393_024, "2b": 1_881_825_088, "4b": 4_205_751_296, "9b": 8_953_803_264}
