@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -192,10 +193,11 @@ def export(source: str, out: str | Path, *, preset: str | None = DEFAULT_PRESET,
 
     from tqdm import tqdm
 
+    from qwen_mobile.runtime.chat import thinking_default
     from qwen_mobile.runtime.program import BundleProgram
 
     from qwen_mobile.runtime import bundle
-    from .lowering import export_methods, lower_to_executorch, program_op_namespaces, state_buffers
+    from .lowering import TOKEN_METHODS, export_methods, lower_to_executorch, program_op_namespaces, seq_axis, state_buffers
     from .quantize import quantize_model
     from .verify import compare_with_eager, fixed_prompt, gate, op_nodes_per_method
 
@@ -245,7 +247,8 @@ def export(source: str, out: str | Path, *, preset: str | None = DEFAULT_PRESET,
     programs = export_methods(model, settings.max_prefill_chunk)
     op_counts = op_nodes_per_method(programs)
     expected = config.num_linear_layers
-    for method, count in op_counts.items():
+    for method in TOKEN_METHODS:
+        count = op_counts[method]
         if count != expected:
             raise RuntimeError(f"export: method '{method}' has {count} qwen35.gated_delta_rule nodes, expected "
                                f"{expected} (one per delta-net layer); refusing to ship a graph without our kernel")
@@ -300,23 +303,30 @@ def export(source: str, out: str | Path, *, preset: str | None = DEFAULT_PRESET,
                 "methods": {
                     "forward": {"inputs": [tensor("tokens", [1, "T"], "int64"), tensor("input_pos", ["T"], "int64")],
                                 "outputs": [tensor("logits", [1, 1, vocab], "float32")],
-                                "min_tokens": 1, "max_tokens": settings.max_prefill_chunk,
+                                "kind": "prefill", "min_tokens": 1, "max_tokens": settings.max_prefill_chunk,
                                 "resets_state_at_position_0": True},
                     "decode": {"inputs": [tensor("tokens", [1, 1], "int64"), tensor("input_pos", [1], "int64")],
                                "outputs": [tensor("logits", [1, 1, vocab], "float32")],
-                               "min_tokens": 1, "max_tokens": 1, "resets_state_at_position_0": False},
+                               "kind": "decode", "min_tokens": 1, "max_tokens": 1,
+                               "resets_state_at_position_0": False},
+                    "state_read": {"kind": "state_read", "inputs": [],
+                                   "outputs": [tensor(n, list(b.shape), _dtype(b)) for n, b in state_buffers(model)]},
+                    "state_write": {"kind": "state_write",
+                                    "inputs": [tensor(n, list(b.shape), _dtype(b)) for n, b in state_buffers(model)],
+                                    "outputs": [tensor("zero", [1], "float32")]},
                 },
                 "metadata": metadata,
                 "graph": graph_summary,
             },
             "state": {"max_seq_len": settings.max_seq_len, "max_batch_size": 1, "shared_between_methods": True,
                       "reset": "a forward call whose input_pos[0] == 0 zeroes every buffer first",
-                      "buffers": [tensor(n, list(b.shape), str(b.dtype).replace("torch.", ""))
+                      "buffers": [dict(tensor(n, list(b.shape), _dtype(b)), seq_axis=seq_axis(n))
                                   for n, b in state_buffers(model)]},
             "tokenizer": {"file": "tokenizer.json" if (staging / "tokenizer.json").is_file() else None,
                           "config_file": ("tokenizer_config.json" if (staging / "tokenizer_config.json").is_file()
                                           else None),
-                          "bos_id": config.bos_token_id, "stop_ids": stop_ids, "thinking_default": None},
+                          "bos_id": config.bos_token_id, "stop_ids": stop_ids,
+                          "thinking_default": thinking_default(_size_name(config), _chat_template(source_dir))},
             "verification": dict(result.as_dict(), quality_gate=quality_gate, prompt_tokens=len(prompt)),
             "export": {"seconds": round(time.perf_counter() - t_all, 1), "peak_rss_bytes": _peak_rss_bytes(),
                        "stage_seconds": {k: round(v, 1) for k, v in timings.items()},
@@ -324,6 +334,20 @@ def export(source: str, out: str | Path, *, preset: str | None = DEFAULT_PRESET,
         }
         manifest = bundle.write_manifest(staging, manifest)
     return manifest
+
+
+def _chat_template(source_dir: Path | None) -> str | None:
+    path = source_dir / "tokenizer_config.json" if source_dir else None
+    if path is None or not path.is_file():
+        return None
+    template = json.loads(path.read_text()).get("chat_template")
+    if template is None and (source_dir / "chat_template.jinja").is_file():  # transformers >= 4.50 saves it apart
+        template = (source_dir / "chat_template.jinja").read_text()
+    return template
+
+
+def _dtype(t) -> str:
+    return str(t.dtype).replace("torch.", "")
 
 
 def _size_name(config: Qwen35Config) -> str | None:

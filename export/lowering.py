@@ -7,8 +7,12 @@ Methods of the program:
         buffers need no serialized initial value. Returns the last position's logits only.
     decode(tokens [1,1], input_pos [1]) -> logits [1,1,vocab]
         One token, no reset logic: the hot loop pays for nothing it does not need.
-Both read and write the same KV caches, conv states and recurrent states (`share_mutable_buffers`), so a prompt
-prefilled by `forward` is continued by `decode`.
+    state_read() -> every state buffer, in manifest order (copies)
+    state_write(*buffers) -> [1] zero
+        Snapshots: the runtime saves the model state after a turn and restores it later without re-prefilling.
+        They live in the program because its state is planned memory no runtime API exposes.
+All methods read and write the same KV caches, conv states and recurrent states (`share_mutable_buffers`), so a prompt
+prefilled by `forward` is continued by `decode`, and `state_write` replaces what both see.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from torch import nn
 from qwen_mobile.models import Qwen35ForCausalLM
 
 STATE_SUFFIXES = ("k_cache", "v_cache", "conv_state", "recurrent_state")
+TOKEN_METHODS = ("forward", "decode")  # the methods that run the model (and must contain our op)
 
 
 def state_buffers(model: nn.Module) -> list[tuple[str, torch.Tensor]]:
@@ -48,6 +53,37 @@ class DecodeEntry(nn.Module):
         return self.model(tokens, input_pos)
 
 
+class StateReadEntry(nn.Module):
+    """`state_read`: copies of every state buffer, in `state_buffers` order."""
+
+    def __init__(self, model: Qwen35ForCausalLM):
+        super().__init__()
+        self.model = model
+
+    def forward(self) -> tuple[torch.Tensor, ...]:
+        # A clone, not the buffer itself: a method output aliasing planned mutable memory would be overwritten by
+        # the next call before the caller copies it.
+        return tuple(buf.clone() for _, buf in state_buffers(self.model))
+
+
+class StateWriteEntry(nn.Module):
+    """`state_write`: replace every state buffer (same order and shapes as `state_read` returns)."""
+
+    def __init__(self, model: Qwen35ForCausalLM):
+        super().__init__()
+        self.model = model
+
+    def forward(self, *values: torch.Tensor) -> torch.Tensor:
+        for (_, buf), value in zip(state_buffers(self.model), values, strict=True):
+            buf.copy_(value)
+        return torch.zeros(1)  # ExecuTorch methods need an output
+
+
+def seq_axis(name: str) -> int | None:
+    """Axis of a state buffer indexed by token position: KV caches are [B, kv_heads, max_seq_len, head_dim]."""
+    return 2 if name.endswith(("k_cache", "v_cache")) else None
+
+
 def export_methods(model: Qwen35ForCausalLM, max_prefill_chunk: int) -> dict[str, torch.export.ExportedProgram]:
     from torch.export import Dim, export
 
@@ -60,7 +96,10 @@ def export_methods(model: Qwen35ForCausalLM, max_prefill_chunk: int) -> dict[str
                          dynamic_shapes=({1: seq}, {0: seq}), strict=False)
         decode = export(DecodeEntry(model), (torch.zeros(1, 1, dtype=torch.long), torch.zeros(1, dtype=torch.long)),
                         strict=False)
-    return {"forward": forward, "decode": decode}
+        state_read = export(StateReadEntry(model), (), strict=False)
+        state_write = export(StateWriteEntry(model), tuple(torch.zeros_like(b) for _, b in state_buffers(model)),
+                             strict=False)
+    return {"forward": forward, "decode": decode, "state_read": state_read, "state_write": state_write}
 
 
 def lower_to_executorch(programs: dict, metadata: dict):

@@ -1,9 +1,13 @@
 """Run an exported qwen-mobile `.pte` on the host: our kernel library plus the wheel's kernels, two methods.
 
-`BundleProgram` is the thin layer every host-side consumer uses (export verification, tests, benchmarks):
+`BundleProgram` is the thin layer every host-side consumer uses (export verification, sessions, benchmarks):
 `prefill(ids, start)` feeds a prompt through `forward` in chunks of at most `max_tokens` and returns the last
-logits; `decode(token, pos)` runs one step through `decode`. State lives in the program's shared mutable buffers; a
-prefill starting at position 0 resets it (see export/lowering.py).
+logits; `decode(token, pos)` runs one step through `decode`; `read_state()` / `write_state(tensors)` copy the whole
+state out of and into the program (bundles exported with the snapshot methods). State lives in the program's shared
+mutable buffers; a prefill starting at position 0 resets it (see export/lowering.py).
+
+The methods are loaded from one `Program`: ExecuTorch's pybind `Module` gives each method its own copy of the
+mutable buffers, so `decode` would not see what `forward` wrote.
 """
 
 from __future__ import annotations
@@ -26,6 +30,10 @@ class BundleProgram:
         self.max_prefill_tokens = max_prefill_tokens
         self._forward = self.program.load_method("forward")
         self._decode = self.program.load_method("decode")
+        names = set(self.program.method_names)
+        self.has_state_methods = {"state_read", "state_write"} <= names
+        self._state_read = self.program.load_method("state_read") if self.has_state_methods else None
+        self._state_write = self.program.load_method("state_write") if self.has_state_methods else None
 
     def prefill(self, ids: list[int], start_pos: int = 0, chunk: int | None = None) -> torch.Tensor:
         """Logits [vocab] after the last prompt token. Chunks of at most `chunk` (default: the method's bound)."""
@@ -42,6 +50,22 @@ class BundleProgram:
     def decode(self, token: int, pos: int) -> torch.Tensor:
         """Logits [vocab] after one token at absolute position `pos`."""
         return self._decode.execute([torch.tensor([[token]], dtype=torch.long), torch.tensor([pos])])[0][0, -1]
+
+
+    def read_state(self) -> list[torch.Tensor]:
+        """Copies of every state buffer, in the manifest's `state.buffers` order."""
+        self._require_state_methods()
+        return [t.clone() for t in self._state_read.execute([])]
+
+    def write_state(self, tensors: list[torch.Tensor]) -> None:
+        """Replace every state buffer; shapes and order as `read_state` returns them."""
+        self._require_state_methods()
+        self._state_write.execute([t.contiguous() for t in tensors])
+
+    def _require_state_methods(self):
+        if not self.has_state_methods:
+            raise RuntimeError(f"{self.path}: this program has no state_read/state_write methods (exported by an "
+                               "older qwen-mobile); re-export the bundle to use snapshots")
 
 
 # ExecuTorch kernel libraries in the executorch wheel that a program may need besides the portable ops, keyed by
