@@ -159,11 +159,11 @@ def export_summary(manifest: dict, out: Path) -> str:
                    f"group={recipe['group_size']}" + (f" (preset {recipe['preset']})" if recipe["preset"] else "")),
         ("size", f"{files['model.pte']['bytes'] / 1e6:.1f} MB model.pte, {size / 1e6:.1f} MB bundle"
                  + (", tied table stored twice" if recipe.get("tied_table_copies", 1) > 1 else "")),
-        ("methods", ", ".join(f"{m} (T {d['min_tokens']}..{d['max_tokens']})"
+        ("methods", ", ".join(f"{m} (T {d['min_tokens']}..{d['max_tokens']})" if "max_tokens" in d else m
                               for m, d in manifest["program"]["methods"].items())),
         ("context", f"{manifest['state']['max_seq_len']} tokens"),
         ("delegation", "; ".join(f"{m}: {g['delegate_calls']} XNNPACK calls, {outside[m]} ops outside"
-                                 for m, g in graph.items())),
+                                 for m, g in graph.items() if m in ("forward", "decode"))),
         ("verification", f"{'PASS' if ver['passed'] else 'FAIL'}: top-1 {ver['top1_agreement']:.1%}, "
                          f"max |dlogit| {ver['max_abs_logit_diff']:.2e}, KL {ver['mean_kl']:.2e} "
                          f"over {ver['steps']} steps [{ver['gate']}]"),
@@ -172,38 +172,6 @@ def export_summary(manifest: dict, out: Path) -> str:
         ("peak RSS", f"{exp['peak_rss_bytes'] / 1e9:.2f} GB"),
     ]
     return _table(rows, title="qwen-mobile export")
-
-
-def cmd_run(args) -> int:
-    """Greedy generation through a bundle's .pte on this host, with prefill/decode timings."""
-    from tokenizers import Tokenizer
-
-    from qwen_mobile.runtime.bundle import load_manifest
-    from qwen_mobile.runtime.program import BundleProgram
-
-    bundle_dir = Path(args.bundle)
-    manifest = load_manifest(bundle_dir)
-    tok_file = manifest["tokenizer"]["file"]
-    tokenizer = Tokenizer.from_file(str(bundle_dir / tok_file)) if tok_file else None
-    if args.prompt_ids is not None:
-        ids = args.prompt_ids
-    elif tokenizer is None:
-        raise SystemExit(f"error: bundle {bundle_dir} has no tokenizer; pass --prompt-ids")
-    else:
-        ids = tokenizer.encode(args.prompt, add_special_tokens=False).ids
-    max_ctx = manifest["state"]["max_seq_len"]
-    if len(ids) + args.max_new_tokens > max_ctx:
-        raise SystemExit(f"error: prompt ({len(ids)} tokens) + --max-new-tokens {args.max_new_tokens} exceeds the "
-                         f"bundle's context of {max_ctx} tokens")
-    program = BundleProgram(bundle_dir / manifest["program"]["file"],
-                            max_prefill_tokens=manifest["program"]["methods"]["forward"]["max_tokens"],
-                            kernel_namespaces=manifest["program"]["kernel_namespaces"])
-    stops = set(manifest["tokenizer"]["stop_ids"])
-    out, t_prefill, t_decode = _stream_greedy(lambda: program.prefill(ids, 0), program.decode, ids,
-                                              args.max_new_tokens, stops, tokenizer)
-    _print_timings(len(ids), out, t_prefill, t_decode,
-                   f"{manifest['recipe']['qlinear']}/{manifest['recipe']['qembedding']} .pte")
-    return 0
 
 
 def cmd_demo(args) -> int:
@@ -219,9 +187,14 @@ def cmd_demo(args) -> int:
     rc |= cmd_export(argparse.Namespace(
         source=source, out=args.out, preset=args.preset, force=True, quality_gate="auto", no_progress=False,
         recipe=None, qlinear=None, qembedding=None, group_size=None, max_seq_len=None, max_prefill_chunk=None))
-    print("\n== 3/3 run the bundle ==")
-    rc |= cmd_run(argparse.Namespace(bundle=args.out, prompt=prompt, prompt_ids=None,
-                                     max_new_tokens=args.max_new_tokens))
+    print("\n== 3/4 run the bundle ==")
+    from qwen_mobile.runtime.commands import cmd_bench, cmd_run
+
+    rc |= cmd_run(build_parser().parse_args(["run", args.out, "--prompt", prompt,
+                                             "--max-new-tokens", str(args.max_new_tokens)]))
+    print("\n== 4/4 bench the bundle on this host ==")
+    rc |= cmd_bench(build_parser().parse_args(["bench", args.out, "--prompt-lengths", "128", "--gen", "32",
+                                               "--runs", "3"]))
     return rc
 
 
@@ -297,19 +270,120 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_export)
 
-    p = sub.add_parser("run", help="greedy generation through a bundle's .pte on this host, with timings")
-    p.add_argument("bundle", metavar="BUNDLE", help="bundle folder written by `qwen-mobile export`")
-    add_prompt(p)
-    p.add_argument("--max-new-tokens", type=int, default=64)
-    p.set_defaults(func=cmd_run)
+    add_bundle_commands(sub, add_prompt)
 
-    p = sub.add_parser("demo", help="the README's main job on the shipped model: check, export, run")
+    p = sub.add_parser("demo", help="the README's main job on the shipped model: check, export, run, bench")
     add_source(p, required=False)
     p.add_argument("--out", default="out/nano-8da4w", help="bundle folder (default: %(default)s, replaced)")
     p.add_argument("--preset", default="xnnpack-8da4w")
     p.add_argument("--max-new-tokens", type=int, default=48)
     p.set_defaults(func=cmd_demo)
     return parser
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
+    return value
+
+
+def _lengths(text: str) -> list[int]:
+    try:
+        values = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated token counts such as 128,512, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive token counts, got {text!r}")
+    return values
+
+
+def add_bundle_commands(sub, add_prompt) -> None:
+    """run, chat, bench, inspect: everything that takes an exported bundle (implemented in qwen_mobile.runtime)."""
+    from qwen_mobile.runtime.commands import CHAT_HELP, cmd_bench, cmd_chat, cmd_inspect, cmd_run
+
+    def add_bundle(p):
+        p.add_argument("bundle", metavar="BUNDLE", help="bundle folder written by `qwen-mobile export`")
+        p.add_argument("--no-verify", action="store_true",
+                       help="skip the sha256 check of every file against the manifest (faster load of big bundles)")
+
+    def add_sampling(p):
+        g = p.add_argument_group("sampling (transformers semantics, applied in this order)")
+        g.add_argument("--repetition-penalty", type=float, default=1.0,
+                       help="> 1 discourages tokens already in the context (default 1 = off)")
+        g.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default); e.g. 0.7")
+        g.add_argument("--top-k", type=int, default=0, help="keep the k most likely tokens (0 = off)")
+        g.add_argument("--top-p", type=float, default=1.0, help="keep the smallest set with this much mass (1 = off)")
+        g.add_argument("--seed", type=int, default=None,
+                       help="seed of the sampler; the same seed reproduces the same tokens (default: random, printed)")
+
+    def add_chat_flags(p):
+        p.add_argument("--system", default=None, help="system prompt")
+        g = p.add_mutually_exclusive_group()
+        g.add_argument("--thinking", dest="thinking", action="store_true", default=None,
+                       help="open a <think> block for the reply")
+        g.add_argument("--no-thinking", dest="thinking", action="store_false",
+                       help="pre-fill an empty <think></think> block (default for 0.8B/2B and the shipped model)")
+
+    p = sub.add_parser("run", formatter_class=argparse.RawDescriptionHelpFormatter,
+                       help="generate from one prompt through a bundle on this host",
+                       description="Generate from one prompt through a bundle's .pte on this host (ExecuTorch "
+                                   "pybindings + our kernels), streaming text; timings go to stderr.",
+                       epilog="examples:\n  qwen-mobile run out/nano-8da4w --prompt 'def add(a, b):'\n"
+                              "  qwen-mobile run B --prompt-ids 1,2,3 --json - --dump-logits steps.npy\n"
+                              "  qwen-mobile run B --chat --prompt 'Write a haiku' --temperature 0.7 --seed 1")
+    add_bundle(p)
+    add_prompt(p)
+    p.add_argument("--chat", action="store_true", help="wrap --prompt in the ChatML template as a user turn")
+    add_chat_flags(p)
+    p.add_argument("--max-new-tokens", type=int, default=64, help="default %(default)s")
+    add_sampling(p)
+    p.add_argument("--truncate", choices=["error", "left"], default="error",
+                   help="a prompt longer than the context: 'error' (default) refuses; 'left' drops the oldest "
+                        "prompt tokens so the prompt plus --max-new-tokens fit")
+    p.add_argument("--json", metavar="OUT", help="write ids, text, stop reason, timings and sampling as JSON "
+                                                  "('-' = stdout only, no streamed text)")
+    p.add_argument("--dump-logits", metavar="PATH.npy",
+                   help="save the logits every generated token was sampled from, float32 [steps, vocab]")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("chat", formatter_class=argparse.RawDescriptionHelpFormatter,
+                       help="interactive chat that keeps the model state between turns (/save, /load, /reset)",
+                       description="Chat with a bundle. Each turn prefills only the new message: the KV caches, conv "
+                                   "and recurrent states carry the history. Snapshots save that state to a file "
+                                   "tied to this bundle's hash.",
+                       epilog="inside the chat, " + CHAT_HELP)
+    add_bundle(p)
+    add_chat_flags(p)
+    p.add_argument("--max-new-tokens", type=int, default=256, help="per reply (default %(default)s)")
+    p.add_argument("--snapshot-dir", default=".", help="where /save and /load keep NAME.safetensors (default: .)")
+    add_sampling(p)
+    p.set_defaults(func=cmd_chat)
+
+    p = sub.add_parser("bench", formatter_class=argparse.RawDescriptionHelpFormatter,
+                       help="time bundles on this host: TTFT, prefill and decode tok/s, peak RSS; JSON and plot",
+                       description="Benchmark bundles side by side in this process, or compare saved results. Each "
+                                   "TARGET is a bundle folder (measured now) or a JSON file in the bench schema "
+                                   "(runtime/schemas/bench.schema.json: from this command, the native runner or the "
+                                   "apps). Ratios in the table are against the first target.",
+                       epilog="examples:\n  qwen-mobile bench out/nano-8da4w out/nano-fp32 --plot nano.png\n"
+                              "  qwen-mobile bench out/nano-8da4w --json host.json\n"
+                              "  qwen-mobile bench host.json pixel8.json --plot compare.png")
+    p.add_argument("targets", metavar="TARGET", nargs="+", help="bundle folder or bench JSON file")
+    p.add_argument("--prompt-lengths", type=_lengths, default=[128, 512], metavar="N,N",
+                   help="prompt lengths to time prefill at (default 128,512)")
+    p.add_argument("--gen", type=int, default=64, help="tokens to decode per run (default %(default)s)")
+    p.add_argument("--runs", type=_positive, default=5, help="timed runs per prompt length (default %(default)s)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed runs first (default %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random prompt ids (default %(default)s)")
+    p.add_argument("--json", metavar="OUT", help="write the results (one object, or a list for several targets)")
+    p.add_argument("--plot", metavar="OUT.png", help="bar chart of prefill and decode tok/s, p10-p90 whiskers")
+    p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("inspect", help="what is inside a bundle: manifest, methods, ops, delegation, sizes")
+    add_bundle(p)
+    p.add_argument("--json", action="store_true", help="print everything as JSON")
+    p.set_defaults(func=cmd_inspect)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,293 @@
+"""`qwen-mobile bench`: time a bundle on this host and write results in the bench schema (schemas/bench.schema.json).
+
+Method, per prompt length: `warmup` untimed runs, then `runs` timed ones. A run starts a fresh sequence (prefill at
+position 0 resets the state in-graph), feeds the prompt through `forward`, samples greedily and decodes exactly
+`generate_tokens` tokens through `decode`, ignoring stop ids so every run does the same work. TTFT is prompt in ->
+first token out; prefill tok/s is prompt tokens / prefill time; decode tok/s is decode steps / decode time. Prompts
+are random token ids from a seeded generator (the tokenizer is not involved), so bundles of the same model see the
+same prompts.
+
+The same schema is written by the native runner and both sample apps, so `--plot` can put a phone's JSON next to a
+host run.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import resource
+import statistics
+from pathlib import Path
+
+import torch
+
+from .bundle import BundleError
+
+SCHEMA_PATH = Path(__file__).parent / "schemas" / "bench.schema.json"
+FORMAT = "qwen-mobile-bench"
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Linear-interpolated percentile (numpy's default), q in [0, 100]."""
+    ordered = sorted(values)
+    if len(ordered) == 1:
+        return ordered[0]
+    pos = (len(ordered) - 1) * q / 100
+    lo = int(pos)
+    hi = min(lo + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
+
+
+def stats(values: list[float]) -> dict:
+    return {"median": statistics.median(values), "p10": percentile(values, 10), "p90": percentile(values, 90),
+            "mean": statistics.fmean(values), "min": min(values), "max": max(values)}
+
+
+def device_info() -> dict:
+    cpu = None
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    ram = None
+    try:
+        ram = int(Path("/proc/meminfo").read_text().split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return {"model": f"{platform.machine()} host", "os": platform.platform(), "arch": platform.machine(),
+            "cpu": cpu, "cores": os.cpu_count(), "ram_bytes": ram, "emulated": False}
+
+
+def peak_rss_bytes() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def current_rss_bytes() -> int | None:
+    try:
+        return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def random_prompt(vocab_size: int, length: int, seed: int, avoid: set[int]) -> list[int]:
+    gen = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, vocab_size, (length,), generator=gen).tolist()
+    return [t if t not in avoid else (t + 1) % vocab_size for t in ids]
+
+
+def bench_bundle_in_subprocess(folder: str | Path, prompt_lengths, generate_tokens: int, runs: int, warmup: int,
+                               seed: int) -> dict:
+    """One bundle in a fresh Python process, so its peak RSS is its own and not the previous bundle's."""
+    import subprocess
+    import sys
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "result.json"
+        cmd = [sys.executable, "-m", "qwen_mobile.runtime.bench", str(folder), "--out", str(out),
+               "--prompt-lengths", ",".join(map(str, prompt_lengths)), "--gen", str(generate_tokens),
+               "--runs", str(runs), "--warmup", str(warmup), "--seed", str(seed)]
+        proc = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        if proc.returncode != 0:
+            errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+            raise ValueError(errors[-1][len("error: "):] if errors else
+                             f"bench of {folder} failed:\n{proc.stderr[-2000:]}")
+        return json.loads(out.read_text())
+
+
+def run_bench(bundle, prompt_lengths=(128, 512), generate_tokens: int = 64, runs: int = 5, warmup: int = 1,
+              seed: int = 0, progress=None, baseline_rss: int | None = None) -> dict:
+    """Benchmark one loaded `Bundle`; returns a dict that validates against the bench schema."""
+    from qwen_mobile.runtime.sampling import Sampler, SamplingConfig
+
+    if runs < 1 or warmup < 0 or generate_tokens < 0:
+        raise ValueError("--runs must be >= 1, --warmup >= 0, --gen >= 0")
+    for length in prompt_lengths:
+        if length < 1 or length + generate_tokens > bundle.max_seq_len:
+            raise ValueError(f"--prompt-lengths {length} + --gen {generate_tokens} does not fit the bundle's context "
+                             f"of {bundle.max_seq_len} tokens")
+    results = []
+    for length in prompt_lengths:
+        prompt = random_prompt(bundle.vocab_size, length, seed + length, bundle.stop_ids)
+        samples = []
+        for i in range(warmup + runs):
+            session = bundle.session()
+            out = session.generate(prompt, generate_tokens, Sampler(SamplingConfig()), stop_ids=set())
+            if progress:
+                progress(length, i, warmup + runs)
+            if i < warmup:
+                continue
+            samples.append({"ttft_ms": out.ttft_s * 1e3, "prefill_tok_s": out.prefill_tok_s,
+                            "decode_tok_s": out.decode_tok_s, "generated_tokens": len(out.ids),
+                            "decode_ms_per_token": [round(s * 1e3, 4) for s in out.step_s]})
+        decode = [s["decode_tok_s"] for s in samples if s["decode_tok_s"] is not None]
+        results.append({"prompt_tokens": length, "generate_tokens": generate_tokens,
+                        "ttft_ms": stats([s["ttft_ms"] for s in samples]),
+                        "prefill_tok_s": stats([s["prefill_tok_s"] for s in samples]),
+                        "decode_tok_s": stats(decode) if decode else None, "samples": samples})
+    m = bundle.manifest
+    recipe = m["recipe"]
+    return {
+        "schema_version": 1,
+        "format": FORMAT,
+        "producer": {"name": "qwen-mobile-host", "version": m.get("toolkit_version", "unknown"),
+                     "runtime": f"executorch {_version('executorch')} pybindings, torch {torch.__version__}"},
+        "created_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "device": device_info(),
+        "bundle": {"hash": bundle.hash, "path": str(bundle.folder), "model_id": m["model"]["id"],
+                   "model_size": m["model"].get("size"), "params": m["model"]["params"],
+                   "backend": recipe.get("backend", recipe["name"]), "recipe": recipe["name"],
+                   "qlinear": recipe["qlinear"], "qembedding": recipe["qembedding"],
+                   "group_size": recipe.get("group_size"), "bytes": sum(f["bytes"] for f in m["files"].values())},
+        "settings": {"prompt_lengths": list(prompt_lengths), "generate_tokens": generate_tokens, "runs": runs,
+                     "warmup": warmup, "threads": torch.get_num_threads(),
+                     "prefill_chunk": bundle.max_prefill_tokens,
+                     "prompt_source": f"random token ids, seed {seed} + prompt length"},
+        "results": results,
+        "memory": {"peak_rss_bytes": peak_rss_bytes(), "baseline_rss_bytes": baseline_rss,
+                   "load_ms": bundle.load_seconds * 1e3},
+        "energy": None,
+        "notes": ["host run: not a phone measurement",
+                  "peak RSS is the whole Python process (interpreter, torch, ExecuTorch); baseline_rss_bytes is its "
+                  "RSS before the bundle was loaded"],
+    }
+
+
+def _version(package: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def validate_bench(result: dict, source: str = "bench result") -> None:
+    import jsonschema
+
+    schema = json.loads(SCHEMA_PATH.read_text())
+    try:
+        jsonschema.validate(result, schema)
+    except jsonschema.ValidationError as err:
+        where = "/".join(str(p) for p in err.absolute_path) or "(top level)"
+        raise BundleError(f"{source}: field '{where}': {err.message}") from None
+
+
+def load_results(path: str | Path) -> list[dict]:
+    """Bench results from a JSON file holding one result or a list of them; each is validated."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise BundleError(f"{path}: not valid JSON ({err})") from None
+    items = data if isinstance(data, list) else [data]
+    for i, item in enumerate(items):
+        validate_bench(item, f"{path}[{i}]" if isinstance(data, list) else str(path))
+    return items
+
+
+def label(result: dict) -> str:
+    b = result["bundle"]
+    where = result["device"]["model"]
+    return f"{b['model_id']} {b['qlinear']}/{b['qembedding']}\n{where}"
+
+
+def table(results: list[dict]) -> str:
+    """The on-screen summary: one row per bundle and prompt length, ratios against the first bundle."""
+    head = ("bundle", "device", "prompt", "TTFT ms", "prefill tok/s", "decode tok/s (p10-p90)", "vs first",
+            "peak RSS")
+    rows = []
+    base = {r["prompt_tokens"]: r for r in results[0]["results"]}
+    for res in results:
+        b = res["bundle"]
+        for r in res["results"]:
+            d = r["decode_tok_s"]
+            ref = base.get(r["prompt_tokens"])
+            ratio = ""
+            if ref is not None and res is not results[0]:
+                ratio = f"pp x{r['prefill_tok_s']['median'] / ref['prefill_tok_s']['median']:.2f}"
+                if d and ref["decode_tok_s"]:
+                    ratio += f", tg x{d['median'] / ref['decode_tok_s']['median']:.2f}"
+            rss = (res.get("memory") or {}).get("peak_rss_bytes")
+            rows.append((f"{b['model_id']} {b['qlinear']}/{b['qembedding']} ({(b.get('bytes') or 0) / 1e6:.1f} MB)",
+                         res["device"]["model"], str(r["prompt_tokens"]), f"{r['ttft_ms']['median']:.1f}",
+                         f"{r['prefill_tok_s']['median']:.1f}",
+                         f"{d['median']:.1f} ({d['p10']:.1f}-{d['p90']:.1f})" if d else "-", ratio,
+                         f"{rss / 1e9:.2f} GB" if rss else "-"))
+    widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(head)]
+    line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths))  # noqa: E731
+    return "\n".join([line(head), line(["-" * w for w in widths])] + [line(r) for r in rows])
+
+
+def plot(results: list[dict], out: str | Path) -> Path:
+    """Bars per bundle: prefill tok/s at each prompt length and decode tok/s, p10-p90 whiskers."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    lengths = sorted({r["prompt_tokens"] for res in results for r in res["results"]})
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    width = 0.8 / len(results)
+    for i, res in enumerate(results):
+        by_len = {r["prompt_tokens"]: r for r in res["results"]}
+        for ax, key in zip(axes, ("prefill_tok_s", "decode_tok_s")):
+            xs, med, lo, hi = [], [], [], []
+            for j, length in enumerate(lengths):
+                s = by_len.get(length, {}).get(key)
+                if not s:
+                    continue
+                xs.append(j + (i - (len(results) - 1) / 2) * width)
+                med.append(s["median"])
+                lo.append(s["median"] - s["p10"])
+                hi.append(s["p90"] - s["median"])
+            ax.bar(xs, med, width=width, yerr=[lo, hi], capsize=3, label=label(res).replace("\n", " @ "))
+    for ax, title in zip(axes, ("prefill (tokens/s)", "decode (tokens/s)")):
+        ax.set_xticks(range(len(lengths)), [f"prompt {n}" for n in lengths])
+        ax.set_title(title)
+        ax.grid(axis="y", alpha=0.3)
+    axes[0].legend(fontsize=8, loc="best")
+    fig.suptitle("qwen-mobile bench: median with p10-p90")
+    fig.tight_layout()
+    out = Path(out)
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out
+
+
+def _main(argv=None) -> int:
+    """`python -m qwen_mobile.runtime.bench BUNDLE --out JSON ...`: the worker behind `qwen-mobile bench`."""
+    import argparse
+    import sys
+
+    p = argparse.ArgumentParser(prog="python -m qwen_mobile.runtime.bench")
+    p.add_argument("bundle")
+    p.add_argument("--out", required=True)
+    p.add_argument("--prompt-lengths", required=True)
+    p.add_argument("--gen", type=int, required=True)
+    p.add_argument("--runs", type=int, required=True)
+    p.add_argument("--warmup", type=int, required=True)
+    p.add_argument("--seed", type=int, required=True)
+    args = p.parse_args(argv)
+    baseline = current_rss_bytes()
+    from .session import Bundle
+
+    try:
+        bundle = Bundle(args.bundle)
+        result = run_bench(bundle, [int(x) for x in args.prompt_lengths.split(",")], args.gen, args.runs,
+                           args.warmup, args.seed, baseline_rss=baseline)
+        validate_bench(result)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(_main())
