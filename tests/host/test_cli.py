@@ -1,0 +1,106 @@
+"""`qwen-mobile run / chat / bench / inspect` end to end on the session's nano bundle, in-process."""
+
+import io
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from qwen_mobile.export.cli import main
+from qwen_mobile.runtime.bench import load_results, validate_bench
+from qwen_mobile.runtime.bundle import BundleError
+
+
+def run_json(capsys, *argv):
+    assert main(list(argv)) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_run_json_and_dumped_logits_match_the_program(nano_bundle, bundle, capsys, tmp_path):
+    dump = tmp_path / "steps.npy"
+    doc = run_json(capsys, "run", str(nano_bundle), "--prompt", "def add(a, b):", "--max-new-tokens", "12",
+                   "--json", "-", "--dump-logits", str(dump))
+    logits = np.load(dump)
+    assert logits.shape == (len(doc["ids"]), bundle.vocab_size)
+    # Independent of the session code: drive the program's methods directly.
+    program = bundle.program
+    expect = [program.prefill(doc["prompt_ids"], 0)]
+    for i, tok in enumerate(doc["ids"][:-1]):
+        expect.append(program.decode(tok, len(doc["prompt_ids"]) + i))
+    torch.testing.assert_close(torch.from_numpy(logits), torch.stack(expect), atol=0, rtol=0)
+    assert doc["ids"] == [int(x) for x in logits.argmax(-1)]  # greedy by default
+    assert doc["text"] == bundle.tokenizer.decode(doc["ids"], skip_special_tokens=False)
+    assert doc["bundle_hash"] == bundle.hash and doc["generated_tokens"] == len(doc["ids"])
+
+
+def test_run_refuses_an_overlong_prompt_unless_asked_to_truncate(nano_bundle, capsys):
+    ids = ",".join(str(i) for i in range(100, 400))  # 300 tokens > context 256
+    assert main(["run", str(nano_bundle), "--prompt-ids", ids]) == 2
+    assert "exceeds the bundle's context of 256 tokens" in capsys.readouterr().err
+    doc = run_json(capsys, "run", str(nano_bundle), "--prompt-ids", ids, "--truncate", "left",
+                   "--max-new-tokens", "6", "--json", "-")
+    assert doc["prompt_ids"] == list(range(150, 400))  # the last 256 - 6 tokens
+    assert doc["generated_tokens"] == 6
+
+
+def test_seeded_run_is_reproducible_from_the_cli(nano_bundle, capsys):
+    argv = ["run", str(nano_bundle), "--prompt", "import", "--temperature", "1.0", "--top-p", "0.9",
+            "--max-new-tokens", "16", "--json", "-"]
+    a = run_json(capsys, *argv, "--seed", "5")
+    b = run_json(capsys, *argv, "--seed", "5")
+    assert a["ids"] == b["ids"] and a["sampling"]["seed"] == 5
+
+
+def test_chat_save_load_reset_transcript(nano_bundle, monkeypatch, capsys, tmp_path):
+    script = "def add(a, b):\n/save t1\nclass Stack:\n/load t1\nclass Stack:\n/load other\n/reset\n/quit\n"
+    monkeypatch.setattr("sys.stdin", io.StringIO(script))
+    assert main(["chat", str(nano_bundle), "--system", "You write Python.", "--max-new-tokens", "20",
+                 "--snapshot-dir", str(tmp_path)]) == 0
+    out, err = capsys.readouterr()
+    replies = [chunk.split("\n> ")[0] for chunk in out.split("> class Stack:\n")[1:]]
+    assert len(replies) == 2 and replies[0] == replies[1], "the reply after /load differs from the first one"
+    assert (tmp_path / "t1.safetensors").is_file()
+    assert "no such file" in err and "[reset to position" in err
+
+
+def test_bench_json_validates_plots_and_compares(nano_bundle, capsys, tmp_path):
+    out, png = tmp_path / "b.json", tmp_path / "b.png"
+    assert main(["bench", str(nano_bundle), "--prompt-lengths", "16,48", "--gen", "8", "--runs", "2",
+                 "--warmup", "0", "--json", str(out), "--plot", str(png)]) == 0
+    [result] = load_results(out)
+    assert [r["prompt_tokens"] for r in result["results"]] == [16, 48]
+    for r in result["results"]:
+        assert len(r["samples"]) == 2
+        assert all(len(s["decode_ms_per_token"]) == 7 for s in r["samples"])  # 8 tokens = 1 from prefill + 7 steps
+        assert r["prefill_tok_s"]["p10"] <= r["prefill_tok_s"]["median"] <= r["prefill_tok_s"]["p90"]
+    assert png.stat().st_size > 10_000
+    # A saved result is a valid TARGET next to nothing else; the table shows it.
+    capsys.readouterr()
+    assert main(["bench", str(out), str(out)]) == 0
+    assert "pp x1.00" in capsys.readouterr().out
+    broken = dict(result)
+    del broken["device"]
+    with pytest.raises(BundleError, match="'device' is a required property"):
+        validate_bench(broken)
+    negative = json.loads(json.dumps(result))
+    negative["results"][0]["samples"][0]["ttft_ms"] = -1.0
+    with pytest.raises(BundleError, match="field 'results/0/samples/0/ttft_ms'"):
+        validate_bench(negative)
+
+
+def test_bench_refuses_lengths_that_do_not_fit(nano_bundle, capsys):
+    assert main(["bench", str(nano_bundle), "--prompt-lengths", "250", "--gen", "64"]) == 2
+    assert "does not fit the bundle's context of 256" in capsys.readouterr().err
+
+
+def test_inspect_reads_our_op_from_the_program(nano_bundle, bundle, capsys):
+    doc = run_json(capsys, "inspect", str(nano_bundle), "--json")
+    delta_layers = sum(t == "linear_attention" for t in bundle.manifest["model"]["config"]["layer_types"])
+    for method in ("forward", "decode"):
+        info = doc["program"]["methods"][method]
+        assert info["ops_outside"].get("qwen35::gated_delta_rule") == delta_layers
+        assert info["backends"].get("XnnpackBackend", 0) > 0
+    assert set(doc["program"]["methods"]) >= {"forward", "decode", "state_read", "state_write"}
+    assert main(["inspect", str(nano_bundle)]) == 0
+    assert "qwen35::gated_delta_rule" in capsys.readouterr().out
