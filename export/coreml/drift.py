@@ -18,13 +18,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-# name -> (gdn_layout, keep_gdn_fp32): every variant computes in fp16 except where noted.
+# name -> (gdn_layout, keep_gdn_fp32, keep_head_fp32): every variant computes in fp16 except where noted.
 VARIANTS = {
-    "state-fp16": ("state", False),  # three fp16 states, all ops fp16
-    "io-fp32-in-out": ("io", False),  # state passed as fp32 but cast to fp16 at the graph's entry
-    "io-fp32-gdn-fp32": ("io", True),  # fp32 state in/out and the delta rule's ops kept fp32
-    "state-fp16-gdn-fp32": ("state", True),  # fp16 storage between calls, fp32 inside the delta rule
+    "state-fp16": ("state", False, False),  # three fp16 states, all ops fp16
+    "io-fp32-in-out": ("io", False, False),  # state passed as fp32 but cast to fp16 at the graph's entry
+    "io-fp32-gdn-fp32": ("io", True, False),  # fp32 state in/out and the delta rule's ops kept fp32
+    "state-fp16-gdn-fp32": ("state", True, False),  # fp16 storage between calls, fp32 inside the delta rule
+    "io-fp32-in-out-head-fp32": ("io", False, True),  # the default layout with the vocabulary projection in fp32
 }
+DEFAULT_VARIANTS = ("state-fp16", "io-fp32-in-out", "io-fp32-gdn-fp32", "state-fp16-gdn-fp32")
 
 
 def held_out_tokens(n: int) -> list[int]:
@@ -39,7 +41,7 @@ def held_out_tokens(n: int) -> list[int]:
 
 
 @torch.no_grad()
-def measure(source: str = "nano", steps: int = 512, prefill_chunk: int = 64, variants=tuple(VARIANTS),
+def measure(source: str = "nano", steps: int = 512, prefill_chunk: int = 64, variants=DEFAULT_VARIANTS,
             log=print) -> dict:
     from qwen_mobile.export.api import load_model
 
@@ -62,12 +64,12 @@ def measure(source: str = "nano", steps: int = 512, prefill_chunk: int = 64, var
     shapes = state_shapes(model.config, max_seq_len)
     results = {"source": source, "steps": steps, "prefill_chunk": prefill_chunk, "variants": {}}
     for name in variants:
-        layout, keep_fp32 = VARIANTS[name]
+        layout, keep_fp32, keep_head = VARIANTS[name]
         t0 = time.perf_counter()
         with tempfile.TemporaryDirectory() as tmp:
             pkg = Path(tmp) / "m.mlpackage"
             build_package(CoreMLDecoder(model, layout), pkg, prefill_chunk=prefill_chunk, qlinear="fp16",
-                          keep_gdn_fp32=keep_fp32)
+                          keep_gdn_fp32=keep_fp32, keep_head_fp32=keep_head)
             mil = MILModel(pkg)
             state = mil.new_state()
             runner = CoreMLRunner(lambda fn, inputs: mil.run(fn, inputs, state), prefill_chunk=prefill_chunk,
@@ -82,7 +84,7 @@ def measure(source: str = "nano", steps: int = 512, prefill_chunk: int = 64, var
         log_p, log_q = torch.log_softmax(ref.double(), -1), torch.log_softmax(got.double(), -1)
         kl = (log_p.exp() * (log_p - log_q)).sum(-1)
         results["variants"][name] = {
-            "gdn_layout": layout, "gdn_ops_fp32": keep_fp32,
+            "gdn_layout": layout, "gdn_ops_fp32": keep_fp32, "head_fp32": keep_head,
             "max_abs_logit_diff": float(err.max()),
             "mean_max_abs_logit_diff_first64": float(err[1:65].mean()),
             "mean_max_abs_logit_diff_last64": float(err[-64:].mean()),
@@ -102,7 +104,7 @@ def main(argv=None) -> None:
     p.add_argument("--source", default="nano")
     p.add_argument("--steps", type=int, default=512)
     p.add_argument("--prefill-chunk", type=int, default=64)
-    p.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=list(VARIANTS))
+    p.add_argument("--variants", nargs="*", default=list(DEFAULT_VARIANTS), choices=list(VARIANTS))
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
     res = measure(args.source, args.steps, args.prefill_chunk, args.variants)

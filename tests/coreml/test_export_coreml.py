@@ -59,16 +59,35 @@ def test_fp32_bundle_matches_eager(hf_checkpoint, tmp_path, regime):
     assert rel <= FP32_REL_TOL, f"{regime}: max logit error {rel:.3g} of max |logit|"
 
 
-def test_tampered_package_is_rejected(hf_checkpoint, tmp_path):
+@pytest.fixture(scope="module")
+def tiny_fp32_bundle(hf_checkpoint, tmp_path_factory):
     folder, _ = hf_checkpoint("causal", "hv2x")
-    out = tmp_path / "bundle"
-    manifest = _export(folder, out, qlinear="fp32")
+    out = tmp_path_factory.mktemp("coreml") / "bundle"
+    return out, _export(folder, out, qlinear="fp32")
+
+
+def test_tampered_package_is_rejected(tiny_fp32_bundle, tmp_path):
+    import shutil
+
+    src, manifest = tiny_fp32_bundle
+    out = tmp_path / "copy"
+    shutil.copytree(src, out)
     weight = next(name for name in manifest["files"] if name.endswith("weight.bin"))
     data = bytearray((out / weight).read_bytes())
     data[-1] ^= 0xFF
     (out / weight).write_bytes(bytes(data))
     with pytest.raises(bundle.BundleError, match="sha256"):
         bundle.load_manifest(out)
+
+
+def test_mac_verify_script_path_with_the_evaluator(tiny_fp32_bundle, hf_checkpoint):
+    """scripts/verify_coreml_on_mac.py's logic, with the numpy evaluator standing in for MLModel.predict."""
+    from qwen_mobile.export.coreml.mac_verify import main, verify
+
+    out, manifest = tiny_fp32_bundle
+    report = verify(out, backend="evaluator", steps=4)
+    assert report["passed"] and report["max_abs_logit_diff"] <= FP32_REL_TOL * max(1.0, 10.0), report
+    assert main([str(out), "--backend", "evaluator", "--steps", "2"]) == 0
 
 
 @pytest.mark.parametrize("kwargs, flag", [
