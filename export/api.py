@@ -197,7 +197,8 @@ def export(source: str, out: str | Path, *, preset: str | None = DEFAULT_PRESET,
     from qwen_mobile.runtime.program import BundleProgram
 
     from qwen_mobile.runtime import bundle
-    from .lowering import TOKEN_METHODS, export_methods, lower_to_executorch, program_op_namespaces, seq_axis, state_buffers
+    from .lowering import (TOKEN_METHODS, export_methods, lower_to_executorch, program_op_namespaces, seq_axis,
+                           state_buffers)
     from .quantize import quantize_model
     from .verify import compare_with_eager, fixed_prompt, gate, op_nodes_per_method
 

@@ -292,7 +292,8 @@ def _lengths(text: str) -> list[int]:
     try:
         values = [int(x) for x in text.split(",") if x.strip()]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated token counts such as 128,512, got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"expected comma-separated token counts such as 128,512, got {text!r}") \
+            from None
     if not values or min(values) < 1:
         raise argparse.ArgumentTypeError(f"expected positive token counts, got {text!r}")
     return values

@@ -89,6 +89,7 @@ def test_later_turns_match_the_template_where_it_keeps_history(nano_tokenizer):
 def test_thinking_default_read_from_the_template():
     template = json.loads((SHIPPED_MODELS["nano"] / "tokenizer_config.json").read_text())["chat_template"]
     assert thinking_default_from_template(template) is False
-    on = template.replace("enable_thinking is defined and enable_thinking", "enable_thinking is not defined or enable_thinking")
+    on = template.replace("enable_thinking is defined and enable_thinking",
+                          "enable_thinking is not defined or enable_thinking")
     assert thinking_default_from_template(on) is True
     assert thinking_default("9b", None) is True and thinking_default("0_8b", None) is False
