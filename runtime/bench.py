@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from .bundle import BundleError
+from .bundle import BundleError, validate_against
 
 SCHEMA_PATH = Path(__file__).parent / "schemas" / "bench.schema.json"
 FORMAT = "qwen-mobile-bench"
@@ -168,14 +168,7 @@ def _version(package: str) -> str:
 
 
 def validate_bench(result: dict, source: str = "bench result") -> None:
-    import jsonschema
-
-    schema = json.loads(SCHEMA_PATH.read_text())
-    try:
-        jsonschema.validate(result, schema)
-    except jsonschema.ValidationError as err:
-        where = "/".join(str(p) for p in err.absolute_path) or "(top level)"
-        raise BundleError(f"{source}: field '{where}': {err.message}") from None
+    validate_against(SCHEMA_PATH, result, source)
 
 
 def load_results(path: str | Path) -> list[dict]:

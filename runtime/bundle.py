@@ -50,15 +50,20 @@ def bundle_hash(manifest: dict) -> str:
     return hashlib.sha256(joined.encode()).hexdigest()
 
 
-def validate_manifest(manifest: dict, source: str = MANIFEST) -> None:
+def validate_against(schema_path: Path, doc: dict, source: str) -> None:
+    """jsonschema validation whose error names the source and the field, e.g. `x.json: field 'results/0': ...`."""
     import jsonschema
 
-    schema = json.loads(SCHEMA_PATH.read_text())
+    schema = json.loads(schema_path.read_text())
     try:
-        jsonschema.validate(manifest, schema)
+        jsonschema.validate(doc, schema)
     except jsonschema.ValidationError as err:
         where = "/".join(str(p) for p in err.absolute_path) or "(top level)"
         raise BundleError(f"{source}: field '{where}': {err.message}") from None
+
+
+def validate_manifest(manifest: dict, source: str = MANIFEST) -> None:
+    validate_against(SCHEMA_PATH, manifest, source)
 
 
 def load_manifest(folder: str | Path, check_hashes: bool = True) -> dict:
