@@ -162,7 +162,9 @@ def export_coreml(source: str, out: str | Path, *, qlinear: str = "fp16", max_se
             "recipe": {"name": "coreml", "backend": "coreml", "preset": None, "qlinear": qlinear,
                        # linear_quantize_weights quantizes the embedding table with the linears.
                        "qembedding": qlinear if qlinear in ("8w", "4w") else "none",
-                       "group_size": INT4_BLOCK_SIZE, "tied_table_copies": 2 if config.tie_word_embeddings else 1,
+                       # coremltools' const deduplication stores a tied table once (nano fp32: 38.8 MB of weights for
+                       # 9.7 M parameters counted once).
+                       "group_size": INT4_BLOCK_SIZE, "tied_table_copies": 1,
                        "gdn_layout": gdn_layout, "gdn_fp32": gdn_fp32, "head_fp32": head_fp32,
                        "compute_precision": "fp32" if qlinear == "fp32" else "fp16",
                        "minimum_deployment_target": MIN_DEPLOYMENT},

@@ -7,7 +7,6 @@ declare the same states, so one `MLState` made by the app serves both.
 
 from __future__ import annotations
 
-import shutil
 import tempfile
 import time
 from dataclasses import dataclass, field

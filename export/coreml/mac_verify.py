@@ -21,19 +21,44 @@ import numpy as np
 COMPUTE_UNITS = ("ALL", "CPU_ONLY", "CPU_AND_GPU", "CPU_AND_NE")
 
 
-def coreml_call(package: Path, compute_units: str):
-    """call(function, inputs) -> outputs over MLModel.predict, with one MLState shared by both functions."""
+def coreml_call(package: Path, compute_units: str, state_names: list[str], info: dict | None = None):
+    """call(function, inputs) -> outputs over MLModel.predict, the states carried from one function to the other.
+
+    Both functions declare the same states, so one MLState should serve both; whether Core ML accepts a state made
+    by the other function's MLModel is not documented, so on refusal this falls back to copying the state values
+    (MLState.read_state / write_state) when the function changes. `info["state_sharing"]` says which happened.
+    """
     import coremltools as ct
 
     if sys.platform != "darwin":
         raise RuntimeError("MLModel.predict needs macOS (15+ for stateful multifunction packages); on Linux use "
                            "--backend evaluator")
+    info = {} if info is None else info
     units = getattr(ct.ComputeUnit, compute_units)
     models = {fn: ct.models.MLModel(str(package), function_name=fn, compute_units=units)
               for fn in ("prefill", "decode")}
-    # Both functions declare the same states; one MLState carries the cache from prefill into decode.
-    state = models["decode"].make_state()
-    return lambda fn, inputs: models[fn].predict(inputs, state=state)
+    shared = models["decode"].make_state()
+    own = {fn: m.make_state() for fn, m in models.items()}
+    mode = {"shared": True, "last": None}
+    info["state_sharing"] = "one MLState for both functions"
+
+    def call(fn, inputs):
+        if mode["shared"]:
+            try:
+                return models[fn].predict(inputs, state=shared)
+            except Exception as err:  # noqa: BLE001 - any refusal switches to copying, and is reported
+                mode["shared"] = False
+                info["state_sharing"] = f"copied between per-function MLStates ({type(err).__name__}: {err})"
+                for name in state_names:
+                    own[fn].write_state(name, shared.read_state(name))
+                mode["last"] = fn
+        if mode["last"] not in (None, fn):
+            for name in state_names:
+                own[fn].write_state(name, own[mode["last"]].read_state(name))
+        mode["last"] = fn
+        return models[fn].predict(inputs, state=own[fn])
+
+    return call
 
 
 def evaluator_call(package: Path):
@@ -76,7 +101,9 @@ def verify(bundle_dir: str | Path, *, backend: str = "coreml", compute_units: st
     steps = steps if steps is not None else min(VERIFY_DECODE_STEPS, max_seq_len - len(prompt))
 
     package = bundle_dir / PACKAGE
-    call = coreml_call(package, compute_units) if backend == "coreml" else evaluator_call(package)
+    state_names = [b["name"] for b in manifest["state"]["buffers"] if b["storage"] == "coreml_state"]
+    info: dict = {}
+    call = coreml_call(package, compute_units, state_names, info) if backend == "coreml" else evaluator_call(package)
     runner = CoreMLRunner(call, prefill_chunk=prefill_chunk, gdn_layout=layout, io_shapes=io_shapes)
     metrics = compare_with_eager(runner, reference, prompt, steps=steps)
     if qlinear == "fp32":
@@ -84,11 +111,11 @@ def verify(bundle_dir: str | Path, *, backend: str = "coreml", compute_units: st
     else:
         result = gate(metrics, qlinear, "none", QUALITY_FLOORS[qlinear], not manifest["model"]["random_weights"])
     report = {"bundle": str(bundle_dir), "backend": backend, "compute_units": compute_units if backend == "coreml"
-              else None, "qlinear": qlinear, "gdn_layout": layout, **result.as_dict()}
+              else None, "qlinear": qlinear, "gdn_layout": layout, **info, **result.as_dict()}
     if also_evaluator and backend == "coreml":
         # Same calls through both: how far the Linux evaluator is from this device.
-        device = CoreMLRunner(coreml_call(package, compute_units), prefill_chunk=prefill_chunk, gdn_layout=layout,
-                              io_shapes=io_shapes)
+        device = CoreMLRunner(coreml_call(package, compute_units, state_names), prefill_chunk=prefill_chunk,
+                              gdn_layout=layout, io_shapes=io_shapes)
         numpy_eval = CoreMLRunner(evaluator_call(package), prefill_chunk=prefill_chunk, gdn_layout=layout,
                                   io_shapes=io_shapes)
         a, b = device.prefill(prompt, 0), numpy_eval.prefill(prompt, 0)
