@@ -23,5 +23,7 @@ from .ops import (  # noqa: F401
     validate_args,
 )
 
+from . import wq  # noqa: E402,F401  qwen35::linear_wq / embedding_wq (same native library)
+
 if not _os.environ.get("QWEN35_RUNTIME_NO_LOAD"):
     load_library()

@@ -155,8 +155,10 @@ int64_t chunk_size() {
 void set_chunk_size(int64_t c) { g_chunk.store(c < 0 ? 0 : c); }
 void set_force_portable(int32_t portable) { g_force_portable.store(portable ? 1 : 0); }
 
+bool avx2_active() { return has_avx2() && !force_portable(); }
+
 const char* isa_name() {
-  if (has_avx2() && !force_portable()) return "avx2+fma";
+  if (avx2_active()) return "avx2+fma";
   return detail::isa_name_generic();
 }
 

@@ -70,6 +70,9 @@ void set_chunk_size(int64_t c);  // for benchmarking; 0 restores the default
 // Force the portable/NEON path even where AVX2 is available (tests). Also set by
 // the environment variable QWEN35_GDR_ISA=portable.
 void set_force_portable(int32_t portable);
+// True when run() takes the AVX2 path (CPU has AVX2+FMA, the TU is built, not forced portable).
+// The weight-only ops (wq.h) follow the same switch.
+bool avx2_active();
 
 namespace detail {
 // Per-ISA entry points, one per translation unit.
