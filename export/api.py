@@ -114,9 +114,9 @@ def describe(config: Qwen35Config) -> dict:
 
 PRESETS_DIR = Path(__file__).resolve().parent / "presets"
 RECIPES = {"xnnpack": "ExecuTorch .pte, XNNPACK delegate, our qwen35 kernel for the delta rule"}
-# Linear schemes each recipe can lower. Weight-only linears (8w, 4w) leave torchao::dequantize_affine outside
-# XNNPACK in executorch 1.5.1 (`Missing out variants`), so the xnnpack recipe refuses them up front.
-RECIPE_QLINEAR = {"xnnpack": ("fp32", "8da4w", "8da8w")}
+# Linear schemes each recipe can lower. Weight-only linears (8w, 4w) run our qwen35::linear_wq kernel outside the
+# XNNPACK delegates (torchao's dequantize_affine has no out variant in executorch 1.5.1).
+RECIPE_QLINEAR = {"xnnpack": ("fp32", "8da4w", "8da8w", "8w", "4w")}
 DEFAULT_PRESET = "xnnpack-8da4w"
 
 
@@ -199,7 +199,7 @@ def export(source: str, out: str | Path, *, preset: str | None = DEFAULT_PRESET,
     from qwen_mobile.runtime import bundle
     from .lowering import (TOKEN_METHODS, export_methods, lower_to_executorch, program_op_namespaces, seq_axis,
                            state_buffers)
-    from .quantize import quantize_model
+    from .quantize import check_weight_only_nodes, quantize_model
     from .verify import compare_with_eager, fixed_prompt, gate, op_nodes_per_method
 
     settings = ExportSettings.resolve(preset, **overrides)
@@ -253,6 +253,7 @@ def export(source: str, out: str | Path, *, preset: str | None = DEFAULT_PRESET,
         if count != expected:
             raise RuntimeError(f"export: method '{method}' has {count} qwen35.gated_delta_rule nodes, expected "
                                f"{expected} (one per delta-net layer); refusing to ship a graph without our kernel")
+    check_weight_only_nodes(programs, qreport)  # raises if a weight-only module lost its qwen35 op
     done("export")
     stage("lower")
     stop_ids = _stop_ids(config, tokenizer)

@@ -4,9 +4,17 @@ Linear schemes (flag `--qlinear`, names as in optimum-executorch):
     fp32   no quantization
     8da4w  int8 dynamic per-token activations, int4 symmetric group-wise weights (XNNPACK qd8-f32-qb4w)
     8da8w  int8 dynamic activations, int8 per-channel weights (qd8-f32-qc8w)
-    8w     int8 per-channel weight-only
-    4w     int4 group-wise weight-only
-Embedding schemes (`--qembedding`): none, 8w (int8 per-row), 4w (int4 group-wise).
+    8w     int8 per-channel weight-only     our qwen35::linear_wq kernel (runtime/wq.py), fp32 activations
+    4w     int4 group-wise weight-only      our qwen35::linear_wq kernel
+Embedding schemes (`--qembedding`): none, 8w (int8 per-row), 4w (int4 group-wise). With `--qlinear 8w|4w` they use
+our qwen35::embedding_wq kernel, otherwise torchao's. When the table is tied to lm_head and both sides use the same
+scheme (8w/8w, or 4w/4w with one group size), the embedding and lm_head hold the SAME qweight/scales tensors, so the
+program stores the table once (`tied_table_copies: 1`).
+
+Weight-only quantization math (`quantize_weight`): symmetric round-to-nearest per group (per row for 8w),
+scale = max|w| / qmax with qmax 127 (int8) or 7 (int4), q = clamp(round(w / scale), -qmax, qmax). The int4 range is
+[-7, 7], not [-8, 7]: with scale = max|w|/7 the largest weight lands exactly on +-7 and the code is symmetric in sign;
+using -8 would need scale = max|w|/8 (clipping the positive side) or an asymmetric grid, for 1/16 more resolution.
 
 The delta-net's tiny projections (in_proj_b, in_proj_a: [n_v, h]) are quantized like every other linear whose input
 width is a multiple of the group size; anything else stays fp32 and is listed in the report.
@@ -61,6 +69,132 @@ def _embedding_config(scheme: str, group_size: int):
     raise ValueError(f"--qembedding {scheme!r}: expected one of {QEMBEDDING}")
 
 
+WEIGHT_ONLY_BITS = {"8w": 8, "4w": 4}
+# Scales are stored in float32: 4 B per group of 32 adds 1 bit per weight at 4w g32 (fp16 would halve that; the
+# kernels accept float16 scales, the quantizer does not emit them yet).
+SCALE_DTYPE = torch.float32
+
+
+@torch.no_grad()
+def quantize_weight(w: torch.Tensor, bits: int, group_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """w [N, K] float -> (qweight, scales) in qwen35::linear_wq's layout (runtime/wq.py).
+
+    bits=8: qweight int8 [N, K]; bits=4: uint8 [N, K/2], element 2j in the low nibble of byte j, 2j+1 in the high
+    one, each stored as q + 8. scales [N, K/group_size].
+    """
+    N, K = w.shape
+    if K % group_size or (bits == 4 and group_size % 2):
+        raise ValueError(f"quantize_weight: group_size {group_size} must divide K={K} (and be even for 4 bits)")
+    qmax = 127 if bits == 8 else 7
+    groups = w.detach().float().reshape(N, K // group_size, group_size)  # [N, G, gs]
+    amax = groups.abs().amax(-1, keepdim=True)  # [N, G, 1]
+    scales = torch.where(amax > 0, amax / qmax, torch.ones_like(amax))  # all-zero group: any scale, q = 0
+    q = torch.clamp(torch.round(groups / scales), -qmax, qmax).to(torch.int8).reshape(N, K)
+    scales = scales.reshape(N, K // group_size).to(SCALE_DTYPE)
+    if bits == 8:
+        return q.contiguous(), scales.contiguous()
+    u = (q + 8).to(torch.uint8)  # offset binary nibbles, 1..15
+    return (u[:, 0::2] | (u[:, 1::2] << 4)).contiguous(), scales.contiguous()
+
+
+class LinearWQ(nn.Module):
+    """nn.Linear replaced by qwen35::linear_wq over packed weights (buffers `qweight`, `scales`)."""
+
+    def __init__(self, qweight: torch.Tensor, scales: torch.Tensor, bits: int, group_size: int,
+                 bias: torch.Tensor | None = None):
+        super().__init__()
+        self.bits, self.group_size = bits, group_size
+        self.register_buffer("qweight", qweight)
+        self.register_buffer("scales", scales)
+        self.register_buffer("bias", None if bias is None else bias.detach().clone())
+
+    @property
+    def out_features(self) -> int:
+        return self.qweight.shape[0]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.ops.qwen35.linear_wq(x, self.qweight, self.scales, self.bits, self.group_size)  # [..., N]
+        return y if self.bias is None else y + self.bias
+
+    def extra_repr(self) -> str:
+        return f"out={self.qweight.shape[0]}, bits={self.bits}, group_size={self.group_size}"
+
+
+class EmbeddingWQ(nn.Module):
+    """nn.Embedding replaced by qwen35::embedding_wq over packed rows (may share its buffers with a LinearWQ)."""
+
+    def __init__(self, qweight: torch.Tensor, scales: torch.Tensor, bits: int, group_size: int):
+        super().__init__()
+        self.bits, self.group_size = bits, group_size
+        self.register_buffer("qweight", qweight)
+        self.register_buffer("scales", scales)
+
+    def forward(self, indices: torch.Tensor) -> torch.Tensor:
+        return torch.ops.qwen35.embedding_wq(self.qweight, self.scales, indices, self.bits, self.group_size)
+
+    def extra_repr(self) -> str:
+        return f"rows={self.qweight.shape[0]}, bits={self.bits}, group_size={self.group_size}"
+
+
+def _set_submodule(model: nn.Module, fqn: str, module: nn.Module) -> None:
+    parent, _, name = fqn.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, name, module)
+
+
+def _quantize_weight_only(model: nn.Module, report: "QuantReport", embed, lm_head, tied: bool) -> None:
+    """`--qlinear 8w|4w`: every eligible nn.Linear (and the embedding, if asked) onto our qwen35 ops."""
+    import qwen_mobile.runtime.wq  # noqa: F401  defines torch.ops.qwen35.linear_wq / embedding_wq
+
+    bits, gs = WEIGHT_ONLY_BITS[report.qlinear], report.group_size
+    shared = None  # (qweight, scales) of a tied table quantized once for both sides
+    if embed is not None and report.qembedding != "none":
+        e_bits = WEIGHT_ONLY_BITS[report.qembedding]
+        e_gs = embed.embedding_dim if e_bits == 8 else gs  # int8: per row
+        qweight, scales = quantize_weight(embed.weight, e_bits, e_gs)
+        fqn = next(n for n, m in model.named_modules() if m is embed)
+        _set_submodule(model, fqn, EmbeddingWQ(qweight, scales, e_bits, e_gs))
+        report.embedding = report.qembedding
+        if tied and report.qembedding == report.qlinear:
+            shared = (qweight, scales, e_bits, e_gs)
+    for fqn, module in list(model.named_modules()):
+        if not isinstance(module, nn.Linear):
+            continue
+        group = module.in_features if bits == 8 else gs  # int8: per channel
+        if module.in_features % group:
+            report.skipped_linears.append(f"{fqn} (in_features {module.in_features} % group {group})")
+            continue
+        if module is lm_head and shared is not None:
+            new = LinearWQ(shared[0], shared[1], shared[2], shared[3], module.bias)  # the embedding's tensors
+        else:
+            new = LinearWQ(*quantize_weight(module.weight, bits, group), bits, group, module.bias)
+        _set_submodule(model, fqn, new)
+        report.quantized_linears += 1
+    if tied:
+        quantized_sides = (lm_head is not None and not isinstance(model.get_submodule("lm_head"), nn.Linear),
+                           report.embedding != "fp32")
+        report.tied_table_copies = 1 if shared is not None or not any(quantized_sides) else 2
+
+
+def check_weight_only_nodes(programs: dict, report: "QuantReport", methods=("forward", "decode")) -> dict:
+    """Count qwen35.linear_wq / embedding_wq nodes per exported method; raise if any quantized module lost its op.
+
+    Expected per method: one linear_wq per quantized linear, one embedding_wq if the embedding was quantized with
+    our op. A missing node means the graph silently computes something else (e.g. a decomposed fallback).
+    """
+    if report.qlinear not in WEIGHT_ONLY_BITS:
+        return {}
+    want = {"linear_wq": report.quantized_linears, "embedding_wq": int(report.embedding != "fp32")}
+    counts = {}
+    for method in methods:
+        nodes = [n for n in programs[method].graph.nodes if n.op == "call_function"]
+        got = {op: sum(1 for n in nodes if f"qwen35.{op}" in str(n.target)) for op in want}
+        counts[method] = got
+        if got != want:
+            raise RuntimeError(f"export: method '{method}' has {got} qwen35 weight-only nodes, expected {want} (one "
+                               "per quantized module); refusing to ship a graph without our kernels")
+    return counts
+
+
 @torch.no_grad()
 def quantize_model(model: nn.Module, qlinear: str, qembedding: str, group_size: int) -> QuantReport:
     """Quantize `model` in place and return what was done."""
@@ -78,6 +212,11 @@ def quantize_model(model: nn.Module, qlinear: str, qembedding: str, group_size: 
     embed = getattr(getattr(model, "model", None), "embed_tokens", None)
     tied = lm_head is not None and embed is not None and lm_head.weight is embed.weight
 
+    if qlinear in WEIGHT_ONLY_BITS:
+        if qembedding not in ("none", *WEIGHT_ONLY_BITS):
+            raise ValueError(f"--qembedding {qembedding!r} with --qlinear {qlinear}: expected none, 8w or 4w")
+        _quantize_weight_only(model, report, embed, lm_head, tied)
+        return report
     if qlinear != "fp32":
         grouped = qlinear in ("8da4w", "4w")
 
