@@ -81,14 +81,9 @@ def convert_function(decoder: CoreMLDecoder, tokens: int, *, precision: str, kee
     else:
         compute = ct.transform.FP16ComputePrecision(
             op_selector=_keep_fp32_selector(keep_gdn_fp32, keep_head_fp32, decoder.config))
-    pipeline = ct.PassPipeline.DEFAULT
-    if len(states) > 1:
-        # coremltools 9.0's canonicalize_inplace_pattern indexes a stale op list and raises KeyError once it has
-        # moved one state update next to its producer and meets another; it only reorders ops, so skip it.
-        pipeline.remove_passes(["common::canonicalize_inplace_pattern"])
     return ct.convert(ep, outputs=[ct.TensorType(name=n, dtype=np.float32) for n in outputs], states=states,
                       minimum_deployment_target=getattr(ct.target, MIN_DEPLOYMENT), compute_precision=compute,
-                      pass_pipeline=pipeline, skip_model_load=True)
+                      skip_model_load=True)
 
 
 def quantize(mlmodel, qlinear: str):

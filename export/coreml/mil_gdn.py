@@ -53,12 +53,15 @@ class NamedBuilder:
 
 
 def register() -> None:
-    """Register the translation with coremltools (once per process)."""
+    """Register the translation (and our pass fix) with coremltools, once per process."""
     global _registered
     if _registered:
         return
     from coremltools.converters.mil.frontend.torch.torch_op_registry import register_torch_op
 
+    from .mil_passes import register as register_passes
+
+    register_passes()  # several Core ML states need a fixed canonicalize_inplace_pattern (mil_passes.py)
     register_torch_op(torch_alias=OP_ALIASES, override=True)(_qwen35_gated_delta_rule)
     _registered = True
 

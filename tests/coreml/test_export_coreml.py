@@ -138,3 +138,20 @@ def test_nano_recipes(tmp_path, qlinear, gdn_layout):
     print(f"\nnano coreml {qlinear} {gdn_layout}: {manifest['export']['conversion']['package_bytes'] / 1e6:.1f} MB, "
           f"top-1 {v['top1_agreement']:.3f}, KL {v['mean_kl']:.2e}, max|dlogit| {v['max_abs_logit_diff']:.3g}")
     assert np.isfinite(v["max_abs_logit_diff"])
+
+
+def test_three_state_layout_converts_in_canonical_order(hf_checkpoint):
+    """The `state` layout (three Core ML states) needs mil_passes' fixed canonicalize_inplace_pattern; after it every
+    state update sits right after the op that produces its value."""
+    from qwen_mobile.export.coreml.convert import convert_function
+    from qwen_mobile.export.coreml.graph import CoreMLDecoder
+    from qwen_mobile.models import Qwen35ForCausalLM
+
+    folder, _ = hf_checkpoint("causal", "hv2x")
+    decoder = CoreMLDecoder(Qwen35ForCausalLM.from_pretrained(folder, max_seq_len=32), "state")
+    mlmodel = convert_function(decoder, 1, precision="fp16")
+    ops = list(mlmodel._mil_program.functions["main"].operations)
+    updates = [i for i, op in enumerate(ops) if op.op_type == "coreml_update_state"]
+    assert sorted(op.state.name for op in (ops[i] for i in updates)) == ["gdn_conv", "gdn_rec", "kv_cache"]
+    for i in updates:
+        assert ops[i].value.op is ops[i - 1], f"{ops[i].state.name} update is not next to its producer"
