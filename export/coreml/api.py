@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from .convert import ANE_PACKAGE_LIMIT_BYTES, INT4_BLOCK_SIZE, MIN_DEPLOYMENT, QLINEAR
-from .graph import GDN_LAYOUTS, CoreMLDecoder, fp16_kv, state_shapes
+from .graph import GDN_LAYOUTS, fp16_kv, make_decoder, state_shapes
 
 PACKAGE = "model.mlpackage"
 DEFAULT_MAX_SEQ_LEN = 1024
@@ -31,11 +31,12 @@ QUALITY_FLOORS = {
 
 def export_coreml(source: str, out: str | Path, *, qlinear: str = "fp16", max_seq_len: int = DEFAULT_MAX_SEQ_LEN,
                   prefill_chunk: int = DEFAULT_PREFILL_CHUNK, gdn_layout: str = "io", gdn_fp32: bool = False,
-                  head_fp32: bool = False,
+                  head_fp32: bool = False, max_package_bytes: int = ANE_PACKAGE_LIMIT_BYTES,
                   quality_gate: bool | None = None, force: bool = False, progress: bool = True) -> dict:
     """Export `source` to a Core ML bundle folder at `out` (iOS 18+); returns the validated manifest.
 
-    The bundle holds `model.mlpackage` with two functions sharing weights and states: "prefill" (exactly
+    The bundle holds `model.mlpackage` (or `model_0.mlpackage`, ... when split) with two functions sharing weights
+    and states: "prefill" (exactly
     `prefill_chunk` tokens, chunked delta rule) and "decode" (one token). The attention caches of all layers are one
     fp16 Core ML state; the delta-net state is fp32 input/output (`gdn_layout="io"`, the default, see README) or two
     more fp16 states (`"state"`). Before the bundle appears, the saved package is run by the numpy MIL evaluator
@@ -47,6 +48,8 @@ def export_coreml(source: str, out: str | Path, *, qlinear: str = "fp16", max_se
     gdn_fp32: keep the delta rule and the recurrent state's path in fp32 inside an fp16 program (likely off the
               Neural Engine; measured gain on nano is small, README "State layout").
     head_fp32: keep the vocabulary projection in fp32 inside an fp16 program.
+    max_package_bytes: split the layers over several packages chained by the runtime when the estimated size is
+              above this (default ~1.4 GB, the reported Neural Engine compile limit); recorded in program.packages.
     quality_gate: enforce top-1/KL floors for fp16/quantized builds; default on for checkpoints, off for presets.
     """
     import coremltools  # noqa: F401  (the [coreml] extra; fail before any work)
@@ -58,7 +61,7 @@ def export_coreml(source: str, out: str | Path, *, qlinear: str = "fp16", max_se
 
     from .convert import build_package
     from .evaluator import MILModel
-    from .runner import evaluator_runner
+    from .runner import CoreMLRunner, evaluator_call
 
     if qlinear not in QLINEAR:
         raise ValueError(f"--qlinear {qlinear!r}: not valid for recipe coreml; valid: {list(QLINEAR)}")
@@ -70,6 +73,8 @@ def export_coreml(source: str, out: str | Path, *, qlinear: str = "fp16", max_se
         raise ValueError(f"--prefill-chunk {prefill_chunk} exceeds --max-seq-len {max_seq_len}")
     if head_fp32 and qlinear == "fp32":
         raise ValueError("--head-fp32 only applies to fp16 programs; --qlinear fp32 is fp32 throughout")
+    if max_package_bytes < 1:
+        raise ValueError(f"--max-package-bytes {max_package_bytes}: must be positive")
     if gdn_fp32 and qlinear == "fp32":
         raise ValueError("--gdn-fp32 only applies to fp16 programs; --qlinear fp32 is fp32 throughout")
     out = Path(out)
@@ -98,26 +103,36 @@ def export_coreml(source: str, out: str | Path, *, qlinear: str = "fp16", max_se
     t0 = time.perf_counter()
     model = load_model(source, max_seq_len=max_seq_len, gdn_impl="reference")
     n_params = sum(p.numel() for p in model.parameters())
-    decoder = CoreMLDecoder(model, gdn_layout)
+    parts = plan_packages(model, qlinear, max_package_bytes)
+    names = [PACKAGE] if len(parts) == 1 else [f"model_{i}.mlpackage" for i in range(len(parts))]
+    if len(parts) > 1:
+        say(f"{len(parts)} packages of layers {parts} (each estimated under {max_package_bytes / 1e9:.2f} GB)")
     timings["load"] = time.perf_counter() - t0
 
     with bundle.staged_bundle(out, force) as staging:
         t0 = time.perf_counter()
-        report = build_package(decoder, staging / PACKAGE, prefill_chunk=prefill_chunk, qlinear=qlinear,
-                               keep_gdn_fp32=gdn_fp32, keep_head_fp32=head_fp32, progress=say)
+        reports = []
+        for name, layers in zip(names, parts):
+            if len(parts) > 1:
+                say(f"package {name}: layers [{layers[0]}, {layers[1]})")
+            reports.append(build_package(make_decoder(model, gdn_layout, layers), staging / name,
+                                         prefill_chunk=prefill_chunk, qlinear=qlinear, keep_gdn_fp32=gdn_fp32,
+                                         keep_head_fp32=head_fp32, progress=say))
         timings["convert"] = time.perf_counter() - t0
-        del decoder
         for name in ("tokenizer.json", "tokenizer_config.json"):
             if source_dir and (source_dir / name).is_file():
                 shutil.copy(source_dir / name, staging / name)
 
         say("verify with the numpy MIL evaluator")
         t0 = time.perf_counter()
-        mil = MILModel(staging / PACKAGE)
-        check_package_spec(mil, config, max_seq_len, prefill_chunk, gdn_layout)
-        shapes = state_shapes(config, max_seq_len)
-        runner = evaluator_runner(mil, prefill_chunk=prefill_chunk, gdn_layout=gdn_layout,
-                                  io_shapes={n: shapes[n] for n in ("gdn_conv", "gdn_rec")})
+        mils = [MILModel(staging / name) for name in names]
+        chain = []
+        for mil, layers in zip(mils, parts):
+            check_package_spec(mil, config, max_seq_len, prefill_chunk, gdn_layout, layers=layers)
+            shapes = state_shapes(config, max_seq_len, layers)
+            has_io = gdn_layout == "io" and shapes["gdn_rec"][0] > 0
+            chain.append((evaluator_call(mil), {n: shapes[n] for n in ("gdn_conv", "gdn_rec")} if has_io else {}))
+        runner = CoreMLRunner(prefill_chunk=prefill_chunk, parts=chain)
         # fp32 is held to the model it implements exactly (fp16 caches); fp16 and quantized builds to the fp32 model.
         reference = fp16_kv(model) if qlinear == "fp32" else model
         prompt = verification_prompt(config.vocab_size, tokenizer, prefill_chunk)
@@ -134,24 +149,55 @@ def export_coreml(source: str, out: str | Path, *, qlinear: str = "fp16", max_se
         stop_ids = _stop_ids(config, tokenizer)
         vocab = config.vocab_size
         tensor = lambda n, shape, dtype: {"name": n, "shape": list(shape), "dtype": dtype}  # noqa: E731
-        io_inputs = [tensor("conv_in", shapes["gdn_conv"], "float32"), tensor("rec_in", shapes["gdn_rec"], "float32")]
-        io_outputs = [tensor("conv_out", shapes["gdn_conv"], "float32"), tensor("rec_out", shapes["gdn_rec"], "float32")]
+
+        def package_io(layers, tokens):
+            """Inputs and outputs of one package's function of `tokens` tokens."""
+            shapes = state_shapes(config, max_seq_len, layers)
+            first, last = layers[0] == 0, layers[1] == config.num_hidden_layers
+            inputs = [tensor("tokens", [1, tokens], "int32") if first
+                      else tensor("hidden", [1, tokens, config.hidden_size], "float32"),
+                      tensor("input_pos", [tokens], "int32")]
+            outputs = [tensor("logits", [1, 1, vocab], "float32") if last
+                       else tensor("hidden_out", [1, tokens, config.hidden_size], "float32")]
+            if gdn_layout == "io" and shapes["gdn_rec"][0]:
+                inputs += [tensor("conv_in", shapes["gdn_conv"], "float32"),
+                           tensor("rec_in", shapes["gdn_rec"], "float32")]
+                outputs += [tensor("conv_out", shapes["gdn_conv"], "float32"),
+                            tensor("rec_out", shapes["gdn_rec"], "float32")]
+            return inputs, outputs
 
         def method(function, tokens):
-            inputs = [tensor("tokens", [1, tokens], "int32"), tensor("input_pos", [tokens], "int32")]
-            outputs = [tensor("logits", [1, 1, vocab], "float32")]
-            if gdn_layout == "io":
-                inputs, outputs = inputs + io_inputs, outputs + io_outputs
+            # Single package: its own I/O. Split: the chain's ends (per-package I/O in program.packages).
+            if len(parts) == 1:
+                inputs, outputs = package_io(parts[0], tokens)
+            else:
+                inputs = [tensor("tokens", [1, tokens], "int32"), tensor("input_pos", [tokens], "int32")]
+                outputs = [tensor("logits", [1, 1, vocab], "float32")]
             return {"function": function, "kind": "prefill" if tokens > 1 else "decode", "inputs": inputs,
                     "outputs": outputs, "min_tokens": tokens, "max_tokens": tokens,
                     "resets_state_at_position_0": True}
 
-        buffers = [dict(tensor("kv_cache", shapes["kv_cache"], "float16"), seq_axis=2, storage="coreml_state")]
-        for name in ("gdn_conv", "gdn_rec"):
-            storage = "coreml_state" if gdn_layout == "state" else "host_io"
-            dtype = "float16" if gdn_layout == "state" else "float32"
-            buffers.append(dict(tensor(name, shapes[name], dtype), seq_axis=None, storage=storage))
-        package_bytes = report.package_bytes
+        buffers, packages = [], []
+        for name, layers, report in zip(names, parts, reports):
+            shapes = state_shapes(config, max_seq_len, layers)
+            if shapes["kv_cache"][0]:
+                buffers.append(dict(tensor("kv_cache", shapes["kv_cache"], "float16"), seq_axis=2,
+                                    storage="coreml_state", package=name))
+            if shapes["gdn_rec"][0]:
+                for buf in ("gdn_conv", "gdn_rec"):
+                    buffers.append(dict(tensor(buf, shapes[buf], "float16" if gdn_layout == "state" else "float32"),
+                                        seq_axis=None, package=name,
+                                        storage="coreml_state" if gdn_layout == "state" else "host_io"))
+            entry = {"file": name, "layers": list(layers), "bytes": report.package_bytes}
+            if len(parts) > 1:
+                for function, tokens in (("prefill", prefill_chunk), ("decode", 1)):
+                    entry[function] = dict(zip(("inputs", "outputs"), package_io(layers, tokens)))
+            packages.append(entry)
+        package_bytes = sum(r.package_bytes for r in reports)
+        conversion = dict(reports[0].__dict__) if len(reports) == 1 else {
+            "package_bytes": package_bytes, "weight_bytes": sum(r.weight_bytes for r in reports),
+            "functions": reports[0].functions, "quantize_seconds": sum(r.quantize_seconds for r in reports),
+            "merge_seconds": sum(r.merge_seconds for r in reports), "packages": [r.__dict__ for r in reports]}
         manifest = {
             "schema_version": 1,
             "format": "qwen-mobile-bundle",
@@ -162,17 +208,23 @@ def export_coreml(source: str, out: str | Path, *, qlinear: str = "fp16", max_se
             "recipe": {"name": "coreml", "backend": "coreml", "preset": None, "qlinear": qlinear,
                        # linear_quantize_weights quantizes the embedding table with the linears.
                        "qembedding": qlinear if qlinear in ("8w", "4w") else "none",
-                       # coremltools' const deduplication stores a tied table once (nano fp32: 38.8 MB of weights for
-                       # 9.7 M parameters counted once).
-                       "group_size": INT4_BLOCK_SIZE, "tied_table_copies": 1,
+                       # coremltools' const deduplication stores a tied table once per package (nano fp32: 38.8 MB of
+                       # weights for 9.7 M parameters); a split model has it in its first and last packages.
+                       "group_size": INT4_BLOCK_SIZE,
+                       "tied_table_copies": 2 if len(parts) > 1 and config.tie_word_embeddings else 1,
                        "gdn_layout": gdn_layout, "gdn_fp32": gdn_fp32, "head_fp32": head_fp32,
                        "compute_precision": "fp32" if qlinear == "fp32" else "fp16",
                        "minimum_deployment_target": MIN_DEPLOYMENT},
             "program": {
-                "file": PACKAGE, "op_namespace": "qwen35", "kernel_namespaces": [],
+                "file": names[0], "op_namespace": "qwen35", "kernel_namespaces": [],
                 "methods": {"forward": method("prefill", prefill_chunk), "decode": method("decode", 1)},
-                "packages": [{"file": PACKAGE, "layers": [0, config.num_hidden_layers], "bytes": package_bytes}],
-                "graph": {name: {"ops": mil.op_histogram(name)} for name in ("prefill", "decode")},
+                "packages": packages,
+                "chain": ("one package" if len(parts) == 1 else
+                          "run the packages in order: the first takes tokens, each next one the previous hidden_out, "
+                          "the last returns logits; every package has its own states"),
+                "graph": {name: {f: {"ops": mil.op_histogram(f)} for f in ("prefill", "decode")}
+                          for name, mil in zip(names, mils)} if len(parts) > 1 else
+                         {f: {"ops": mils[0].op_histogram(f)} for f in ("prefill", "decode")},
                 "prefill_rule": f"full {prefill_chunk}-token chunks through prefill, the rest through decode",
             },
             "state": {"max_seq_len": max_seq_len, "max_batch_size": 1, "shared_between_methods": True,
@@ -188,14 +240,41 @@ def export_coreml(source: str, out: str | Path, *, qlinear: str = "fp16", max_se
                                  else "eager fp32"),
             "export": {"seconds": round(time.perf_counter() - t_all, 1),
                        "stage_seconds": {k: round(v, 1) for k, v in timings.items()},
-                       "conversion": report.__dict__,
-                       "ane_package_limit_bytes": ANE_PACKAGE_LIMIT_BYTES},
+                       "conversion": conversion, "max_package_bytes": max_package_bytes},
         }
-        if package_bytes > ANE_PACKAGE_LIMIT_BYTES:
-            warnings.warn(f"{PACKAGE} is {package_bytes / 1e9:.2f} GB, above the ~1.4 GB Neural Engine compile "
-                          "limit: it will run on GPU/CPU. Splitting into chained packages is not implemented yet.")
+        for name, report in zip(names, reports):
+            if report.package_bytes > ANE_PACKAGE_LIMIT_BYTES:
+                warnings.warn(f"{name} is {report.package_bytes / 1e9:.2f} GB, above the ~1.4 GB Neural Engine "
+                              "compile limit: it will run on GPU/CPU (lower --max-package-bytes)")
         manifest = bundle.write_manifest(staging, manifest)
     return manifest
+
+
+# Stored bytes per weight by --qlinear: int4 carries an fp16 scale per block of 32.
+BYTES_PER_WEIGHT = {"fp32": 4.0, "fp16": 2.0, "8w": 1.0, "4w": 0.5 + 2.0 / INT4_BLOCK_SIZE}
+
+
+def plan_packages(model, qlinear: str, max_package_bytes: int) -> list[tuple[int, int]]:
+    """Split the layers into consecutive ranges whose estimated package size stays under max_package_bytes.
+
+    The first package also holds the embedding table, the last the final norm and the head (the tied table again when
+    they are different packages). A single layer larger than the limit gets a package of its own.
+    """
+    per = BYTES_PER_WEIGHT[qlinear]
+    layers = [sum(p.numel() for p in layer.parameters()) * per for layer in model.model.layers]
+    table = model.model.embed_tokens.weight.numel() * per
+    head = model.lm_head.weight.numel() * per + model.model.norm.weight.numel() * per
+    if table + sum(layers) + (0 if model.config.tie_word_embeddings else head) <= max_package_bytes:
+        return [(0, len(layers))]
+    parts, start, size = [], 0, table
+    for i, layer_bytes in enumerate(layers):
+        last_extra = head if i == len(layers) - 1 else 0.0
+        if i > start and size + layer_bytes + last_extra > max_package_bytes:
+            parts.append((start, i))
+            start, size = i, 0.0
+        size += layer_bytes
+    parts.append((start, len(layers)))
+    return parts
 
 
 def verification_prompt(vocab_size: int, tokenizer, prefill_chunk: int) -> list[int]:
@@ -211,17 +290,20 @@ def verification_prompt(vocab_size: int, tokenizer, prefill_chunk: int) -> list[
 
 
 def check_package_spec(mil, config, max_seq_len: int, prefill_chunk: int, gdn_layout: str,
-                       positional_outputs: bool = False) -> None:
+                       positional_outputs: bool = False, layers: tuple[int, int] | None = None) -> None:
     """Assert what the apps rely on: function names, input/output names and shapes, states (names, fp16, shapes).
 
-    positional_outputs: outputs are checked by position only (ExecuTorch's delegate names them after graph nodes and
-    hands them back by position).
+    layers: the package's layer range in a split model (default: all). positional_outputs: outputs are checked by
+    position only (ExecuTorch's delegate names them after graph nodes and hands them back by position).
     """
-    shapes = state_shapes(config, max_seq_len)
+    layers = (0, config.num_hidden_layers) if layers is None else tuple(layers)
+    first, last = layers[0] == 0, layers[1] == config.num_hidden_layers
+    shapes = state_shapes(config, max_seq_len, layers)
+    has_attn, has_gdn = shapes["kv_cache"][0] > 0, shapes["gdn_rec"][0] > 0
     if sorted(mil.functions) != ["decode", "prefill"]:
         raise RuntimeError(f"package functions {sorted(mil.functions)}; expected ['decode', 'prefill']")
-    want_states = {"kv_cache": shapes["kv_cache"]}
-    if gdn_layout == "state":
+    want_states = {"kv_cache": shapes["kv_cache"]} if has_attn else {}
+    if gdn_layout == "state" and has_gdn:
         want_states.update(gdn_conv=shapes["gdn_conv"], gdn_rec=shapes["gdn_rec"])
     got_states = {n: s for n, (s, _) in mil.state_specs().items()}
     if got_states != want_states or any(dt.__name__ != "float16" for _, dt in mil.state_specs().values()):
@@ -231,9 +313,10 @@ def check_package_spec(mil, config, max_seq_len: int, prefill_chunk: int, gdn_la
     for name, tokens in (("prefill", prefill_chunk), ("decode", 1)):
         fn = mil.functions[name]
         inputs = {n: tuple(v.shape) for n, v in fn.inputs.items() if not types.is_state(v.sym_type)}
-        want = {"tokens": (1, tokens), "input_pos": (tokens,)}
-        want_out = {"logits": (1, 1, config.vocab_size)}
-        if gdn_layout == "io":
+        want = {"tokens": (1, tokens)} if first else {"hidden": (1, tokens, config.hidden_size)}
+        want["input_pos"] = (tokens,)
+        want_out = {"logits": (1, 1, config.vocab_size)} if last else {"hidden_out": (1, tokens, config.hidden_size)}
+        if gdn_layout == "io" and has_gdn:
             want.update(conv_in=shapes["gdn_conv"], rec_in=shapes["gdn_rec"])
             want_out.update(conv_out=shapes["gdn_conv"], rec_out=shapes["gdn_rec"])
         names = list(want_out) if positional_outputs else [v.name for v in fn.outputs]

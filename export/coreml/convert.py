@@ -68,14 +68,11 @@ def convert_function(decoder: CoreMLDecoder, tokens: int, *, precision: str, kee
     if precision not in PRECISIONS:
         raise ValueError(f"precision {precision!r}; expected one of {PRECISIONS}")
     ep = export_function(decoder, tokens)
-    shapes = state_shapes(decoder.config, decoder.max_seq_len)
-    states = [ct.StateType(wrapped_type=ct.TensorType(shape=shapes["kv_cache"], dtype=np.float16), name="kv_cache")]
-    outputs = ["logits"]
-    if decoder.gdn_layout == "state":
-        states += [ct.StateType(wrapped_type=ct.TensorType(shape=shapes[n], dtype=np.float16), name=n)
-                   for n in ("gdn_conv", "gdn_rec")]
-    else:
-        outputs += ["conv_out", "rec_out"]
+    shapes = state_shapes(decoder.config, decoder.max_seq_len, decoder.layers)
+    states = [ct.StateType(wrapped_type=ct.TensorType(shape=shapes[n], dtype=np.float16), name=n)
+              for n in decoder.state_names]
+    # "hidden_out", not "hidden": a function's output may not share an input's name.
+    outputs = ["logits" if decoder.last else "hidden_out"] + (["conv_out", "rec_out"] if decoder.has_io else [])
     if precision == "fp32":
         compute = ct.precision.FLOAT32
     else:

@@ -39,10 +39,16 @@ MASK_VALUE = -30000.0
 class CoreMLDecoder(nn.Module):
     """One Core ML function: forward(tokens [1,T] int32, input_pos [T] int32[, conv_in, rec_in]) -> logits[, ...]."""
 
-    def __init__(self, model: Qwen35ForCausalLM, gdn_layout: str = "io"):
+    def __init__(self, model: Qwen35ForCausalLM, gdn_layout: str = "io", layers: tuple[int, int] | None = None):
         super().__init__()
         if gdn_layout not in GDN_LAYOUTS:
             raise ValueError(f"gdn_layout={gdn_layout!r}; expected one of {GDN_LAYOUTS}")
+        n_layers = model.config.num_hidden_layers
+        self.layers = (0, n_layers) if layers is None else (int(layers[0]), int(layers[1]))
+        if not 0 <= self.layers[0] < self.layers[1] <= n_layers:
+            raise ValueError(f"layers={layers}: need 0 <= first < end <= {n_layers}")
+        # A split model: the first part embeds tokens, the last applies the head; parts pass hidden states.
+        self.first, self.last = self.layers[0] == 0, self.layers[1] == n_layers
         if model.max_batch_size != 1:
             raise ValueError("Core ML functions are batch 1; build the model with max_batch_size=1")
         cfg = model.config
@@ -55,27 +61,41 @@ class CoreMLDecoder(nn.Module):
         for module in self.model.modules():
             for name in ("k_cache", "v_cache", "conv_state", "recurrent_state"):
                 module._buffers.pop(name, None)
-        self.attn_index = [i for i, t in enumerate(cfg.layer_types) if t == "full_attention"]
-        self.gdn_index = [i for i, t in enumerate(cfg.layer_types) if t == "linear_attention"]
-        self.register_buffer("kv_cache", torch.zeros(state_shapes(cfg, self.max_seq_len)["kv_cache"],
-                                                     dtype=torch.float16), persistent=False)
-        if gdn_layout == "state":
-            shapes = state_shapes(cfg, self.max_seq_len)
+        span = range(*self.layers)
+        self.attn_index = [i for i in span if cfg.layer_types[i] == "full_attention"]
+        self.gdn_index = [i for i in span if cfg.layer_types[i] == "linear_attention"]
+        shapes = state_shapes(cfg, self.max_seq_len, self.layers)
+        if self.attn_index:
+            self.register_buffer("kv_cache", torch.zeros(shapes["kv_cache"], dtype=torch.float16), persistent=False)
+        if gdn_layout == "state" and self.gdn_index:
             self.register_buffer("gdn_conv", torch.zeros(shapes["gdn_conv"], dtype=torch.float16), persistent=False)
             self.register_buffer("gdn_rec", torch.zeros(shapes["gdn_rec"], dtype=torch.float16), persistent=False)
 
+    @property
+    def has_io(self) -> bool:
+        """The function takes conv_in/rec_in and returns conv_out/rec_out."""
+        return self.gdn_layout == "io" and bool(self.gdn_index)
+
+    @property
+    def state_names(self) -> list[str]:
+        return [n for n in ("kv_cache", "gdn_conv", "gdn_rec") if n in self._buffers]
+
     def forward(self, tokens: torch.Tensor, input_pos: torch.Tensor, conv_in: torch.Tensor | None = None,
                 rec_in: torch.Tensor | None = None):
-        m, cfg = self.model, self.config
-        t = tokens.shape[1]
-        keep = (input_pos[:1] != 0).to(torch.float32)  # [1]: 0 starts a new sequence
-        if self.gdn_layout == "io":
-            conv_all, rec_all = conv_in * keep, rec_in * keep  # [Lg,C,K-1], [Lg,Hv,K,V]
-        else:
-            conv_all, rec_all = self.gdn_conv.float() * keep, self.gdn_rec.float() * keep
-        kv = self.kv_cache.float() * keep  # [2La,Hkv,S,D]
+        return self._run(self.model.model.embed_tokens(tokens), input_pos, conv_in, rec_in)  # [1,T,h]
 
-        x = m.model.embed_tokens(tokens)  # [1,T,h]
+    def _run(self, x, input_pos, conv_in, rec_in):
+        m, cfg = self.model, self.config
+        t = x.shape[1]
+        keep = (input_pos[:1] != 0).to(torch.float32)  # [1]: 0 starts a new sequence
+        conv_all = rec_all = kv = None
+        if self.has_io:
+            conv_all, rec_all = conv_in * keep, rec_in * keep  # [Lg,C,K-1], [Lg,Hv,K,V]
+        elif self.gdn_index:
+            conv_all, rec_all = self.gdn_conv.float() * keep, self.gdn_rec.float() * keep
+        if self.attn_index:
+            kv = self.kv_cache.float() * keep  # [2La,Hkv,S,D]
+
         cos, sin = m.rope_cos[input_pos], m.rope_sin[input_pos]  # [T,R]
         slots = torch.arange(self.max_seq_len, dtype=input_pos.dtype)
         onehot = (slots[None, :] == input_pos[:, None]).to(torch.float32)  # [T,S]
@@ -86,7 +106,8 @@ class CoreMLDecoder(nn.Module):
         mask = torch.where(visible, 0.0, MASK_VALUE)  # [G*T,S]
 
         new_kv, new_conv, new_rec = [], [], []
-        for i, layer in enumerate(m.model.layers):
+        for i in range(*self.layers):
+            layer = m.model.layers[i]
             h = layer.input_layernorm(x)
             if layer.layer_type == "linear_attention":
                 j = self.gdn_index.index(i)
@@ -99,15 +120,34 @@ class CoreMLDecoder(nn.Module):
                 new_kv += [k_j, v_j]
             x = x + h
             x = x + layer.mlp(layer.post_attention_layernorm(x))
-        logits = m.lm_head(m.model.norm(x[:, t - 1:]))  # [1,1,vocab]: next-token logits only
+        # The last part returns the next-token logits only; earlier parts every position's hidden state.
+        out = m.lm_head(m.model.norm(x[:, t - 1:])) if self.last else x  # [1,1,vocab] or [1,T,h]
 
-        self.kv_cache.copy_(torch.stack(new_kv).to(torch.float16))
+        if self.attn_index:
+            self.kv_cache.copy_(torch.stack(new_kv).to(torch.float16))
+        if not self.gdn_index:
+            return out
         conv_out, rec_out = torch.cat(new_conv), torch.cat(new_rec)  # [Lg,C,K-1], [Lg,Hv,K,V]
-        if self.gdn_layout == "io":
-            return logits, conv_out, rec_out
+        if self.has_io:
+            return out, conv_out, rec_out
         self.gdn_conv.copy_(conv_out.to(torch.float16))
         self.gdn_rec.copy_(rec_out.to(torch.float16))
-        return logits
+        return out
+
+
+class CoreMLDecoderPart(CoreMLDecoder):
+    """A part after the first of a split model: forward(hidden [1,T,h] fp32, input_pos, ...) instead of tokens."""
+
+    def forward(self, hidden: torch.Tensor, input_pos: torch.Tensor, conv_in: torch.Tensor | None = None,
+                rec_in: torch.Tensor | None = None):
+        return self._run(hidden, input_pos, conv_in, rec_in)
+
+
+def make_decoder(model: Qwen35ForCausalLM, gdn_layout: str = "io",
+                 layers: tuple[int, int] | None = None) -> CoreMLDecoder:
+    """The decoder for layers [first, end): tokens in for the first part, hidden states in for the others."""
+    first = layers is None or int(layers[0]) == 0
+    return (CoreMLDecoder if first else CoreMLDecoderPart)(model, gdn_layout, layers)
 
 
 def _gdn(mod, x, conv_state, rec_state):
@@ -154,9 +194,10 @@ def _attention(mod, x, cos, sin, mask, onehot, written, k_cache, v_cache):
     return mod.o_proj(attn * torch.sigmoid(gate)), k_cache, v_cache
 
 
-def state_shapes(cfg, max_seq_len: int) -> dict[str, tuple[int, ...]]:
-    """Shapes of the packed state tensors (whichever layout holds them)."""
-    n_attn, n_gdn = cfg.layer_types.count("full_attention"), cfg.layer_types.count("linear_attention")
+def state_shapes(cfg, max_seq_len: int, layers: tuple[int, int] | None = None) -> dict[str, tuple[int, ...]]:
+    """Shapes of the packed state tensors (whichever layout holds them) of layers [first, end) (default: all)."""
+    types = cfg.layer_types[slice(*layers)] if layers is not None else cfg.layer_types
+    n_attn, n_gdn = types.count("full_attention"), types.count("linear_attention")
     return {
         "kv_cache": (2 * n_attn, cfg.num_key_value_heads, max_seq_len, cfg.head_dim),
         "gdn_conv": (n_gdn, cfg.conv_dim, cfg.linear_conv_kernel_dim - 1),
@@ -166,9 +207,11 @@ def state_shapes(cfg, max_seq_len: int) -> dict[str, tuple[int, ...]]:
 
 def example_inputs(decoder: CoreMLDecoder, t: int) -> tuple[torch.Tensor, ...]:
     """Inputs of a T-token function (positions 0..T-1)."""
-    args = (torch.zeros(1, t, dtype=torch.int32), torch.arange(t, dtype=torch.int32))
-    if decoder.gdn_layout == "io":
-        shapes = state_shapes(decoder.config, decoder.max_seq_len)
+    first_in = (torch.zeros(1, t, dtype=torch.int32) if decoder.first
+                else torch.zeros(1, t, decoder.config.hidden_size))  # tokens [1,T] or hidden [1,T,h]
+    args = (first_in, torch.arange(t, dtype=torch.int32))
+    if decoder.has_io:
+        shapes = state_shapes(decoder.config, decoder.max_seq_len, decoder.layers)
         args += (torch.zeros(shapes["gdn_conv"]), torch.zeros(shapes["gdn_rec"]))
     return args
 
@@ -177,7 +220,8 @@ def export_function(decoder: CoreMLDecoder, t: int) -> torch.export.ExportedProg
     """torch.export one static-T function for ct.convert (aliases dropped, one delta-rule node per layer)."""
     from .mil_gdn import functionalize_gated_delta
 
-    decoder.kv_cache.zero_()
+    for name in decoder.state_names:
+        getattr(decoder, name).zero_()
     with torch.no_grad():
         ep = torch.export.export(decoder, example_inputs(decoder, t), strict=False)
     ep = ep.run_decompositions({})

@@ -87,7 +87,15 @@ def verify(bundle_dir: str | Path, *, backend: str = "coreml", compute_units: st
     layout = manifest["recipe"]["gdn_layout"]
     prefill_chunk = manifest["program"]["methods"]["forward"]["max_tokens"]
     max_seq_len = manifest["state"]["max_seq_len"]
-    io_shapes = {b["name"]: tuple(b["shape"]) for b in manifest["state"]["buffers"] if b["storage"] == "host_io"}
+    packages = [p["file"] for p in manifest["program"].get("packages", [{"file": PACKAGE}])]
+
+    def io_shapes(file):
+        return {b["name"]: tuple(b["shape"]) for b in manifest["state"]["buffers"]
+                if b["storage"] == "host_io" and b.get("package", PACKAGE) == file}
+
+    def state_names(file):
+        return [b["name"] for b in manifest["state"]["buffers"]
+                if b["storage"] == "coreml_state" and b.get("package", PACKAGE) == file]
     source = source or manifest["model"]["source"]
     resolve_source(source)  # a clear error if the checkpoint is not on this machine
     model = load_model(source, max_seq_len=max_seq_len, gdn_impl="reference")
@@ -100,11 +108,18 @@ def verify(bundle_dir: str | Path, *, backend: str = "coreml", compute_units: st
     prompt = verification_prompt(model.config.vocab_size, tokenizer, prefill_chunk)
     steps = steps if steps is not None else min(VERIFY_DECODE_STEPS, max_seq_len - len(prompt))
 
-    package = bundle_dir / PACKAGE
-    state_names = [b["name"] for b in manifest["state"]["buffers"] if b["storage"] == "coreml_state"]
     info: dict = {}
-    call = coreml_call(package, compute_units, state_names, info) if backend == "coreml" else evaluator_call(package)
-    runner = CoreMLRunner(call, prefill_chunk=prefill_chunk, gdn_layout=layout, io_shapes=io_shapes)
+
+    def chain(kind):
+        """[(call, io_shapes)] over every package, first to last (one entry unless the model is split)."""
+        calls = []
+        for file in packages:
+            call = (coreml_call(bundle_dir / file, compute_units, state_names(file), info) if kind == "coreml"
+                    else evaluator_call(bundle_dir / file))
+            calls.append((call, io_shapes(file)))
+        return calls
+
+    runner = CoreMLRunner(prefill_chunk=prefill_chunk, parts=chain(backend))
     metrics = compare_with_eager(runner, reference, prompt, steps=steps)
     if qlinear == "fp32":
         result = gate(metrics, "fp32", "none", {"max_abs_logit_diff": FP32_REL_TOL}, True)
@@ -114,10 +129,8 @@ def verify(bundle_dir: str | Path, *, backend: str = "coreml", compute_units: st
               else None, "qlinear": qlinear, "gdn_layout": layout, **info, **result.as_dict()}
     if also_evaluator and backend == "coreml":
         # Same calls through both: how far the Linux evaluator is from this device.
-        device = CoreMLRunner(coreml_call(package, compute_units, state_names), prefill_chunk=prefill_chunk,
-                              gdn_layout=layout, io_shapes=io_shapes)
-        numpy_eval = CoreMLRunner(evaluator_call(package), prefill_chunk=prefill_chunk, gdn_layout=layout,
-                                  io_shapes=io_shapes)
+        device = CoreMLRunner(prefill_chunk=prefill_chunk, parts=chain("coreml"))
+        numpy_eval = CoreMLRunner(prefill_chunk=prefill_chunk, parts=chain("evaluator"))
         a, b = device.prefill(prompt, 0), numpy_eval.prefill(prompt, 0)
         diffs = [float((a - b).abs().max())]
         pos = len(prompt)
