@@ -13,7 +13,7 @@ The delta-net layers' state takes one of two layouts (GDN_LAYOUTS), compared in 
     "state": two more fp16 states, gdn_conv and gdn_rec (three states per package).
 
 Every function takes tokens [1,T] int32 and input_pos [T] int32 (absolute positions) and returns the last position's
-logits [1,1,vocab] fp32. A call with input_pos[0] == 0 starts a new sequence: every state is zeroed first in-graph, so a
+logits [1,1,vocab] fp32 (packages of a split model pass hidden states between them instead, see CoreMLDecoder). A call with input_pos[0] == 0 starts a new sequence: every state is zeroed first in-graph, so a
 state the device hands out uninitialised (or holding the previous conversation) never leaks, and masked cache slots can
 never hold NaN. The reference for all of it is the stock `Qwen35ForCausalLM` with fp16 attention caches (`fp16_kv`).
 """
@@ -37,7 +37,12 @@ MASK_VALUE = -30000.0
 
 
 class CoreMLDecoder(nn.Module):
-    """One Core ML function: forward(tokens [1,T] int32, input_pos [T] int32[, conv_in, rec_in]) -> logits[, ...]."""
+    """One Core ML function: forward(tokens [1,T] int32, input_pos [T] int32[, conv_in, rec_in]) -> logits[, ...].
+
+    layers=(first, end) builds one package of a split model: its states cover only those layers, a package that does
+    not start at layer 0 takes hidden [1,T,h] fp32 instead of tokens (CoreMLDecoderPart), and one that does not end at
+    the last layer returns every position's hidden state instead of logits.
+    """
 
     def __init__(self, model: Qwen35ForCausalLM, gdn_layout: str = "io", layers: tuple[int, int] | None = None):
         super().__init__()
@@ -55,12 +60,23 @@ class CoreMLDecoder(nn.Module):
         self.config = cfg
         self.gdn_layout = gdn_layout
         self.max_seq_len = model.max_seq_len
-        # A private copy without the model's per-layer state buffers: only the packed states below may reach the
-        # converter (an unused mutable buffer would become a Core ML state of its own).
-        self.model = copy.deepcopy(model).float()
+        # A private copy of the module tree without the model's per-layer state buffers: only the packed states below
+        # may reach the converter (an unused mutable buffer would become a Core ML state of its own). fp32 weights are
+        # shared, not copied: one decoder per package of a split 4B model must not hold the whole model each.
+        share = {id(p): p for p in model.parameters()} if all(p.dtype == torch.float32 for p in model.parameters()) \
+            else {}
+        self.model = copy.deepcopy(model, share).float()
         for module in self.model.modules():
             for name in ("k_cache", "v_cache", "conv_state", "recurrent_state"):
                 module._buffers.pop(name, None)
+        # Drop what this package does not run, so its weights are not lifted into the exported graph at all.
+        for i in range(n_layers):
+            if not self.layers[0] <= i < self.layers[1]:
+                self.model.model.layers[i] = nn.Identity()
+        if not self.first:
+            self.model.model.embed_tokens = nn.Identity()  # a tied head keeps its own reference to the table
+        if not self.last:
+            self.model.lm_head, self.model.model.norm = nn.Identity(), nn.Identity()
         span = range(*self.layers)
         self.attn_index = [i for i in span if cfg.layer_types[i] == "full_attention"]
         self.gdn_index = [i for i in span if cfg.layer_types[i] == "linear_attention"]
