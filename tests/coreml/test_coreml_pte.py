@@ -37,3 +37,16 @@ def test_nano_pte(tmp_path, qlinear):
     assert v["passed"] and v["quality_gate"], v
     print(f"\nnano coreml-pte {qlinear}: {manifest['files']['model.pte']['bytes'] / 1e6:.1f} MB, "
           f"top-1 {v['top1_agreement']:.3f}, KL {v['mean_kl']:.2e}")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("qlinear", ["fp16", "4w"])
+@pytest.mark.parametrize("regime", ["hv1x", "hv2x"])
+def test_tiny_pte_quantized(hf_checkpoint, tmp_path, regime, qlinear):
+    from qwen_mobile.export.coreml.pte import export_coreml_pte
+
+    folder, _ = hf_checkpoint("causal", regime)
+    manifest = export_coreml_pte(str(folder), tmp_path / "pte", qlinear=qlinear, max_seq_len=64, prefill_chunk=16,
+                                 progress=False)
+    assert manifest["verification"]["passed"]
+    assert all(g["ops_outside_delegates"] == [] for g in manifest["program"]["graph"].values())
