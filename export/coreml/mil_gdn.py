@@ -10,8 +10,10 @@ carries no custom layer and every Core ML compute unit can run it:
     (I-A)(I+A^2)(I+A^4)... is exact on paper but overflows in fp32 and gives NaN in fp16 on correlated keys.
 
 The op mutates its `state` argument. torch.export records that as `auto_functionalized_v2`, which neither
-coremltools nor ExecuTorch's partitioner can read; `functionalize_gated_delta(ep)` rewrites those nodes into calls
-of a functional twin, `qwen35_coreml::gated_delta_rule_functional` -> (out, new_state), translated by the same code.
+coremltools nor ExecuTorch's partitioner can read. The Core ML graphs (graph.py) therefore call a functional twin,
+`qwen35_coreml::gated_delta_rule_functional` -> (out, new_state), translated by the same code, and
+`functionalize_gated_delta(ep)` rewrites any `auto_functionalized_v2(qwen35.gated_delta_rule, ...)` left in a graph
+(the stock model's form) into that twin.
 
 Contract (runtime/ops.py): q, k [B,T,Hk,K]; v [B,T,Hv,V]; g (log decay, <= 0), beta [B,T,Hv]; state [B,Hv,K,V];
 value head j reads key head j // (Hv // Hk).
