@@ -39,7 +39,7 @@ class Run:
     logits: np.ndarray  # [steps, vocab] float32
 
     @classmethod
-    def from_files(cls, name: str, json_path: str | Path, logits_path: str | Path, vocab: int) -> "Run":
+    def from_files(cls, name: str, json_path: str | Path, logits_path: str | Path, vocab: int) -> Run:
         out = json.loads(Path(json_path).read_text())
         tokens = out["results"][0]["generated_ids"]
         logits = np.fromfile(logits_path, dtype=np.float32)

@@ -25,7 +25,8 @@ class JsonParser {
     for (size_t k = 0; k < i_ && k < s_.size(); ++k) {
       if (s_[k] == '\n') { ++line; col = 1; } else { ++col; }
     }
-    throw std::runtime_error(source_ + ":" + std::to_string(line) + ":" + std::to_string(col) + ": invalid JSON: " + what);
+    throw std::runtime_error(source_ + ":" + std::to_string(line) + ":" + std::to_string(col) +
+                             ": invalid JSON: " + what);
   }
   void ws() { while (i_ < s_.size() && std::strchr(" \t\r\n", s_[i_]) && s_[i_]) ++i_; }
   bool eat(char c) { ws(); if (i_ < s_.size() && s_[i_] == c) { ++i_; return true; } return false; }
@@ -127,7 +128,9 @@ class JsonParser {
             cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
           }
           if (cp < 0x80) out += static_cast<char>(cp);
-          else if (cp < 0x800) { out += static_cast<char>(0xC0 | (cp >> 6)); out += static_cast<char>(0x80 | (cp & 0x3F)); }
+          else if (cp < 0x800) {
+            out += static_cast<char>(0xC0 | (cp >> 6)); out += static_cast<char>(0x80 | (cp & 0x3F));
+          }
           else if (cp < 0x10000) {
             out += static_cast<char>(0xE0 | (cp >> 12)); out += static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
             out += static_cast<char>(0x80 | (cp & 0x3F));
@@ -148,7 +151,9 @@ class JsonParser {
   size_t i_ = 0;
 };
 
-Json Json::parse(const std::string& text, const std::string& source) { return JsonParser(text, source).parse_document(); }
+Json Json::parse(const std::string& text, const std::string& source) {
+  return JsonParser(text, source).parse_document();
+}
 
 static std::runtime_error type_error(const std::string& path, const char* want) {
   return std::runtime_error("field '" + (path.empty() ? std::string("(top level)") : path) + "' must be " + want);
@@ -162,8 +167,14 @@ int64_t Json::as_int() const {
   if (std::floor(num_) != num_) throw type_error(path_, "an integer");
   return static_cast<int64_t>(num_);
 }
-const std::string& Json::as_string() const { if (type_ != Type::String) throw type_error(path_, "a string"); return str_; }
-const std::vector<Json>& Json::items() const { if (type_ != Type::Array) throw type_error(path_, "an array"); return arr_; }
+const std::string& Json::as_string() const {
+  if (type_ != Type::String) throw type_error(path_, "a string");
+  return str_;
+}
+const std::vector<Json>& Json::items() const {
+  if (type_ != Type::Array) throw type_error(path_, "an array");
+  return arr_;
+}
 const std::vector<std::pair<std::string, Json>>& Json::members() const {
   if (type_ != Type::Object) throw type_error(path_, "an object");
   return obj_;

@@ -103,7 +103,9 @@ Json summarize_energy(const PowerTrace& trace, CurrentUnit unit) {
   // read) is bridged over; a sample of another phase breaks the chain, so the idle baseline, warmups and the run
   // never bleed into each other.
   std::map<std::string, std::pair<double, double>> acc;  // phase -> (joules, seconds)
-  auto power = [&](const PowerSample& s) { return sign * double(*s.current_now) * i_scale * double(*s.voltage_now) * v_scale; };
+  auto power = [&](const PowerSample& s) {
+    return sign * double(*s.current_now) * i_scale * double(*s.voltage_now) * v_scale;
+  };
   const PowerSample* prev = nullptr;
   for (const auto& s : S) {
     if (prev && s.phase != prev->phase) prev = nullptr;
@@ -207,7 +209,8 @@ PowerTrace read_trace(const std::string& path) {
     Json j = Json::parse(line, where);
     try {
       if (!header) {
-        if (!j.find("qwen_power_trace")) throw std::runtime_error("the first record must be the header with \"qwen_power_trace\": 1");
+        if (!j.find("qwen_power_trace"))
+          throw std::runtime_error("the first record must be the header with \"qwen_power_trace\": 1");
         t.source = j.find("source") ? j.at("source").as_string() : "";
         t.sample_hz = j.find("sample_hz") ? j.at("sample_hz").as_double() : 0;
         t.status = j.find("status") && !j.at("status").is_null() ? j.at("status").as_string() : "";
@@ -314,7 +317,8 @@ int open_ro(const std::string& path) { return ::open(path.c_str(), O_RDONLY | O_
 }  // namespace
 
 std::unique_ptr<PowerSampler> PowerSampler::open(const std::string& root, double hz, std::string* why) {
-  const std::string base = (root.empty() || root == "/") ? std::string() : (root.back() == '/' ? root.substr(0, root.size() - 1) : root);
+  std::string base = root == "/" ? std::string() : root;
+  while (!base.empty() && base.back() == '/') base.pop_back();
   const std::string ps = base + "/sys/class/power_supply";
   // The battery is the supply whose `type` says so; Qualcomm devices also expose "bms" and USB/AC supplies, whose
   // current is not the battery's. Among batteries prefer one named "battery", then any with current_now.

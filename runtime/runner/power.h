@@ -48,8 +48,8 @@ enum class CurrentUnit { Auto, MicroAmp, MilliAmp };
 // sparse trace: what cannot be computed is null, and the sysfs files the device lacks are in `absent_fields`.
 Json summarize_energy(const PowerTrace& trace, CurrentUnit unit = CurrentUnit::Auto);
 
-// JSON lines: a header object {"qwen_power_trace": 1, "source", "sample_hz", "status", "tokens", "run_wall_s"}, then one object
-// per sample {"t", "phase", "current_now", "voltage_now", "charge_counter", "capacity", "battery_temp",
+// JSON lines: a header object {"qwen_power_trace": 1, "source", "sample_hz", "status", "tokens", "run_wall_s"}, then
+// one object per sample {"t", "phase", "current_now", "voltage_now", "charge_counter", "capacity", "battery_temp",
 // "thermal": {zone: value}}; a file the device lacks is simply not a key. Throws naming the file and line.
 PowerTrace read_trace(const std::string& path);
 void write_trace(const std::string& path, const PowerTrace& trace);

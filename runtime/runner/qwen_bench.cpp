@@ -151,14 +151,16 @@ std::vector<int64_t> parse_int_list(const std::string& flag, const std::string& 
 
 int64_t parse_int(const std::string& flag, const std::string& s, int64_t lo) {
   const auto v = parse_int_list(flag, s);
-  if (v.size() != 1 || v[0] < lo) throw Failure(flag + ": expected one integer >= " + std::to_string(lo) + ", got '" + s + "'");
+  if (v.size() != 1 || v[0] < lo)
+    throw Failure(flag + ": expected one integer >= " + std::to_string(lo) + ", got '" + s + "'");
   return v[0];
 }
 
 double parse_double(const std::string& flag, const std::string& s, double lo) {
   char* end = nullptr;
   const double v = std::strtod(s.c_str(), &end);
-  if (s.empty() || *end != '\0' || !(v >= lo)) throw Failure(flag + ": expected a number >= " + std::to_string(lo) + ", got '" + s + "'");
+  if (s.empty() || *end != '\0' || !(v >= lo))
+    throw Failure(flag + ": expected a number >= " + std::to_string(lo) + ", got '" + s + "'");
   return v;
 }
 
@@ -432,7 +434,8 @@ class Program {
     if (!shared_) slot->own_arenas = make_arenas();
     auto& arenas = shared_ ? arenas_ : slot->own_arenas;
     for (auto& a : arenas) slot->spans.emplace_back(a.data(), a.size());
-    slot->planned = std::make_unique<et::HierarchicalAllocator>(et::Span<et::Span<uint8_t>>(slot->spans.data(), slot->spans.size()));
+    slot->planned = std::make_unique<et::HierarchicalAllocator>(
+        et::Span<et::Span<uint8_t>>(slot->spans.data(), slot->spans.size()));
     slot->memory = std::make_unique<et::MemoryManager>(&slot->method_allocator, slot->planned.get(), &temp_allocator_);
     auto method = program_->load_method(name, slot->memory.get());
     if (!method.ok()) {
@@ -463,7 +466,8 @@ class Program {
   };
 
   static ::executorch::extension::MmapDataLoader load(const std::string& pte) {
-    auto l = ::executorch::extension::MmapDataLoader::from(pte.c_str(), ::executorch::extension::MmapDataLoader::MlockConfig::NoMlock);
+    using ::executorch::extension::MmapDataLoader;
+    auto l = MmapDataLoader::from(pte.c_str(), MmapDataLoader::MlockConfig::NoMlock);
     if (!l.ok()) throw Failure(pte + ": cannot open (" + et_error(l.error()) + ")");
     return std::move(l.get());
   }
@@ -509,7 +513,8 @@ class LmMethod {
     if (!out.isTensor()) throw Failure(std::string("method '") + name_ + "': output 0 is not a tensor");
     const auto& t = out.toTensor();
     if (t.scalar_type() != ScalarType::Float || t.numel() < vocab_ || t.numel() % vocab_)
-      throw Failure(std::string("method '") + name_ + "': output 0 is not float32 logits of vocab " + std::to_string(vocab_));
+      throw Failure(std::string("method '") + name_ + "': output 0 is not float32 logits of vocab " +
+                    std::to_string(vocab_));
     const float* last = t.const_data_ptr<float>() + (t.numel() - vocab_);
     logits.assign(last, last + vocab_);
   }
@@ -580,7 +585,8 @@ Bundle open_bundle(const Options& o) {
         const std::string path = b.dir + "/" + kv.first;
         if (access(path.c_str(), R_OK) != 0) throw Failure(path + ": listed in manifest.json but missing");
         if (sha256_file(path) != kv.second.at("sha256").as_string())
-          throw Failure(path + ": sha256 does not match manifest.json (modified or corrupt; --no-verify to run anyway)");
+          throw Failure(path + ": sha256 does not match manifest.json (modified or corrupt; --no-verify to run "
+                        "anyway)");
       }
     }
   } catch (const std::runtime_error& e) {
@@ -613,7 +619,8 @@ int run_bench(const Options& o) {
   // Prompts and bounds first: a bad request fails before the model loads.
   const int64_t chunk = o.prefill_chunk ? o.prefill_chunk : b.max_prefill;
   if (chunk > b.max_prefill)
-    throw Failure("--prefill-chunk " + std::to_string(chunk) + " exceeds the forward method's max_tokens " + std::to_string(b.max_prefill));
+    throw Failure("--prefill-chunk " + std::to_string(chunk) + " exceeds the forward method's max_tokens " +
+                  std::to_string(b.max_prefill));
   std::vector<std::vector<int64_t>> prompts;
   std::string prompt_source;
   if (!o.prompt_ids.empty()) {
@@ -636,7 +643,9 @@ int run_bench(const Options& o) {
   }
   for (const auto& p : prompts) {
     for (auto t : p)
-      if (t < 0 || t >= b.vocab) throw Failure("--prompt-ids: token " + std::to_string(t) + " is outside the vocabulary 0.." + std::to_string(b.vocab - 1));
+      if (t < 0 || t >= b.vocab)
+        throw Failure("--prompt-ids: token " + std::to_string(t) + " is outside the vocabulary 0.." +
+                      std::to_string(b.vocab - 1));
     if (static_cast<int64_t>(p.size()) + o.gen > b.max_seq_len)
       throw Failure("prompt of " + std::to_string(p.size()) + " tokens + --gen " + std::to_string(o.gen) +
                     " does not fit the bundle's context of " + std::to_string(b.max_seq_len) + " tokens");
@@ -823,10 +832,11 @@ int run_bench(const Options& o) {
     if (!f) throw Failure(o.json_out + ": cannot write");
     for (size_t i = 0; i < out.at("results").items().size(); ++i) {
       const Json& r = out.at("results").items()[i];
+      const std::string decode =
+          r.at("decode_tok_s").is_null() ? "-" : std::to_string(r.at("decode_tok_s").at("median").as_double());
       std::fprintf(stderr, "prompt %lld: TTFT %.2f ms, prefill %.1f tok/s, decode %s tok/s (median)\n",
                    static_cast<long long>(r.at("prompt_tokens").as_int()), r.at("ttft_ms").at("median").as_double(),
-                   r.at("prefill_tok_s").at("median").as_double(),
-                   r.at("decode_tok_s").is_null() ? "-" : std::to_string(r.at("decode_tok_s").at("median").as_double()).c_str());
+                   r.at("prefill_tok_s").at("median").as_double(), decode.c_str());
     }
   }
   return 0;

@@ -57,17 +57,19 @@ if not wheels:
     sys.exit(f"check_arm64: no aarch64 wheel for executorch {ver} in {src}")
 with zipfile.ZipFile(wheels[0]) as z:
     # Only the C++ parts: headers, shared libraries and the CMake package.
-    z.extractall(dst, [n for n in z.namelist() if n.startswith(("executorch/include/", "executorch/lib/", "executorch/share/"))])
+    keep = ("executorch/include/", "executorch/lib/", "executorch/share/")
+    z.extractall(dst, [n for n in z.namelist() if n.startswith(keep)])
 EOF
   rm -rf "$WHEEL_DIR" && mv "$WHEEL_DIR.partial" "$WHEEL_DIR"
 fi
 echo "executorch $ET_VERSION aarch64: $WHEEL_DIR"
 
 step "build x86-64"
-X86=$("$PY" -c 'import sys; from qwen_mobile.runtime import native as n; print(n.build_runner(sys.argv[1], n.host_executorch_cmake_dir()))' "$BUILD/x86_64")
+native() { "$PY" -c "import sys; from qwen_mobile.runtime import native as n; print($1)" "${@:2}"; }
+X86=$(native 'n.build_runner(*sys.argv[1:])' "$BUILD/x86_64" "$(native 'n.host_executorch_cmake_dir()')")
 step "build aarch64"
-ARM=$("$PY" -c 'import sys; from qwen_mobile.runtime import native as n; print(n.build_runner(sys.argv[1], sys.argv[2], sys.argv[3]))' \
-  "$BUILD/aarch64" "$WHEEL_DIR/executorch/lib/cmake/executorch" "$ROOT/runtime/cmake/aarch64-linux-gnu.cmake")
+ARM=$(native 'n.build_runner(*sys.argv[1:])' "$BUILD/aarch64" "$WHEEL_DIR/executorch/lib/cmake/executorch" \
+  "$ROOT/runtime/cmake/aarch64-linux-gnu.cmake")
 file "$ARM" | sed 's/, BuildID.*//'
 
 BUNDLES=("$@")
@@ -85,7 +87,8 @@ torch.manual_seed(0)
 Qwen3_5ForCausalLM(Qwen3_5TextConfig(**cfg)).save_pretrained(sys.argv[2])
 EOF
     "$ROOT/.venv/bin/qwen-mobile" export "$BUILD/bundles/tiny-untied-src" --preset xnnpack-fp32 --max-seq-len 128 \
-      --out "$TINY" --force --no-progress >"$BUILD/export-tiny.log" 2>&1 || { tail -20 "$BUILD/export-tiny.log" >&2; exit 1; }
+      --out "$TINY" --force --no-progress >"$BUILD/export-tiny.log" 2>&1 \
+      || { tail -20 "$BUILD/export-tiny.log" >&2; exit 1; }
   fi
   BUNDLES=("$TINY")
 fi
@@ -108,7 +111,7 @@ EOF
     || { tail -5 "$OUT/x86_64.log" >&2; exit 1; }
   "$QEMU" -L "$SYSROOT" "$ARM" "${common[@]}" --json "$OUT/aarch64.json" --dump-logits "$OUT/aarch64.bin" \
     2>"$OUT/aarch64.log" || { tail -5 "$OUT/aarch64.log" >&2; exit 1; }
-  "$PY" -c 'import json,sys; d=json.load(open(sys.argv[1]))["device"]; assert d["arch"]=="aarch64" and d["emulated"], d' \
+  "$PY" -c 'import json,sys; d=json.load(open(sys.argv[1]))["device"]; assert d["arch"]=="aarch64" and d["emulated"]' \
     "$OUT/aarch64.json"
   "$PY" -m qwen_mobile.runtime.native compare --bundle "$B" --prompt-ids "$IDS" --gen "$GEN" --python \
     --run "x86_64=$OUT/x86_64.json:$OUT/x86_64.bin" --run "aarch64=$OUT/aarch64.json:$OUT/aarch64.bin" || status=1

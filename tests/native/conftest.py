@@ -7,7 +7,6 @@ import warnings
 from pathlib import Path
 
 import pytest
-
 from qwen_mobile.runtime import native
 
 # A git-ignored folder in the clone (runtime/build*/): repeated local runs rebuild incrementally, CI builds fresh.

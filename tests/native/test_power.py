@@ -5,7 +5,6 @@ import json
 from pathlib import Path
 
 import pytest
-
 from native_testlib import bench_json, run_bench, validate
 
 TRACES = Path(__file__).parent / "power_traces"

@@ -7,7 +7,6 @@ import shutil
 import numpy as np
 import pytest
 import torch
-
 from native_testlib import bench_json, run_bench, validate
 from qwen_mobile.runtime import native
 
