@@ -111,8 +111,16 @@ EOF
     || { tail -5 "$OUT/x86_64.log" >&2; exit 1; }
   "$QEMU" -L "$SYSROOT" "$ARM" "${common[@]}" --json "$OUT/aarch64.json" --dump-logits "$OUT/aarch64.bin" \
     2>"$OUT/aarch64.log" || { tail -5 "$OUT/aarch64.log" >&2; exit 1; }
-  "$PY" -c 'import json,sys; d=json.load(open(sys.argv[1]))["device"]; assert d["arch"]=="aarch64" and d["emulated"]' \
-    "$OUT/aarch64.json"
+  # Both outputs are bench-schema JSON, and the emulated one says so.
+  "$PY" - "$ROOT/runtime/schemas/bench.schema.json" "$OUT/x86_64.json" "$OUT/aarch64.json" <<'EOF'
+import json, sys, jsonschema
+schema = json.load(open(sys.argv[1]))
+x86, arm = (json.load(open(p)) for p in sys.argv[2:])
+for r in (x86, arm):
+    jsonschema.validate(r, schema)
+assert arm["device"]["arch"] == "aarch64" and arm["device"]["emulated"] is True, arm["device"]
+assert x86["device"]["emulated"] is False, x86["device"]
+EOF
   "$PY" -m qwen_mobile.runtime.native compare --bundle "$B" --prompt-ids "$IDS" --gen "$GEN" --python \
     --run "x86_64=$OUT/x86_64.json:$OUT/x86_64.bin" --run "aarch64=$OUT/aarch64.json:$OUT/aarch64.bin" || status=1
 done
