@@ -51,6 +51,11 @@ class Bundle:
         self.vocab_size: int = m["model"]["config"]["vocab_size"]
         self.stop_ids: set[int] = set(m["tokenizer"]["stop_ids"])
         self.buffers: list[dict] = m["state"]["buffers"]
+        if m["recipe"]["name"] != "xnnpack":
+            raise BundleError(
+                f"{self.folder}: a {m['recipe']['name']} bundle runs on Apple devices (Core ML); this host runtime runs "
+                "ExecuTorch XNNPACK bundles. Its numerics are checked on Linux at export by the MIL evaluator; on a "
+                "Mac run scripts/verify_coreml_on_mac.py (see export/coreml/README.md)")
         self.tokenizer = None
         if m["tokenizer"]["file"]:
             from tokenizers import Tokenizer

@@ -151,3 +151,17 @@ def test_tampered_bundle_is_rejected_naming_the_file(nano_bundle, tmp_path):
     (copy / "model.pte").write_bytes(bytes(data))
     with pytest.raises(BundleError, match=r"model\.pte: sha256 does not match"):
         Bundle(copy)
+
+
+def test_core_ml_bundles_are_refused_with_where_they_run(nano_bundle, tmp_path):
+    import json
+
+    from qwen_mobile.runtime.bundle import write_manifest
+
+    copy = tmp_path / "coreml"
+    shutil.copytree(nano_bundle, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["recipe"]["name"] = "coreml"
+    write_manifest(copy, manifest)
+    with pytest.raises(BundleError, match="runs on Apple devices"):
+        Bundle(copy)
