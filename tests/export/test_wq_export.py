@@ -1,0 +1,106 @@
+"""`qwen-mobile export --qlinear 4w|8w`: tiny random HF checkpoints through our weight-only ops end to end.
+
+One bundle per scheme (tied table, vocab 2048 so the table dominates the constants): the verification gate passes,
+the graph runs qwen35::linear_wq / embedding_wq, the .pte reproduces the same quantized model in eager, the tied table is
+stored once, and a graph that lost a weight-only node is refused.
+"""
+
+import pytest
+import torch
+
+from checkpoints import make_hf_causal_lm
+from qwen_mobile.export.api import export
+from qwen_mobile.export.quantize import QuantReport, check_weight_only_nodes, quantize_model
+from qwen_mobile.models import Qwen35ForCausalLM
+from qwen_mobile.runtime.program import BundleProgram
+
+VOCAB = 2048
+# .pte vs the same quantized model in eager: identical packed weights and kernels; only the XNNPACK-delegated fp32
+# ops (norms, attention, convolution) round differently. Logits here are O(1).
+PTE_VS_EAGER_ATOL = 1e-4
+SMALL = dict(max_seq_len=96, max_prefill_chunk=16, progress=False, quality_gate=False)
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory):
+    src = tmp_path_factory.mktemp("src-wq")
+    make_hf_causal_lm("hv2x", True, seed=3, vocab_size=VOCAB).save_pretrained(src)
+    return src
+
+
+@pytest.fixture(scope="module", params=["4w", "8w"])
+def bundle(request, source, tmp_path_factory):
+    scheme = request.param
+    out = tmp_path_factory.mktemp("bundles") / f"tied-{scheme}"
+    with pytest.warns(UserWarning, match="no tokenizer.json"):
+        manifest = export(str(source), out, preset=f"xnnpack-{scheme}", **SMALL)
+    return scheme, out, manifest
+
+
+def test_manifest_and_graph(bundle):
+    scheme, _, manifest = bundle
+    assert manifest["verification"]["passed"]
+    assert manifest["recipe"]["qlinear"] == scheme and manifest["recipe"]["qembedding"] == scheme
+    assert manifest["recipe"]["tied_table_copies"] == 1
+    assert "qwen35" in manifest["program"]["kernel_namespaces"]
+    for method in ("forward", "decode"):
+        outside = manifest["program"]["graph"][method]["ops_outside_delegates"]
+        # 4 layers: 3 delta-net (4 in-projections + out_proj + 3 MLP) + 1 attention (4 + 3 MLP) + lm_head
+        assert outside.get("linear_wq.out") == 3 * 8 + 7 + 1, outside
+        assert outside.get("embedding_wq.out") == 1, outside
+        assert not any("dequantize" in op for op in outside), outside
+
+
+def test_pte_reproduces_the_quantized_eager_model(bundle, source):
+    scheme, out, manifest = bundle
+    eager = Qwen35ForCausalLM.from_pretrained(source, max_seq_len=96)
+    quantize_model(eager, scheme, scheme, 32)
+    program = BundleProgram(out / "model.pte", max_prefill_tokens=16,
+                            kernel_namespaces=manifest["program"]["kernel_namespaces"])
+    prompt = torch.randint(0, VOCAB, (21,), generator=torch.Generator().manual_seed(5)).tolist()
+    with torch.no_grad():
+        eager.reset()
+        ref = eager(torch.tensor([prompt]), torch.arange(len(prompt)))[0]  # [T, vocab]
+        got = [program.prefill(prompt[:13], 0), program.prefill(prompt[13:20], 13), program.decode(prompt[20], 20)]
+    torch.testing.assert_close(torch.stack(got), ref[[12, 19, 20]], atol=PTE_VS_EAGER_ATOL, rtol=0)
+
+
+def test_tied_table_is_stored_once(bundle, source):
+    """The packed table's bytes occur once in the .pte; two copies (one per op) would fail this."""
+    scheme, out, _ = bundle
+    model = Qwen35ForCausalLM.from_pretrained(source, max_seq_len=96)
+    report = quantize_model(model, scheme, scheme, 32)  # deterministic: the same bytes the export packed
+    assert report.tied_table_copies == 1
+    assert model.lm_head.qweight is model.model.embed_tokens.qweight
+    table = model.lm_head.qweight.numpy().tobytes()
+    assert len(table) >= VOCAB * 32
+    assert (out / "model.pte").read_bytes().count(table) == 1
+
+
+@pytest.mark.parametrize("qlinear,qembedding,copies", [("4w", "4w", 1), ("8w", "8w", 1), ("4w", "8w", 2),
+                                                       ("4w", "none", 2)])
+def test_only_matching_schemes_share_the_table(source, qlinear, qembedding, copies):
+    """Different schemes on the two sides cannot share one buffer; the report says so rather than pretend."""
+    model = Qwen35ForCausalLM.from_pretrained(source, max_seq_len=96)
+    report = quantize_model(model, qlinear, qembedding, 32)
+    assert report.tied_table_copies == copies
+    if copies == 1:
+        assert model.lm_head.scales is model.model.embed_tokens.scales
+
+
+def test_missing_weight_only_node_is_refused(source):
+    """The export's op check raises when a quantized module's node is absent from a method."""
+    model = Qwen35ForCausalLM.from_pretrained(source, max_seq_len=96)
+    report = quantize_model(model, "4w", "4w", 32)
+
+    class Graph:  # an exported method that lost one linear_wq node
+        def __init__(self, n):
+            self.graph = self
+            self.nodes = [type("N", (), {"op": "call_function", "target": "qwen35.linear_wq.default"})()] * n + [
+                type("N", (), {"op": "call_function", "target": "qwen35.embedding_wq.default"})()]
+
+    ok = Graph(report.quantized_linears)
+    assert check_weight_only_nodes({"forward": ok, "decode": ok}, report)
+    with pytest.raises(RuntimeError, match="weight-only nodes"):
+        check_weight_only_nodes({"forward": ok, "decode": Graph(report.quantized_linears - 1)}, report)
+    assert check_weight_only_nodes({}, QuantReport("8da4w", "4w", 32)) == {}

@@ -1,0 +1,43 @@
+"""The weight-only kernels' NEON path: cross-compile wq_selftest.cpp with the C++ core for aarch64 and run it under
+qemu; the same self-test built for the host without the AVX2 TU checks the portable path with no torch involved.
+
+The aarch64 case is skipped unless aarch64-linux-gnu-g++ and qemu-aarch64 are installed
+(apt-get install g++-aarch64-linux-gnu qemu-user).
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+KERNELS = ROOT / "runtime" / "kernels"
+SOURCES = [KERNELS / f for f in ("wq.cpp", "wq_generic.cpp", "gated_delta_rule.cpp", "gdr_generic.cpp")] + [
+    Path(__file__).with_name("wq_selftest.cpp")]
+QEMU = shutil.which("qemu-aarch64") or shutil.which("qemu-aarch64-static")
+
+
+def _build_and_run(cxx: str, out: Path, runner: list[str], isa: str) -> None:
+    build = subprocess.run([cxx, "-std=c++17", "-O2", "-static", f"-I{KERNELS}", *map(str, SOURCES), "-o", str(out)],
+                           capture_output=True, text=True, timeout=600)
+    assert build.returncode == 0, build.stderr[-3000:]
+    proc = subprocess.run([*runner, str(out)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0 and f"isa={isa}" in proc.stdout and "ALL OK" in proc.stdout, proc.stdout[-3000:]
+
+
+@pytest.mark.skipif(shutil.which("aarch64-linux-gnu-g++") is None or QEMU is None,
+                    reason="needs aarch64-linux-gnu-g++ and qemu-aarch64")
+def test_neon_weight_only_matches_fp64_under_qemu(tmp_path):
+    _build_and_run("aarch64-linux-gnu-g++", tmp_path / "wq_selftest", [QEMU], "neon")
+
+
+@pytest.mark.skipif(shutil.which("g++") is None, reason="needs g++")
+def test_portable_weight_only_matches_fp64_standalone(tmp_path):
+    import platform
+
+    if platform.machine() not in ("x86_64", "AMD64"):
+        pytest.skip("the portable build is the baseline only on x86")
+    _build_and_run("g++", tmp_path / "wq_selftest", [], "portable")
