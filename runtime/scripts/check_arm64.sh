@@ -136,6 +136,31 @@ env -u QEMU_LD_PREFIX "$QEMU" "$PKG/lib/ld-linux-aarch64.so.1" --library-path "$
 if cmp -s "$OUT/aarch64.bin" "$OUT/package.bin"; then echo "package vs aarch64: logits identical OK"
 else echo "package vs aarch64: logits differ MISMATCH"; status=1; fi
 
+# The sampler thread and sysfs reads of the aarch64 build, against a fake tree: a steady 0.5 A at 4.0 V is 2 W idle
+# and running, so the baseline-subtracted energy is zero (the arithmetic itself is tested in tests/native).
+step "power sampling (aarch64, fake sysfs)"
+FAKE=$BUILD/fake-sysfs
+rm -rf "$FAKE" && mkdir -p "$FAKE/sys/class/power_supply/battery" "$FAKE/sys/class/thermal/thermal_zone0"
+printf 'Battery\n' >"$FAKE/sys/class/power_supply/battery/type"
+printf 'Discharging\n' >"$FAKE/sys/class/power_supply/battery/status"
+printf -- '-500000\n' >"$FAKE/sys/class/power_supply/battery/current_now"
+printf '4000000\n' >"$FAKE/sys/class/power_supply/battery/voltage_now"
+printf 'cpu\n' >"$FAKE/sys/class/thermal/thermal_zone0/type"
+printf '45000\n' >"$FAKE/sys/class/thermal/thermal_zone0/temp"
+"$QEMU" -L "$SYSROOT" "$ARM" --bundle "${BUNDLES[0]}" --prompt-len 8 --gen 4 --runs 3 --warmup 0 --power-root "$FAKE" \
+  --power-hz 20 --idle-seconds 0.5 --json "$BUILD/check/power-aarch64.json" 2>"$BUILD/check/power-aarch64.log" \
+  || { tail -5 "$BUILD/check/power-aarch64.log" >&2; exit 1; }
+"$PY" - "$BUILD/check/power-aarch64.json" <<'EOF' || status=1
+import json, sys
+e = json.load(open(sys.argv[1]))["energy"]
+ok = e and abs(e["idle_power_w"] - 2) < 1e-9 and abs(e["mean_power_w"] - 2) < 1e-9 and abs(e["joules"]) < 1e-9 \
+    and "charge_counter" in e["absent_fields"] and any(p["zone"] == "cpu" and p["value"] == 45 for p in e["thermal"])
+e = e or {}
+print(f"power sampling: idle {e.get('idle_power_w')} W, run {e.get('mean_power_w')} W, net {e.get('joules')} J, "
+      f"{e.get('samples')} samples " + ("OK" if ok else "MISMATCH"))
+sys.exit(0 if ok else 1)
+EOF
+
 step "done"
 [ $status -eq 0 ] && echo "check_arm64: PASS" || echo "check_arm64: FAIL" >&2
 exit $status
