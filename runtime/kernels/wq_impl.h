@@ -7,6 +7,7 @@
 // per-thread buffer of K floats and takes M dot products with it, so the unpacking is paid once per row.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
 #include <vector>
@@ -20,6 +21,9 @@ namespace wq {
 
 constexpr int kStep = 16;       // weights unpacked per step
 constexpr int kVecs = kStep / W;
+// Decode streams the weights once: prefetch this far ahead of the unpacking (a few rows at 0.8B shapes). Without it a
+// single thread reached about a quarter of the fp32 GEMV's DRAM bandwidth on the 248320-row head (bench/README.md).
+constexpr int64_t kPrefetchBytes = 1024;
 
 static inline float half_to_float(uint16_t h) {
   const uint32_t sign = static_cast<uint32_t>(h & 0x8000u) << 16;
@@ -77,6 +81,47 @@ static inline void unpack_q4(const uint8_t* p, Vec* v) {
 #endif
 }
 
+// 16 int4 weights (8 bytes) -> kVecs float vectors of the raw nibbles (0..15, not yet offset by -8) in "split" order:
+// the 8 low nibbles (elements 0, 2, .., 14) then the 8 high nibbles (1, 3, .., 15). Decode pairs them with x permuted
+// the same way (permute_x) and applies the -8 once per group through sum(x): cheaper than interleaving the nibbles.
+static inline void unpack_q4_split(const uint8_t* p, Vec* v) {
+#if defined(QWEN35_ISA_AVX2)
+  const __m256i b = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)));  // 8 bytes -> i32
+  v[0].v = _mm256_cvtepi32_ps(_mm256_and_si256(b, _mm256_set1_epi32(0x0f)));
+  v[1].v = _mm256_cvtepi32_ps(_mm256_srli_epi32(b, 4));
+#elif defined(__ARM_NEON)
+  const uint8x8_t b = vld1_u8(p);
+  const uint16x8_t lo = vmovl_u8(vand_u8(b, vdup_n_u8(0x0f))), hi = vmovl_u8(vshr_n_u8(b, 4));
+  v[0].v = vcvtq_f32_u32(vmovl_u16(vget_low_u16(lo)));
+  v[1].v = vcvtq_f32_u32(vmovl_u16(vget_high_u16(lo)));
+  v[2].v = vcvtq_f32_u32(vmovl_u16(vget_low_u16(hi)));
+  v[3].v = vcvtq_f32_u32(vmovl_u16(vget_high_u16(hi)));
+#else
+  for (int i = 0; i < 8; ++i) {
+    v[i / W].v[i % W] = static_cast<float>(p[i] & 0x0f);
+    v[(8 + i) / W].v[(8 + i) % W] = static_cast<float>(p[i] >> 4);
+  }
+#endif
+}
+
+// x [K] -> xp [K] in unpack_q4_split's order inside every 16-wide block of each group's vector body (the scalar tails
+// keep x's order), and xsum [G] = sum of x over each group's vector body (for the -8 offset).
+static void permute_x(const float* x, int64_t K, int64_t gs, float* xp, float* xsum) {
+  const int64_t G = K / gs, body = gs - gs % kStep;
+  for (int64_t g = 0; g < G; ++g) {
+    const int64_t k0 = g * gs;
+    float sum = 0.f;
+    for (int64_t k = k0; k < k0 + body; k += kStep)
+      for (int i = 0; i < 8; ++i) {
+        xp[k + i] = x[k + 2 * i];
+        xp[k + 8 + i] = x[k + 2 * i + 1];
+        sum += x[k + 2 * i] + x[k + 2 * i + 1];
+      }
+    for (int64_t k = k0 + body; k < k0 + gs; ++k) xp[k] = x[k];
+    xsum[g] = sum;
+  }
+}
+
 // 16 int8 weights -> kVecs float vectors.
 static inline void unpack_q8(const int8_t* p, Vec* v) {
 #if defined(QWEN35_ISA_AVX2)
@@ -121,6 +166,7 @@ static float dot_row(const WqLinear& p, const uint8_t* row, const float* x, int6
     const float s = scale_at(p.scales, p.scale_dtype, n * G + g);
     Vec ga = vzero(), gb = vzero();  // two chains: the FMA latency is not the bound, the loads are
     for (int64_t k = k0; k < k0 + body; k += kStep) {
+      __builtin_prefetch(row + (BITS == 4 ? k >> 1 : k) + kPrefetchBytes);
       unpack<BITS>(row, k, w);
       for (int j = 0; j < kVecs; j += 2) {
         ga = vfma(w[j], vload(x + k + j * W), ga);
@@ -135,6 +181,36 @@ static float dot_row(const WqLinear& p, const uint8_t* row, const float* x, int6
     }
   }
   return vhsum(acc) + tail;
+}
+
+// Fused int4 decode over a permuted x (permute_x): sum_g s_g * (sum_k nibble_k * xp_k - 8 * xsum_g) + tails.
+static float dot_row_q4(const WqLinear& p, const uint8_t* row, const float* x, const float* xp, const float* xsum,
+                        int64_t n) {
+  const int64_t G = p.K / p.group_size, gs = p.group_size, body = gs - gs % kStep;
+  Vec acc = vzero();
+  float offset = 0.f, tail = 0.f;
+  Vec w[kVecs];
+  for (int64_t g = 0; g < G; ++g) {
+    const int64_t k0 = g * gs;
+    const float s = scale_at(p.scales, p.scale_dtype, n * G + g);
+    Vec ga = vzero(), gb = vzero();
+    for (int64_t k = k0; k < k0 + body; k += kStep) {
+      __builtin_prefetch(row + (k >> 1) + kPrefetchBytes);
+      unpack_q4_split(row + (k >> 1), w);
+      for (int j = 0; j < kVecs; j += 2) {
+        ga = vfma(w[j], vload(xp + k + j * W), ga);
+        gb = vfma(w[j + 1], vload(xp + k + (j + 1) * W), gb);
+      }
+    }
+    acc = vfma(vset1(s), vadd(ga, gb), acc);
+    offset += s * xsum[g];
+    if (body < gs) {
+      float t = 0.f;
+      for (int64_t k = k0 + body; k < k0 + gs; ++k) t += q4_at(row, k) * x[k];
+      tail += s * t;
+    }
+  }
+  return vhsum(acc) - 8.f * offset + tail;
 }
 
 // Dequantize one row into dst[K].
@@ -167,18 +243,69 @@ static inline float dot_f32(const float* a, const float* b, int64_t K) {
   return t;
 }
 
+// R weight rows x C rows of x, all fp32, K long: R*C dot products sharing every load (out[c][r]).
+template <int R, int C>
+static inline void tile(const float* const* w, const float* const* x, int64_t K, float (*out)[4]) {
+  Vec acc[R][C];
+  for (int r = 0; r < R; ++r)
+    for (int c = 0; c < C; ++c) acc[r][c] = vzero();
+  int64_t k = 0;
+  for (; k + W <= K; k += W) {
+    Vec xv[C];
+    for (int c = 0; c < C; ++c) xv[c] = vload(x[c] + k);
+    for (int r = 0; r < R; ++r) {
+      const Vec wv = vload(w[r] + k);
+      for (int c = 0; c < C; ++c) acc[r][c] = vfma(wv, xv[c], acc[r][c]);
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int c = 0; c < C; ++c) {
+      float t = vhsum(acc[r][c]);
+      for (int64_t kk = k; kk < K; ++kk) t += w[r][kk] * x[c][kk];
+      out[c][r] = t;
+    }
+}
+
 template <int BITS>
 static void linear_rows(const WqLinear& p, int64_t n0, int64_t n1) {
   const int64_t row_bytes = BITS == 4 ? p.K / 2 : p.K;
   const uint8_t* qw = static_cast<const uint8_t*>(p.qweight);
   if (p.M == 1) {
-    for (int64_t n = n0; n < n1; ++n) p.out[n] = dot_row<BITS>(p, qw + n * row_bytes, p.x, n);
+    if (BITS == 4) {
+      std::vector<float> xp(static_cast<size_t>(p.K)), xsum(static_cast<size_t>(p.K / p.group_size));
+      permute_x(p.x, p.K, p.group_size, xp.data(), xsum.data());
+      for (int64_t n = n0; n < n1; ++n) p.out[n] = dot_row_q4(p, qw + n * row_bytes, p.x, xp.data(), xsum.data(), n);
+    } else {
+      for (int64_t n = n0; n < n1; ++n) p.out[n] = dot_row<BITS>(p, qw + n * row_bytes, p.x, n);
+    }
     return;
   }
-  std::vector<float> wrow(static_cast<size_t>(p.K));  // one dequantized row per thread, never the matrix
-  for (int64_t n = n0; n < n1; ++n) {
-    dequant_row<BITS>(p.scales, p.scale_dtype, p.K, p.group_size, qw + n * row_bytes, n, wrow.data());
-    for (int64_t m = 0; m < p.M; ++m) p.out[m * p.N + n] = dot_f32(wrow.data(), p.x + m * p.K, p.K);
+  // Prefill: dequantize kRows weight rows into a per-thread buffer (never the matrix), then kRows x 2 register tiles
+  // over the rows of x, so each loaded weight vector feeds two FMAs and each x vector four.
+  constexpr int kRows = 4;
+  std::vector<float> wbuf(static_cast<size_t>(kRows * p.K));
+  float tile_out[2][4];
+  for (int64_t n = n0; n < n1; n += kRows) {
+    const int rows = static_cast<int>(std::min<int64_t>(kRows, n1 - n));
+    const float* w[kRows];
+    for (int r = 0; r < rows; ++r) {
+      dequant_row<BITS>(p.scales, p.scale_dtype, p.K, p.group_size, qw + (n + r) * row_bytes, n + r,
+                        wbuf.data() + r * p.K);
+      w[r] = wbuf.data() + r * p.K;
+    }
+    for (int64_t m = 0; m < p.M; m += 2) {
+      const int cols = static_cast<int>(std::min<int64_t>(2, p.M - m));
+      const float* x[2] = {p.x + m * p.K, p.x + (m + cols - 1) * p.K};
+      if (rows == kRows && cols == 2)
+        tile<kRows, 2>(w, x, p.K, tile_out);
+      else if (rows == kRows)
+        tile<kRows, 1>(w, x, p.K, tile_out);
+      else
+        for (int r = 0; r < rows; ++r)
+          for (int c = 0; c < cols; ++c) tile_out[c][r] = dot_f32(w[r], x[c], p.K);
+      for (int c = 0; c < cols; ++c)
+        for (int r = 0; r < rows; ++r) p.out[(m + c) * p.N + n + r] = tile_out[c][r];
+    }
   }
 }
 
