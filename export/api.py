@@ -210,8 +210,14 @@ def export(source: str, out: str | Path, *, preset: str | None = DEFAULT_PRESET,
     source_dir = resolved if isinstance(resolved, Path) else None
     config = Qwen35Config.from_json(source_dir) if source_dir else Qwen35Config.from_preset(str(resolved))
     if settings.max_seq_len > config.max_position_embeddings:
-        raise ValueError(f"--max-seq-len {settings.max_seq_len} exceeds the model's max_position_embeddings "
-                         f"({config.max_position_embeddings})")
+        if overrides.get("max_seq_len") is not None:
+            raise ValueError(f"--max-seq-len {settings.max_seq_len} exceeds the model's max_position_embeddings "
+                             f"({config.max_position_embeddings})")
+        # Only the preset's default is too long for this model: use the model's whole context instead.
+        warnings.warn(f"the preset's max_seq_len {settings.max_seq_len} exceeds {source}'s max_position_embeddings; "
+                      f"using {config.max_position_embeddings}")
+        settings.max_seq_len = config.max_position_embeddings
+        settings.max_prefill_chunk = min(settings.max_prefill_chunk, settings.max_seq_len)
     random_weights = source_dir is None
     if quality_gate is None:
         quality_gate = not random_weights
@@ -330,6 +336,7 @@ def export(source: str, out: str | Path, *, preset: str | None = DEFAULT_PRESET,
                           "bos_id": config.bos_token_id, "stop_ids": stop_ids,
                           "thinking_default": thinking_default(_size_name(config), _chat_template(source_dir))},
             "verification": dict(result.as_dict(), quality_gate=quality_gate, prompt_tokens=len(prompt)),
+            "sample_prompt": {"ids": prompt, "text": tokenizer.decode(prompt) if tokenizer is not None else None},
             "export": {"seconds": round(time.perf_counter() - t_all, 1), "peak_rss_bytes": _peak_rss_bytes(),
                        "stage_seconds": {k: round(v, 1) for k, v in timings.items()},
                        "quantization": qreport.__dict__},

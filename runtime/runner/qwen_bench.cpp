@@ -112,7 +112,8 @@ Runs a qwen-mobile bundle's model.pte with ExecuTorch and the qwen35 kernels: pr
 prompt and generation
   --bundle DIR          bundle folder (manifest.json + model.pte)
   --prompt-ids 1,2,3    one prompt given as token ids
-  --prompt-len N[,M..]  random prompts of these lengths (default 128), ids from --seed S (default 0) + length
+  --prompt-len N[,M..]  random prompts of these lengths, ids from --seed S (default 0) + length
+                        (default: the manifest's sample_prompt, else one random prompt of 128)
   --gen N               tokens to generate per run, the first from prefill (default 64)
   --stop                stop a run at the manifest's stop ids (default: always generate --gen tokens)
   --prefill-chunk N     most tokens per `forward` call (default and maximum: the manifest's forward.max_tokens)
@@ -212,7 +213,6 @@ Options parse_args(int argc, char** argv) {
   if (!o.power_replay.empty()) return o;
   if (o.bundle.empty()) throw Failure("--bundle DIR is required (see --help)");
   if (!o.prompt_ids.empty() && !o.prompt_lens.empty()) throw Failure("give --prompt-ids or --prompt-len, not both");
-  if (o.prompt_ids.empty() && o.prompt_lens.empty()) o.prompt_lens = {128};
   for (auto n : o.prompt_lens) if (n < 1) throw Failure("--prompt-len: lengths must be >= 1");
   return o;
 }
@@ -626,8 +626,15 @@ int run_bench(const Options& o) {
   if (!o.prompt_ids.empty()) {
     prompts.push_back(o.prompt_ids);
     prompt_source = "token ids from --prompt-ids";
+  } else if (o.prompt_lens.empty() && m.find("sample_prompt") != nullptr) {
+    // No prompt asked for: the manifest's sample prompt, the one the export verification ran.
+    std::vector<int64_t> ids;
+    for (const auto& t : m.at("sample_prompt").at("ids").items()) ids.push_back(t.as_int());
+    prompts.push_back(std::move(ids));
+    prompt_source = "the manifest's sample_prompt";
   } else {
-    for (auto len : o.prompt_lens) {
+    const std::vector<int64_t> lens = o.prompt_lens.empty() ? std::vector<int64_t>{128} : o.prompt_lens;
+    for (auto len : lens) {
       // Seeded per length as runtime/bench.py does (seed + length); the generator differs from torch's, so the
       // ids differ from the host runner's.
       std::mt19937_64 rng(o.seed + static_cast<uint64_t>(len));

@@ -166,3 +166,21 @@ def test_replacing_with_force_is_atomic(tmp_path):
         (staging / "new").write_text("y")
     assert sorted(p.name for p in out.iterdir()) == ["new"]
     assert [p.name for p in tmp_path.iterdir()] == ["bundle"]
+
+
+def test_a_preset_context_longer_than_the_model_is_capped_not_refused(tmp_path, monkeypatch):
+    """`qwen-mobile export tiny` (preset context 1024 > tiny's 512) works; only an explicit --max-seq-len is refused."""
+    import qwen_mobile.export.api as api
+
+    seen = {}
+
+    def stop_after_settings(source, *, max_seq_len=None, **kw):
+        seen["max_seq_len"] = max_seq_len
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(api, "load_model", stop_after_settings)
+    with pytest.warns(UserWarning, match="exceeds tiny's max_position_embeddings; using 512"):
+        with pytest.raises(RuntimeError, match="stop here"):
+            export("tiny", tmp_path / "b", progress=False)
+    assert seen["max_seq_len"] == 512
+    assert not (tmp_path / "b").exists()

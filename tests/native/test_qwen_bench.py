@@ -136,3 +136,13 @@ def test_8da4w_matches_python(qwen_bench, q_bundle, tmp_path):
     _, run = native_run(qwen_bench, q_bundle, tmp_path)
     ok, line = native.compare(native.reference(q_bundle, PROMPT, GEN), run, native.FP32_LOGIT_TOL)
     assert ok, line  # same x86 libraries on both sides: as exact as fp32
+
+
+def test_without_a_prompt_the_runner_uses_the_manifests_sample_prompt(qwen_bench, fp32_bundle, tmp_path):
+    manifest = json.loads((fp32_bundle / "manifest.json").read_text())
+    sample = manifest["sample_prompt"]["ids"]
+    out = bench_json(qwen_bench, tmp_path, "--bundle", fp32_bundle, "--gen", 6, "--runs", 1, "--warmup", 0,
+                     "--no-power")
+    assert out["results"][0]["prompt_ids"] == sample
+    assert out["settings"]["prompt_source"] == "the manifest's sample_prompt"
+    assert out["results"][0]["generated_ids"] == native.reference(fp32_bundle, sample, 6).tokens
