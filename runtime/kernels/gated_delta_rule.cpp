@@ -55,7 +55,9 @@ void shape_str(const ArgDesc& a, char* buf, size_t len) {
 
 bool has_avx2() {
 #if defined(QWEN35_HAVE_AVX2_TU) && (defined(__x86_64__) || defined(__i386__))
-  static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  // F16C too: the weight-only kernels' AVX2 TU converts fp16 scales with it (every AVX2 CPU has it).
+  static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+                         __builtin_cpu_supports("f16c");
   return ok;
 #else
   return false;

@@ -90,7 +90,7 @@ void parallel_rows(int64_t n, int64_t work, int max_threads, Fn&& body) {
 #ifdef ET_USE_THREADPOOL
   int64_t nthreads = ::executorch::extension::get_thread_count();
   if (max_threads > 0) nthreads = std::min<int64_t>(nthreads, max_threads);
-  // Below ~64k multiply-adds a thread hand-off costs more than it saves.
+  // Below ~64k multiply-adds a thread hand-off costs more than it saves (nano decode: 1<<18 was 20 % slower).
   if (nthreads > 1 && n > 1 && work >= (int64_t{1} << 16)) {
     const int64_t grain = (n + nthreads - 1) / nthreads;
     ::executorch::extension::parallel_for(0, n, grain, body);

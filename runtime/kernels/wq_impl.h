@@ -26,6 +26,13 @@ constexpr int kVecs = kStep / W;
 constexpr int64_t kPrefetchBytes = 1024;
 
 static inline float half_to_float(uint16_t h) {
+#if defined(QWEN35_ISA_AVX2)
+  return _cvtsh_ss(h);  // F16C: the TU is built with -mf16c and only called on CPUs that report it
+#elif defined(__aarch64__)
+  __fp16 f;
+  std::memcpy(&f, &h, 2);
+  return static_cast<float>(f);
+#else
   const uint32_t sign = static_cast<uint32_t>(h & 0x8000u) << 16;
   const uint32_t exp = (h >> 10) & 0x1fu;
   const uint32_t man = h & 0x3ffu;
@@ -42,6 +49,7 @@ static inline float half_to_float(uint16_t h) {
   float f;
   std::memcpy(&f, &bits, 4);
   return f;
+#endif
 }
 
 static inline float scale_at(const void* scales, int32_t dtype, int64_t i) {

@@ -18,7 +18,13 @@ double code(const std::vector<uint8_t>& q, int bits, int64_t K, int64_t n, int64
   return static_cast<double>(((k % 2) ? (b >> 4) : (b & 15)) - 8);
 }
 
-bool run_case(int bits, int64_t M, int64_t N, int64_t K, int64_t gs) {
+// fp16 bits -> double for normal numbers (the only kind generated here).
+double half_value(uint16_t h) {
+  const int e = (h >> 10) & 31, m = h & 1023;
+  return ((h & 0x8000) ? -1.0 : 1.0) * std::ldexp(1024.0 + m, e - 25);
+}
+
+bool run_case(int bits, int64_t M, int64_t N, int64_t K, int64_t gs, bool f16 = false) {
   std::mt19937 rng(static_cast<unsigned>(bits * 1000 + M * 31 + N * 7 + K));
   std::uniform_int_distribution<int> byte(0, 255);
   std::uniform_real_distribution<float> ud(1e-3f, 2e-2f);
@@ -27,10 +33,18 @@ bool run_case(int bits, int64_t M, int64_t N, int64_t K, int64_t gs) {
   for (auto& b : q) b = static_cast<uint8_t>(byte(rng));
   std::vector<float> s(static_cast<size_t>(N * (K / gs))), x(static_cast<size_t>(M * K)), y(M * N), e(3 * K);
   for (auto& v : s) v = ud(rng);
+  std::vector<uint16_t> s16(s.size());
+  if (f16)  // normal halves in [2^-8, 2^-6): exponent field 7..8, random mantissa; the reference reads them back
+    for (size_t i = 0; i < s.size(); ++i) {
+      s16[i] = static_cast<uint16_t>(((7 + byte(rng) % 2) << 10) | (byte(rng) * 4 + byte(rng) % 4));
+      s[i] = static_cast<float>(half_value(s16[i]));
+    }
+  const void* sp = f16 ? static_cast<const void*>(s16.data()) : static_cast<const void*>(s.data());
+  const int32_t sd = f16 ? qwen35::kWqF16 : qwen35::kWqF32;
   for (auto& v : x) v = nd(rng);
   char err[256];
   const int64_t dims[3] = {M, N, K};
-  if (qwen35_linear_wq(x.data(), q.data(), s.data(), y.data(), dims, bits, gs, qwen35::kWqF32, 1, err, sizeof err)) {
+  if (qwen35_linear_wq(x.data(), q.data(), sp, y.data(), dims, bits, gs, sd, 1, err, sizeof err)) {
     std::printf("error: %s\n", err);
     return false;
   }
@@ -48,7 +62,7 @@ bool run_case(int bits, int64_t M, int64_t N, int64_t K, int64_t gs) {
     }
   const int64_t idx[3] = {N - 1, 0, N / 2};
   const int64_t edims[3] = {3, N, K};
-  if (qwen35_embedding_wq(q.data(), s.data(), idx, e.data(), edims, bits, gs, qwen35::kWqF32, 1, err, sizeof err)) {
+  if (qwen35_embedding_wq(q.data(), sp, idx, e.data(), edims, bits, gs, sd, 1, err, sizeof err)) {
     std::printf("error: %s\n", err);
     return false;
   }
@@ -57,7 +71,7 @@ bool run_case(int bits, int64_t M, int64_t N, int64_t K, int64_t gs) {
     for (int64_t k = 0; k < K; ++k)
       gather = std::fmax(gather, std::fabs(e[i * K + k] - code(q, bits, K, idx[i], k) * s[idx[i] * (K / gs) + k / gs]));
   const bool ok = worst <= 1e-5 && gather <= 1e-6;
-  std::printf("bits=%d M=%lld N=%lld K=%lld gs=%lld: linear rel err %.3g, gather abs err %.3g %s\n", bits,
+  std::printf("bits=%d%s M=%lld N=%lld K=%lld gs=%lld: linear rel err %.3g, gather abs err %.3g %s\n", bits, f16 ? " fp16-scales" : "",
               (long long)M, (long long)N, (long long)K, (long long)gs, worst, gather, ok ? "ok" : "FAIL");
   return ok;
 }
@@ -74,6 +88,8 @@ int main() {
   ok &= run_case(8, 1, 21, 40, 40);
   ok &= run_case(8, 5, 37, 80, 16);
   ok &= run_case(8, 2, 9, 512, 512);
+  ok &= run_case(4, 1, 33, 128, 32, true);
+  ok &= run_case(8, 3, 17, 96, 96, true);
   // a bad argument is refused with its name
   char err[256];
   const int64_t dims[3] = {1, 4, 64};
