@@ -49,7 +49,10 @@ def run_one(source: str, qlinear: str, layout: str, max_seq_len: int, chunk: int
         "weight_bytes": conv["weight_bytes"], "params": m["model"]["params"],
         "states": [b for b in m["state"]["buffers"] if b["storage"] == "coreml_state"],
         "host_io": [b for b in m["state"]["buffers"] if b["storage"] == "host_io"],
-        "ops": m["program"]["graph"],
+        "packages": [{k: p[k] for k in ("file", "layers", "bytes")} for p in m["program"]["packages"]],
+        # one package: {function: {"ops": ...}}; split: {package: {function: {"ops": ...}}}
+        "ops": (m["program"]["graph"] if len(m["program"]["packages"]) > 1
+                else {m["program"]["file"]: m["program"]["graph"]}),
         "verification": {k: m["verification"][k] for k in ("max_abs_logit_diff", "top1_agreement", "top5_overlap",
                                                              "mean_kl", "greedy_identical", "passed", "gate")},
     }
@@ -65,7 +68,7 @@ def main(argv=None) -> None:
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
     rows = []
-    print(f"{'source':<8} {'qlinear':<6} {'layout':<6} {'export s':>8} {'RSS MB':>7} {'package MB':>10} "
+    print(f"{'source':<8} {'qlinear':<6} {'layout':<6} {'export s':>8} {'RSS MB':>7} {'package MB':>10} {'pkgs':>4} "
           f"{'ops dec/pre':>11} {'states':>6} {'top-1':>6} {'KL':>9} {'max|dlogit|':>11}")
     for source in args.source:
         for layout in args.gdn_layout:
@@ -73,13 +76,14 @@ def main(argv=None) -> None:
                 r = run_one(source, q, layout, args.max_seq_len, args.prefill_chunk)
                 rows.append(r)
                 v = r["verification"]
-                n_ops = "/".join(str(sum(r["ops"][f]["ops"].values())) for f in ("decode", "prefill"))
+                n_ops = "/".join(str(sum(sum(pkg[f]["ops"].values()) for pkg in r["ops"].values()))
+                                 for f in ("decode", "prefill"))
                 print(f"{source:<8} {q:<6} {layout:<6} {r['export_seconds']:>8.1f} {r['peak_rss_bytes'] / 1e6:>7.0f} "
-                      f"{r['package_bytes'] / 1e6:>10.2f} {n_ops:>11} {len(r['states']):>6} "
+                      f"{r['package_bytes'] / 1e6:>10.2f} {len(r['packages']):>4} {n_ops:>11} {len(r['states']):>6} "
                       f"{v['top1_agreement']:>6.3f} {v['mean_kl']:>9.2e} {v['max_abs_logit_diff']:>11.3g}", flush=True)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"host": platform.platform(), "rows": rows}, indent=2) + "\n")
+                if args.json:  # after every row: a long run that fails later keeps what it measured
+                    args.json.parent.mkdir(parents=True, exist_ok=True)
+                    args.json.write_text(json.dumps({"host": platform.platform(), "rows": rows}, indent=2) + "\n")
 
 
 if __name__ == "__main__":

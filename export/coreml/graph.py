@@ -13,9 +13,9 @@ The delta-net layers' state takes one of two layouts (GDN_LAYOUTS), compared in 
     "state": two more fp16 states, gdn_conv and gdn_rec (three states per package).
 
 Every function takes tokens [1,T] int32 and input_pos [T] int32 (absolute positions) and returns the last position's
-logits [1,1,vocab] fp32 (packages of a split model pass hidden states between them instead, see CoreMLDecoder). A call with input_pos[0] == 0 starts a new sequence: every state is zeroed first in-graph, so a
-state the device hands out uninitialised (or holding the previous conversation) never leaks, and masked cache slots can
-never hold NaN. The reference for all of it is the stock `Qwen35ForCausalLM` with fp16 attention caches (`fp16_kv`).
+logits [1,1,vocab] fp32 (packages of a split model pass hidden states between them instead, see CoreMLDecoder).
+A call with input_pos[0] == 0 starts a new sequence: every state is zeroed first in-graph, so a state the device hands
+out uninitialised (or holding the previous conversation) never leaks, and masked cache slots can never hold NaN. The reference for all of it is the stock `Qwen35ForCausalLM` with fp16 attention caches (`fp16_kv`).
 """
 
 from __future__ import annotations
