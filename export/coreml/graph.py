@@ -15,7 +15,8 @@ The delta-net layers' state takes one of two layouts (GDN_LAYOUTS), compared in 
 Every function takes tokens [1,T] int32 and input_pos [T] int32 (absolute positions) and returns the last position's
 logits [1,1,vocab] fp32 (packages of a split model pass hidden states between them instead, see CoreMLDecoder).
 A call with input_pos[0] == 0 starts a new sequence: every state is zeroed first in-graph, so a state the device hands
-out uninitialised (or holding the previous conversation) never leaks, and masked cache slots can never hold NaN. The reference for all of it is the stock `Qwen35ForCausalLM` with fp16 attention caches (`fp16_kv`).
+out uninitialised (or holding the previous conversation) never leaks, and masked cache slots can never hold NaN.
+The reference for all of it is the stock `Qwen35ForCausalLM` with fp16 attention caches (`fp16_kv`).
 """
 
 from __future__ import annotations
