@@ -136,6 +136,8 @@ def _print_timings(n_prompt, out, t_prefill, t_decode, what):
 def cmd_export(args) -> int:
     from qwen_mobile.export.api import export
 
+    if args.recipe in ("coreml", "coreml-pte"):
+        return _export_coreml(args)
     overrides = dict(recipe=args.recipe, qlinear=args.qlinear, qembedding=args.qembedding, group_size=args.group_size,
                      max_seq_len=args.max_seq_len, max_prefill_chunk=args.max_prefill_chunk)
     gate = {"on": True, "off": False, "auto": None}[args.quality_gate]
@@ -145,32 +147,70 @@ def cmd_export(args) -> int:
     return 0
 
 
+def _export_coreml(args) -> int:
+    """--recipe coreml / coreml-pte: Core ML packages (or a .pte inside one Core ML delegate) for iOS 18+."""
+    for flag, value in (("--qembedding", args.qembedding), ("--group-size", args.group_size)):
+        if value is not None:
+            raise ValueError(f"{flag}: not a Core ML flag (the recipe quantizes the embedding with the linears and "
+                             "uses blocks of 32 for 4w)")
+    gate = {"on": True, "off": False, "auto": None}[args.quality_gate]
+    common = dict(qlinear=args.qlinear or "fp16", max_seq_len=args.max_seq_len or 1024,
+                  prefill_chunk=args.max_prefill_chunk or 64, quality_gate=gate, force=args.force,
+                  progress=not args.no_progress)
+    if args.recipe == "coreml":
+        from qwen_mobile.export.coreml import export_coreml
+
+        manifest = export_coreml(args.source, args.out, gdn_layout=args.gdn_layout, head_fp32=args.head_fp32,
+                                 max_package_bytes=int(args.max_package_mb * 1e6), **common)
+    else:
+        from qwen_mobile.export.coreml.pte import export_coreml_pte
+
+        if args.gdn_layout != "io" or args.head_fp32:
+            raise ValueError("--gdn-layout/--head-fp32 apply to --recipe coreml only")
+        manifest = export_coreml_pte(args.source, args.out, **common)
+    print(export_summary(manifest, Path(args.out)))
+    return 0
+
+
 def export_summary(manifest: dict, out: Path) -> str:
+    """The table printed at the end of an export, for every recipe."""
     recipe, ver, exp = manifest["recipe"], manifest["verification"], manifest["export"]
-    graph = manifest["program"]["graph"]
-    files = manifest["files"]
+    program, files = manifest["program"], manifest["files"]
     size = sum(f["bytes"] for f in files.values())
-    outside = {m: sum(g["ops_outside_delegates"].values()) for m, g in graph.items()}
+    main = [n for n in files if n.split("/")[0] == program["file"] or n.startswith(program["file"] + "/")]
+    main_bytes = sum(files[n]["bytes"] for n in main)
     rows = [
         ("bundle", str(out)),
         ("model", f"{manifest['model']['id']} ({manifest['model']['params'] / 1e6:.1f} M params"
                   f"{', random weights' if manifest['model']['random_weights'] else ''})"),
         ("recipe", f"{recipe['name']} qlinear={recipe['qlinear']} qembedding={recipe['qembedding']} "
-                   f"group={recipe['group_size']}" + (f" (preset {recipe['preset']})" if recipe["preset"] else "")),
-        ("size", f"{files['model.pte']['bytes'] / 1e6:.1f} MB model.pte, {size / 1e6:.1f} MB bundle"
+                   f"group={recipe['group_size']}" + (f" (preset {recipe['preset']})" if recipe.get("preset") else "")),
+        ("size", f"{main_bytes / 1e6:.1f} MB {program['file']}, {size / 1e6:.1f} MB bundle"
                  + (", tied table stored twice" if recipe.get("tied_table_copies", 1) > 1 else "")),
         ("methods", ", ".join(f"{m} (T {d['min_tokens']}..{d['max_tokens']})" if "max_tokens" in d else m
-                              for m, d in manifest["program"]["methods"].items())),
+                              for m, d in program["methods"].items())),
         ("context", f"{manifest['state']['max_seq_len']} tokens"),
-        ("delegation", "; ".join(f"{m}: {g['delegate_calls']} XNNPACK calls, {outside[m]} ops outside"
-                                 for m, g in graph.items() if m in ("forward", "decode"))),
+    ]
+    graph = program.get("graph", {})
+    if recipe["name"] == "xnnpack":
+        rows.append(("delegation", "; ".join(
+            f"{m}: {g['delegate_calls']} XNNPACK calls, {sum(g['ops_outside_delegates'].values())} ops outside"
+            for m, g in graph.items() if m in ("forward", "decode"))))
+    elif recipe["name"] == "coreml":
+        packages = program.get("packages") or [program["file"]]
+        rows.append(("packages", f"{len(packages)} ({program.get('chain', 'one package')})"))
+    if "delegation" in program and isinstance(program["delegation"], str):
+        rows.append(("delegation", program["delegation"]))
+    rows += [
         ("verification", f"{'PASS' if ver['passed'] else 'FAIL'}: top-1 {ver['top1_agreement']:.1%}, "
                          f"max |dlogit| {ver['max_abs_logit_diff']:.2e}, KL {ver['mean_kl']:.2e} "
-                         f"over {ver['steps']} steps [{ver['gate']}]"),
+                         f"over {ver['steps']} steps [{ver['gate']}]"
+                         + (f"; {ver['evaluator']}" if ver.get("evaluator") else "")),
         ("export time", f"{exp['seconds']:.0f} s (" + ", ".join(f"{k} {v:.0f}s" for k, v in
                                                             exp["stage_seconds"].items()) + ")"),
-        ("peak RSS", f"{exp['peak_rss_bytes'] / 1e9:.2f} GB"),
     ]
+    if exp.get("peak_rss_bytes"):
+        rows.append(("peak RSS", f"{exp['peak_rss_bytes'] / 1e9:.2f} GB"))
     return _table(rows, title="qwen-mobile export")
 
 
@@ -249,14 +289,22 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Presets (export/presets/*.yaml) set every flag; explicit flags override them.\n"
                "  xnnpack-8da4w  phone default: int8 dynamic activations x int4 weights, 4-bit embedding\n"
                "  xnnpack-8da8w  int8 dynamic activations x int8 weights, 8-bit embedding\n"
-               "  xnnpack-fp32   full precision; the reference")
+               "  xnnpack-8w     weight-only int8 through our kernels, tied table stored once\n"
+               "  xnnpack-4w     weight-only int4 (group 32) through our kernels, tied table stored once\n"
+               "  xnnpack-fp32   full precision; the reference\n"
+               "Core ML recipes take no preset: --recipe coreml --qlinear {fp16,8w,4w} (see export/coreml/README.md).")
     add_source(p)
     p.add_argument("--out", required=True, help="bundle folder to create (refused if it exists, unless --force)")
     p.add_argument("--preset", default="xnnpack-8da4w", help="reviewed settings to start from (default: %(default)s)")
-    p.add_argument("--recipe", choices=["xnnpack"], help="backend recipe: xnnpack = ExecuTorch .pte for Android/iOS CPU")
-    p.add_argument("--qlinear", choices=RECIPE_QLINEAR["xnnpack"],
-                   help="linear layers: 8da4w = int8 dynamic activations x int4 group-wise weights (smallest); "
-                        "8da8w = int8 dynamic activations x int8 per-channel weights; fp32 = none")
+    p.add_argument("--recipe", choices=["xnnpack", "coreml", "coreml-pte"],
+                   help="backend: xnnpack = ExecuTorch .pte for Android/iOS CPU (default); coreml = stateful "
+                        "multifunction .mlpackage for iOS 18+; coreml-pte = ExecuTorch .pte entirely inside the "
+                        "Core ML delegate (see export/coreml/README.md)")
+    p.add_argument("--qlinear", choices=list(dict.fromkeys([*RECIPE_QLINEAR["xnnpack"], "fp16", "8w", "4w"])),
+                   help="linear layers. xnnpack: 8da4w = int8 dynamic activations x int4 group-wise weights "
+                        "(default); 8da8w = int8 dynamic activations x int8 per-channel weights; 8w / 4w = "
+                        "weight-only int8 / int4 through our kernels (tied table stored once); fp32 = none. "
+                        "coreml: fp16 (default), 8w, 4w (blocks of 32), fp32 (verification only)")
     p.add_argument("--qembedding", choices=QEMBEDDING, help="embedding table: 4w/8w weight-only, or none")
     p.add_argument("--group-size", type=int, choices=GROUP_SIZES,
                    help="weights per scale for group-wise int4 (smaller = more accurate, larger file)")
@@ -268,6 +316,14 @@ def build_parser() -> argparse.ArgumentParser:
                         "random-weight presets, where agreement means nothing); fp32 is always checked at 1e-4")
     p.add_argument("--force", action="store_true", help="replace an existing --out")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    g = p.add_argument_group("Core ML only (--recipe coreml)")
+    g.add_argument("--gdn-layout", choices=["io", "state"], default="io",
+                   help="delta-net conv/recurrent state: 'io' = fp32 tensors in and out of each call, one Core ML "
+                        "state per package (default, chosen by measured drift); 'state' = fp16 Core ML states")
+    g.add_argument("--head-fp32", action="store_true", help="keep the vocabulary projection in fp32")
+    g.add_argument("--max-package-mb", type=float, default=1400.0,
+                   help="split the layers over chained packages above this size (Neural Engine compile limit; "
+                        "default %(default)s)")
     p.set_defaults(func=cmd_export)
 
     add_bundle_commands(sub, add_prompt)
