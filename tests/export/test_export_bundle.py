@@ -132,8 +132,8 @@ def test_quantized_bundle_runs_and_records_what_it_did(q_hv2x):
 def test_bad_flags_are_refused_with_the_valid_choices(tmp_path):
     with pytest.raises(ValueError, match=r"--qlinear '3w'.*valid: \['fp32', '8da4w'"):
         export("tiny", tmp_path / "b", preset=None, qlinear="3w", qembedding="none", progress=False)
-    with pytest.raises(ValueError, match=r"--qlinear '8w': not valid for recipe xnnpack; valid: \['fp32', '8da4w', '8da8w'\]"):
-        export("tiny", tmp_path / "b", qlinear="8w", progress=False)  # weight-only: not lowerable in ET 1.5.1
+    with pytest.raises(ValueError, match=r"--qembedding '2w': not valid for recipe xnnpack; valid: \['none', '8w', '4w'\]"):
+        export("tiny", tmp_path / "b", qembedding="2w", progress=False)  # 8w/4w linears are lowerable since linear_wq
     with pytest.raises(ValueError, match=r"--recipe 'coreml'.*valid recipes: \['xnnpack'\]"):
         export("tiny", tmp_path / "b", recipe="coreml", progress=False)
     with pytest.raises(ValueError, match="--max-seq-len 4096 exceeds the model's max_position_embeddings"):
