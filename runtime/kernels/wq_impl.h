@@ -239,39 +239,28 @@ static void dequant_row(const void* scales, int32_t scale_dtype, int64_t K, int6
   }
 }
 
-static inline float dot_f32(const float* a, const float* b, int64_t K) {
-  Vec s0 = vzero(), s1 = vzero();
-  int64_t k = 0;
-  for (; k + 2 * W <= K; k += 2 * W) {
-    s0 = vfma(vload(a + k), vload(b + k), s0);
-    s1 = vfma(vload(a + k + W), vload(b + k + W), s1);
-  }
-  float t = vhsum(vadd(s0, s1));
-  for (; k < K; ++k) t += a[k] * b[k];
-  return t;
-}
+// Prefill micro-kernel (BLIS style): an MR x NR block of out from a k-major panel of NR dequantized weight rows
+// (panel[k * NR + j] = w[n + j, k]) and MR rows of x, broadcast one element at a time. MR * 2 vector accumulators stay
+// in registers; per k: 2 panel loads, MR broadcasts, 2 * MR FMAs.
+constexpr int kNR = 2 * W;
+constexpr int kMR = 6;
 
-// R weight rows x C rows of x, all fp32, K long: R*C dot products sharing every load (out[c][r]).
-template <int R, int C>
-static inline void tile(const float* const* w, const float* const* x, int64_t K, float (*out)[4]) {
-  Vec acc[R][C];
-  for (int r = 0; r < R; ++r)
-    for (int c = 0; c < C; ++c) acc[r][c] = vzero();
-  int64_t k = 0;
-  for (; k + W <= K; k += W) {
-    Vec xv[C];
-    for (int c = 0; c < C; ++c) xv[c] = vload(x[c] + k);
-    for (int r = 0; r < R; ++r) {
-      const Vec wv = vload(w[r] + k);
-      for (int c = 0; c < C; ++c) acc[r][c] = vfma(wv, xv[c], acc[r][c]);
+template <int MR>
+static inline void micro(const float* panel, const float* const* x, int64_t K, float (*out)[kNR]) {
+  Vec acc[MR][2];
+  for (int i = 0; i < MR; ++i) acc[i][0] = acc[i][1] = vzero();
+  for (int64_t k = 0; k < K; ++k) {
+    const Vec b0 = vload(panel + k * kNR), b1 = vload(panel + k * kNR + W);
+    for (int i = 0; i < MR; ++i) {
+      const Vec a = vset1(x[i][k]);
+      acc[i][0] = vfma(a, b0, acc[i][0]);
+      acc[i][1] = vfma(a, b1, acc[i][1]);
     }
   }
-  for (int r = 0; r < R; ++r)
-    for (int c = 0; c < C; ++c) {
-      float t = vhsum(acc[r][c]);
-      for (int64_t kk = k; kk < K; ++kk) t += w[r][kk] * x[c][kk];
-      out[c][r] = t;
-    }
+  for (int i = 0; i < MR; ++i) {
+    vstore(out[i], acc[i][0]);
+    vstore(out[i] + W, acc[i][1]);
+  }
 }
 
 template <int BITS>
@@ -288,31 +277,32 @@ static void linear_rows(const WqLinear& p, int64_t n0, int64_t n1) {
     }
     return;
   }
-  // Prefill: dequantize kRows weight rows into a per-thread buffer (never the matrix), then kRows x 2 register tiles
-  // over the rows of x, so each loaded weight vector feeds two FMAs and each x vector four.
-  constexpr int kRows = 4;
-  std::vector<float> wbuf(static_cast<size_t>(kRows * p.K));
-  float tile_out[2][4];
-  for (int64_t n = n0; n < n1; n += kRows) {
-    const int rows = static_cast<int>(std::min<int64_t>(kRows, n1 - n));
-    const float* w[kRows];
-    for (int r = 0; r < rows; ++r) {
-      dequant_row<BITS>(p.scales, p.scale_dtype, p.K, p.group_size, qw + (n + r) * row_bytes, n + r,
-                        wbuf.data() + r * p.K);
-      w[r] = wbuf.data() + r * p.K;
-    }
-    for (int64_t m = 0; m < p.M; m += 2) {
-      const int cols = static_cast<int>(std::min<int64_t>(2, p.M - m));
-      const float* x[2] = {p.x + m * p.K, p.x + (m + cols - 1) * p.K};
-      if (rows == kRows && cols == 2)
-        tile<kRows, 2>(w, x, p.K, tile_out);
-      else if (rows == kRows)
-        tile<kRows, 1>(w, x, p.K, tile_out);
+  // Prefill: dequantize kNR weight rows into a k-major panel (per thread, never the matrix), then kMR x kNR blocks.
+  std::vector<float> panel(static_cast<size_t>(p.K * kNR)), row(static_cast<size_t>(p.K));
+  float block[kMR][kNR];
+  for (int64_t n = n0; n < n1; n += kNR) {
+    const int nr = static_cast<int>(std::min<int64_t>(kNR, n1 - n));
+    for (int j = 0; j < kNR; ++j) {
+      if (j < nr)
+        dequant_row<BITS>(p.scales, p.scale_dtype, p.K, p.group_size, qw + (n + j) * row_bytes, n + j, row.data());
       else
-        for (int r = 0; r < rows; ++r)
-          for (int c = 0; c < cols; ++c) tile_out[c][r] = dot_f32(w[r], x[c], p.K);
-      for (int c = 0; c < cols; ++c)
-        for (int r = 0; r < rows; ++r) p.out[(m + c) * p.N + n + r] = tile_out[c][r];
+        std::fill(row.begin(), row.end(), 0.f);  // padding columns, discarded
+      for (int64_t k = 0; k < p.K; ++k) panel[k * kNR + j] = row[k];
+    }
+    for (int64_t m = 0; m < p.M; m += kMR) {
+      const int mr = static_cast<int>(std::min<int64_t>(kMR, p.M - m));
+      const float* x[kMR];
+      for (int i = 0; i < kMR; ++i) x[i] = p.x + (m + std::min(i, mr - 1)) * p.K;
+      switch (mr) {
+        case 6: micro<6>(panel.data(), x, p.K, block); break;
+        case 5: micro<5>(panel.data(), x, p.K, block); break;
+        case 4: micro<4>(panel.data(), x, p.K, block); break;
+        case 3: micro<3>(panel.data(), x, p.K, block); break;
+        case 2: micro<2>(panel.data(), x, p.K, block); break;
+        default: micro<1>(panel.data(), x, p.K, block); break;
+      }
+      for (int i = 0; i < mr; ++i)
+        for (int j = 0; j < nr; ++j) p.out[(m + i) * p.N + n + j] = block[i][j];
     }
   }
 }
