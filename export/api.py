@@ -167,6 +167,41 @@ class ExportSettings:
         return settings
 
 
+@dataclass
+class OpenedSource:
+    """What every exporter needs to know about SOURCE before it loads any weight."""
+
+    source_dir: Path | None  # None for a preset (random weights)
+    config: Qwen35Config
+    tokenizer: object | None  # tokenizers.Tokenizer when the folder has tokenizer.json
+    random_weights: bool
+
+
+def open_source(source: str, out: str | Path, *, force: bool) -> OpenedSource:
+    """Refuse an existing --out without --force, resolve SOURCE, read its config and tokenizer (warning without one)."""
+    import warnings
+
+    if Path(out).exists() and not force:
+        raise FileExistsError(f"--out {out} already exists; pass --force to replace it")
+    resolved = resolve_source(source)
+    source_dir = resolved if isinstance(resolved, Path) else None
+    config = Qwen35Config.from_json(source_dir) if source_dir else Qwen35Config.from_preset(str(resolved))
+    tokenizer = None
+    if source_dir and (source_dir / "tokenizer.json").is_file():
+        from tokenizers import Tokenizer
+
+        tokenizer = Tokenizer.from_file(str(source_dir / "tokenizer.json"))
+    else:
+        warnings.warn(f"SOURCE {source}: no tokenizer.json; the bundle will be run with token ids only")
+    return OpenedSource(source_dir, config, tokenizer, random_weights=source_dir is None)
+
+
+def check_context(max_seq_len: int, config: Qwen35Config) -> None:
+    if max_seq_len > config.max_position_embeddings:
+        raise ValueError(f"--max-seq-len {max_seq_len} exceeds the model's max_position_embeddings "
+                         f"({config.max_position_embeddings})")
+
+
 def _stop_ids(config: Qwen35Config, tokenizer) -> list[int]:
     ids = list(config.eos_token_id)
     if tokenizer is not None:
@@ -204,30 +239,19 @@ def export(source: str, out: str | Path, *, preset: str | None = DEFAULT_PRESET,
 
     settings = ExportSettings.resolve(preset, **overrides)
     out = Path(out)
-    if out.exists() and not force:
-        raise FileExistsError(f"--out {out} already exists; pass --force to replace it")
-    resolved = resolve_source(source)
-    source_dir = resolved if isinstance(resolved, Path) else None
-    config = Qwen35Config.from_json(source_dir) if source_dir else Qwen35Config.from_preset(str(resolved))
+    opened = open_source(source, out, force=force)
+    source_dir, config, tokenizer, random_weights = (opened.source_dir, opened.config, opened.tokenizer,
+                                                     opened.random_weights)
     if settings.max_seq_len > config.max_position_embeddings:
         if overrides.get("max_seq_len") is not None:
-            raise ValueError(f"--max-seq-len {settings.max_seq_len} exceeds the model's max_position_embeddings "
-                             f"({config.max_position_embeddings})")
+            check_context(settings.max_seq_len, config)
         # Only the preset's default is too long for this model: use the model's whole context instead.
         warnings.warn(f"the preset's max_seq_len {settings.max_seq_len} exceeds {source}'s max_position_embeddings; "
                       f"using {config.max_position_embeddings}")
         settings.max_seq_len = config.max_position_embeddings
         settings.max_prefill_chunk = min(settings.max_prefill_chunk, settings.max_seq_len)
-    random_weights = source_dir is None
     if quality_gate is None:
         quality_gate = not random_weights
-    tokenizer = None
-    if source_dir and (source_dir / "tokenizer.json").is_file():
-        from tokenizers import Tokenizer
-
-        tokenizer = Tokenizer.from_file(str(source_dir / "tokenizer.json"))
-    else:
-        warnings.warn(f"SOURCE {source}: no tokenizer.json; the bundle will be run with token ids only")
 
     stages = ["load", "quantize", "export", "lower", "write", "verify"]
     bar = tqdm(total=len(stages), desc="export", unit="stage", disable=not progress, leave=False)

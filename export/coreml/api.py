@@ -54,9 +54,8 @@ def export_coreml(source: str, out: str | Path, *, qlinear: str = "fp16", max_se
     """
     import coremltools  # noqa: F401  (the [coreml] extra; fail before any work)
 
-    from qwen_mobile.export.api import _size_name, _stop_ids, _toolkit_version, load_model, resolve_source
+    from qwen_mobile.export.api import _size_name, _stop_ids, _toolkit_version, check_context, load_model, open_source
     from qwen_mobile.export.verify import compare_with_eager, gate
-    from qwen_mobile.models import Qwen35Config
     from qwen_mobile.runtime import bundle
 
     from .convert import build_package
@@ -78,24 +77,12 @@ def export_coreml(source: str, out: str | Path, *, qlinear: str = "fp16", max_se
     if gdn_fp32 and qlinear == "fp32":
         raise ValueError("--gdn-fp32 only applies to fp16 programs; --qlinear fp32 is fp32 throughout")
     out = Path(out)
-    if out.exists() and not force:
-        raise FileExistsError(f"--out {out} already exists; pass --force to replace it")
-    resolved = resolve_source(source)
-    source_dir = resolved if isinstance(resolved, Path) else None
-    config = Qwen35Config.from_json(source_dir) if source_dir else Qwen35Config.from_preset(str(resolved))
-    if max_seq_len > config.max_position_embeddings:
-        raise ValueError(f"--max-seq-len {max_seq_len} exceeds the model's max_position_embeddings "
-                         f"({config.max_position_embeddings})")
-    random_weights = source_dir is None
+    opened = open_source(source, out, force=force)
+    source_dir, config, tokenizer, random_weights = (opened.source_dir, opened.config, opened.tokenizer,
+                                                     opened.random_weights)
+    check_context(max_seq_len, config)
     if quality_gate is None:
         quality_gate = not random_weights
-    tokenizer = None
-    if source_dir and (source_dir / "tokenizer.json").is_file():
-        from tokenizers import Tokenizer
-
-        tokenizer = Tokenizer.from_file(str(source_dir / "tokenizer.json"))
-    else:
-        warnings.warn(f"SOURCE {source}: no tokenizer.json; the bundle will be run with token ids only")
 
     say = (lambda msg: print(f"[coreml] {msg}", flush=True)) if progress else (lambda msg: None)
     t_all = time.perf_counter()

@@ -17,7 +17,6 @@ import json
 import shutil
 import tempfile
 import time
-import warnings
 from pathlib import Path
 
 from .api import FP32_REL_TOL, QUALITY_FLOORS, VERIFY_DECODE_STEPS, check_package_spec, verification_prompt
@@ -117,9 +116,8 @@ def export_coreml_pte(source: str, out: str | Path, *, qlinear: str = "fp16", ma
     """
     import coremltools  # noqa: F401
 
-    from qwen_mobile.export.api import _size_name, _stop_ids, _toolkit_version, load_model, resolve_source
+    from qwen_mobile.export.api import _size_name, _stop_ids, _toolkit_version, check_context, load_model, open_source
     from qwen_mobile.export.verify import compare_with_eager, gate
-    from qwen_mobile.models import Qwen35Config
     from qwen_mobile.runtime import bundle
 
     from .evaluator import MILModel
@@ -130,23 +128,12 @@ def export_coreml_pte(source: str, out: str | Path, *, qlinear: str = "fp16", ma
     if prefill_chunk < 2 or prefill_chunk > max_seq_len:
         raise ValueError(f"--prefill-chunk {prefill_chunk}: must be in [2, --max-seq-len {max_seq_len}]")
     out = Path(out)
-    if out.exists() and not force:
-        raise FileExistsError(f"--out {out} already exists; pass --force to replace it")
-    resolved = resolve_source(source)
-    source_dir = resolved if isinstance(resolved, Path) else None
-    config = Qwen35Config.from_json(source_dir) if source_dir else Qwen35Config.from_preset(str(resolved))
-    if max_seq_len > config.max_position_embeddings:
-        raise ValueError(f"--max-seq-len {max_seq_len} exceeds the model's max_position_embeddings "
-                         f"({config.max_position_embeddings})")
-    random_weights = source_dir is None
-    quality_gate = (not random_weights) if quality_gate is None else quality_gate
-    tokenizer = None
-    if source_dir and (source_dir / "tokenizer.json").is_file():
-        from tokenizers import Tokenizer
-
-        tokenizer = Tokenizer.from_file(str(source_dir / "tokenizer.json"))
-    else:
-        warnings.warn(f"SOURCE {source}: no tokenizer.json; the bundle will be run with token ids only")
+    opened = open_source(source, out, force=force)
+    source_dir, config, tokenizer, random_weights = (opened.source_dir, opened.config, opened.tokenizer,
+                                                     opened.random_weights)
+    check_context(max_seq_len, config)
+    if quality_gate is None:
+        quality_gate = not random_weights
     say = (lambda msg: print(f"[coreml-pte] {msg}", flush=True)) if progress else (lambda msg: None)
 
     t_all = time.perf_counter()
