@@ -3,10 +3,11 @@
 
 #include <algorithm>
 #include <atomic>
-#include <cstdarg>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+
+#include "arg_check.h"
 
 #ifdef ET_USE_THREADPOOL
 #include <executorch/runtime/kernel/thread_parallel_interface.h>
@@ -33,25 +34,10 @@ const char* dtype_name(int32_t dt) {
   }
 }
 
-bool fail(char* err, size_t len, const char* fmt, ...) {
-  if (err && len) {
-    int n = std::snprintf(err, len, "qwen35::gated_delta_rule: ");
-    if (n < 0) n = 0;
-    va_list ap;
-    va_start(ap, fmt);
-    if (static_cast<size_t>(n) < len) std::vsnprintf(err + n, len - n, fmt, ap);
-    va_end(ap);
-  }
-  return false;
-}
-
-void shape_str(const ArgDesc& a, char* buf, size_t len) {
-  size_t pos = 0;
-  pos += std::snprintf(buf + pos, len - pos, "[");
-  for (int64_t i = 0; i < a.ndim && pos < len; ++i)
-    pos += std::snprintf(buf + pos, len - pos, i ? ", %lld" : "%lld", static_cast<long long>(a.sizes[i]));
-  if (pos < len) std::snprintf(buf + pos, len - pos, "]");
-}
+constexpr const char* kOp = "gated_delta_rule";
+using check::fail;
+using check::overlaps;
+using check::shape_str;
 
 bool has_avx2() {
 #if defined(QWEN35_HAVE_AVX2_TU) && (defined(__x86_64__) || defined(__i386__))
@@ -82,12 +68,12 @@ bool validate(const ArgDesc& q, const ArgDesc& k, const ArgDesc& v, const ArgDes
   const ArgDesc* floats[] = {&q, &k, &v, &g, &beta};
   for (const ArgDesc* a : floats)
     if (a->dtype != kFloat32 && a->dtype != kFloat16 && a->dtype != kBFloat16)
-      return fail(err, len, "argument '%s' must be float32, float16 or bfloat16, got %s", a->name,
+      return fail(kOp, err, len, "argument '%s' must be float32, float16 or bfloat16, got %s", a->name,
                   dtype_name(a->dtype));
   if (state.dtype != kFloat32)
-    return fail(err, len, "argument 'state' must be float32, got %s", dtype_name(state.dtype));
+    return fail(kOp, err, len, "argument 'state' must be float32, got %s", dtype_name(state.dtype));
   if (out.dtype != v.dtype)
-    return fail(err, len, "argument 'out' must have v's dtype %s, got %s", dtype_name(v.dtype),
+    return fail(kOp, err, len, "argument 'out' must have v's dtype %s, got %s", dtype_name(v.dtype),
                 dtype_name(out.dtype));
   const struct {
     const ArgDesc* a;
@@ -97,56 +83,53 @@ bool validate(const ArgDesc& q, const ArgDesc& k, const ArgDesc& v, const ArgDes
                {&g, 3, "[B, T, Hv]"},    {&beta, 3, "[B, T, Hv]"}, {&state, 4, "[B, Hv, K, V]"}};
   for (const auto& r : ranks)
     if (r.a->ndim != r.rank)
-      return fail(err, len, "argument '%s' must be %lldD %s, got %lldD", r.a->name,
+      return fail(kOp, err, len, "argument '%s' must be %lldD %s, got %lldD", r.a->name,
                   static_cast<long long>(r.rank), r.layout, static_cast<long long>(r.a->ndim));
   const int64_t B = q.sizes[0], T = q.sizes[1], Hk = q.sizes[2], K = q.sizes[3];
   const int64_t Hv = v.sizes[2], V = v.sizes[3];
   if (Hk < 1 || K < 1) {
     shape_str(q, sbuf, sizeof sbuf);
-    return fail(err, len, "argument 'q' needs Hk >= 1 and K >= 1, got %s", sbuf);
+    return fail(kOp, err, len, "argument 'q' needs Hk >= 1 and K >= 1, got %s", sbuf);
   }
   for (int i = 0; i < 4; ++i)
     if (k.sizes[i] != q.sizes[i]) {
       char qb[128];
       shape_str(q, qb, sizeof qb);
       shape_str(k, sbuf, sizeof sbuf);
-      return fail(err, len, "argument 'k' has shape %s, must equal q's %s [B, T, Hk, K]", sbuf, qb);
+      return fail(kOp, err, len, "argument 'k' has shape %s, must equal q's %s [B, T, Hk, K]", sbuf, qb);
     }
   if (v.sizes[0] != B || v.sizes[1] != T) {
     shape_str(v, sbuf, sizeof sbuf);
-    return fail(err, len, "argument 'v' has shape %s, its B, T must match q's (%lld, %lld)", sbuf,
+    return fail(kOp, err, len, "argument 'v' has shape %s, its B, T must match q's (%lld, %lld)", sbuf,
                 static_cast<long long>(B), static_cast<long long>(T));
   }
   if (Hv < 1 || V < 1 || Hv % Hk != 0)
-    return fail(err, len, "argument 'v' has Hv=%lld value heads, must be a positive multiple of Hk=%lld",
+    return fail(kOp, err, len, "argument 'v' has Hv=%lld value heads, must be a positive multiple of Hk=%lld",
                 static_cast<long long>(Hv), static_cast<long long>(Hk));
   for (const ArgDesc* a : {&g, &beta})
     if (a->sizes[0] != B || a->sizes[1] != T || a->sizes[2] != Hv) {
       shape_str(*a, sbuf, sizeof sbuf);
-      return fail(err, len, "argument '%s' has shape %s, must be [B, T, Hv] = [%lld, %lld, %lld]", a->name, sbuf,
+      return fail(kOp, err, len, "argument '%s' has shape %s, must be [B, T, Hv] = [%lld, %lld, %lld]", a->name, sbuf,
                   static_cast<long long>(B), static_cast<long long>(T), static_cast<long long>(Hv));
     }
   if (state.sizes[0] != B || state.sizes[1] != Hv || state.sizes[2] != K || state.sizes[3] != V) {
     shape_str(state, sbuf, sizeof sbuf);
-    return fail(err, len, "argument 'state' has shape %s, must be [B, Hv, K, V] = [%lld, %lld, %lld, %lld]", sbuf,
+    return fail(kOp, err, len, "argument 'state' has shape %s, must be [B, Hv, K, V] = [%lld, %lld, %lld, %lld]", sbuf,
                 static_cast<long long>(B), static_cast<long long>(Hv), static_cast<long long>(K),
                 static_cast<long long>(V));
   }
   if (!out_resizable) {
     if (out.ndim != 4 || out.sizes[0] != B || out.sizes[1] != T || out.sizes[2] != Hv || out.sizes[3] != V) {
       shape_str(out, sbuf, sizeof sbuf);
-      return fail(err, len, "argument 'out' has shape %s, must be [B, T, Hv, V] = [%lld, %lld, %lld, %lld]", sbuf,
+      return fail(kOp, err, len, "argument 'out' has shape %s, must be [B, T, Hv, V] = [%lld, %lld, %lld, %lld]", sbuf,
                   static_cast<long long>(B), static_cast<long long>(T), static_cast<long long>(Hv),
                   static_cast<long long>(V));
     }
   }
   for (const ArgDesc* a : {&q, &k, &v, &g, &beta, &state, &out})
-    if (!a->contiguous) return fail(err, len, "argument '%s' must be contiguous", a->name);
+    if (!a->contiguous) return fail(kOp, err, len, "argument '%s' must be contiguous", a->name);
   // out must not overlap state (state is read while out is written).
-  const char* s0 = static_cast<const char*>(state.data);
-  const char* o0 = static_cast<const char*>(out.data);
-  if (s0 && o0 && out.nbytes > 0 && state.nbytes > 0 && o0 < s0 + state.nbytes && s0 < o0 + out.nbytes)
-    return fail(err, len, "argument 'out' must not alias 'state'");
+  if (overlaps(out, state)) return fail(kOp, err, len, "argument 'out' must not alias 'state'");
   return true;
 }
 

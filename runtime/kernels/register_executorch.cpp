@@ -12,8 +12,8 @@
 #include <executorch/runtime/kernel/operator_registry.h>
 #include <executorch/runtime/platform/log.h>
 
-#include <cstring>
 
+#include "et_register.h"
 #include "gated_delta_rule.h"
 
 namespace qwen35 {
@@ -99,26 +99,7 @@ void gated_delta_rule_out_boxed(KernelRuntimeContext& ctx, Span<EValue*> stack) 
 
 const Kernel kKernels[] = {Kernel(kOpName, gated_delta_rule_out_boxed)};
 
-// Registering a name twice aborts the process, so a second copy of this library
-// (or a second dlopen under another path) must not register again.
-bool already_registered() {
-  // Scans the registry instead of registry_has_op_function(), which logs an
-  // error for every miss.
-  const auto kernels = ::executorch::runtime::get_registered_kernels();
-  for (size_t i = 0; i < kernels.size(); ++i)
-    if (kernels[i].name_ && std::strcmp(kernels[i].name_, kOpName) == 0) return true;
-  return false;
-}
-
-bool register_once() {
-  if (already_registered()) {
-    ET_LOG(Info, "%s is already registered; not registering again", kOpName);
-    return false;
-  }
-  return ::executorch::runtime::register_kernels(Span<const Kernel>(kKernels, 1)) == Error::Ok;
-}
-
-const bool kRegistered = register_once();
+const bool kRegistered = register_kernels_once(kKernels, 1);
 
 }  // namespace
 }  // namespace qwen35

@@ -12,8 +12,8 @@
 #include <executorch/runtime/kernel/operator_registry.h>
 #include <executorch/runtime/platform/log.h>
 
-#include <cstring>
 
+#include "et_register.h"
 #include "wq.h"
 
 namespace qwen35 {
@@ -139,25 +139,7 @@ void embedding_wq_out_boxed(KernelRuntimeContext& ctx, Span<EValue*> stack) {
 
 const Kernel kKernels[] = {Kernel(kLinearName, linear_wq_out_boxed), Kernel(kEmbeddingName, embedding_wq_out_boxed)};
 
-// Registering a name twice aborts the process: a second copy of this library must not register again.
-bool already_registered() {
-  const auto kernels = ::executorch::runtime::get_registered_kernels();
-  for (size_t i = 0; i < kernels.size(); ++i)
-    if (kernels[i].name_ && (std::strcmp(kernels[i].name_, kLinearName) == 0 ||
-                             std::strcmp(kernels[i].name_, kEmbeddingName) == 0))
-      return true;
-  return false;
-}
-
-bool register_once() {
-  if (already_registered()) {
-    ET_LOG(Info, "%s is already registered; not registering again", kLinearName);
-    return false;
-  }
-  return ::executorch::runtime::register_kernels(Span<const Kernel>(kKernels, 2)) == Error::Ok;
-}
-
-const bool kRegistered = register_once();
+const bool kRegistered = register_kernels_once(kKernels, 2);
 
 }  // namespace
 }  // namespace qwen35

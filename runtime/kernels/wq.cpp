@@ -2,8 +2,9 @@
 #include "wq.h"
 
 #include <algorithm>
-#include <cstdarg>
 #include <cstdio>
+
+#include "arg_check.h"
 
 #ifdef ET_USE_THREADPOOL
 #include <executorch/runtime/kernel/thread_parallel_interface.h>
@@ -23,30 +24,9 @@ const char* dtype_name(int32_t dt) {
   }
 }
 
-bool fail(const char* op, char* err, size_t len, const char* fmt, ...) {
-  if (err && len) {
-    int n = std::snprintf(err, len, "qwen35::%s: ", op);
-    if (n < 0) n = 0;
-    va_list ap;
-    va_start(ap, fmt);
-    if (static_cast<size_t>(n) < len) std::vsnprintf(err + n, len - n, fmt, ap);
-    va_end(ap);
-  }
-  return false;
-}
-
-void shape_str(const ArgDesc& a, char* buf, size_t len) {
-  size_t pos = std::snprintf(buf, len, "[");
-  for (int64_t i = 0; i < a.ndim && pos < len; ++i)
-    pos += std::snprintf(buf + pos, len - pos, i ? ", %lld" : "%lld", static_cast<long long>(a.sizes[i]));
-  if (pos < len) std::snprintf(buf + pos, len - pos, "]");
-}
-
-bool overlaps(const ArgDesc& a, const ArgDesc& b) {
-  const char* a0 = static_cast<const char*>(a.data);
-  const char* b0 = static_cast<const char*>(b.data);
-  return a0 && b0 && a.nbytes > 0 && b.nbytes > 0 && a0 < b0 + b.nbytes && b0 < a0 + a.nbytes;
-}
+using check::fail;
+using check::overlaps;
+using check::shape_str;
 
 // qweight / scales / bits / group_size, shared by both ops. K is the unpacked row length.
 bool validate_table(const char* op, const ArgDesc& qweight, const ArgDesc& scales, int64_t bits, int64_t group_size,
