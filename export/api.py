@@ -202,6 +202,20 @@ def check_context(max_seq_len: int, config: Qwen35Config) -> None:
                          f"({config.max_position_embeddings})")
 
 
+def manifest_identity(source: str, config: Qwen35Config, n_params: int, random_weights: bool) -> dict:
+    """The manifest fields every exporter writes the same way: format, writer, time and the model."""
+    import datetime
+
+    return {
+        "schema_version": 1,
+        "format": "qwen-mobile-bundle",
+        "toolkit_version": _toolkit_version(),
+        "created_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "model": {"id": Path(str(source)).name, "source": str(source), "size": _size_name(config),
+                  "params": n_params, "random_weights": random_weights, "config": config.to_hf_dict()},
+    }
+
+
 def _stop_ids(config: Qwen35Config, tokenizer) -> list[int]:
     ids = list(config.eos_token_id)
     if tokenizer is not None:
@@ -222,7 +236,6 @@ def export(source: str, out: str | Path, *, preset: str | None = DEFAULT_PRESET,
            quality_gate: bool | None = None, progress: bool = True, **overrides) -> dict:
     """Export `source` to a verified bundle folder at `out`; returns the manifest. Nothing is left on failure."""
     import copy
-    import datetime
     import shutil
     import warnings
 
@@ -321,12 +334,7 @@ def export(source: str, out: str | Path, *, preset: str | None = DEFAULT_PRESET,
         vocab = config.vocab_size
         tensor = lambda n, shape, dtype: {"name": n, "shape": shape, "dtype": dtype}  # noqa: E731
         manifest = {
-            "schema_version": 1,
-            "format": "qwen-mobile-bundle",
-            "toolkit_version": _toolkit_version(),
-            "created_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "model": {"id": Path(str(source)).name, "source": str(source), "size": _size_name(config),
-                      "params": n_params, "random_weights": random_weights, "config": config.to_hf_dict()},
+            **manifest_identity(source, config, n_params, random_weights),
             "recipe": {"name": settings.recipe, "backend": "xnnpack", "preset": settings.preset,
                        "qlinear": settings.qlinear, "qembedding": settings.qembedding,
                        "group_size": settings.group_size, "tied_table_copies": qreport.tied_table_copies},

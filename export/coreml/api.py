@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime
 import shutil
 import time
 import warnings
@@ -54,7 +53,7 @@ def export_coreml(source: str, out: str | Path, *, qlinear: str = "fp16", max_se
     """
     import coremltools  # noqa: F401  (the [coreml] extra; fail before any work)
 
-    from qwen_mobile.export.api import _size_name, _stop_ids, _toolkit_version, check_context, load_model, open_source
+    from qwen_mobile.export.api import _stop_ids, check_context, load_model, manifest_identity, open_source
     from qwen_mobile.export.verify import compare_with_eager, gate
     from qwen_mobile.runtime import bundle
 
@@ -186,12 +185,7 @@ def export_coreml(source: str, out: str | Path, *, qlinear: str = "fp16", max_se
             "functions": reports[0].functions, "quantize_seconds": sum(r.quantize_seconds for r in reports),
             "merge_seconds": sum(r.merge_seconds for r in reports), "packages": [r.__dict__ for r in reports]}
         manifest = {
-            "schema_version": 1,
-            "format": "qwen-mobile-bundle",
-            "toolkit_version": _toolkit_version(),
-            "created_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "model": {"id": Path(str(source)).name, "source": str(source), "size": _size_name(config),
-                      "params": n_params, "random_weights": random_weights, "config": config.to_hf_dict()},
+            **manifest_identity(source, config, n_params, random_weights),
             "recipe": {"name": "coreml", "backend": "coreml", "preset": None, "qlinear": qlinear,
                        # linear_quantize_weights quantizes the embedding table with the linears.
                        "qembedding": qlinear if qlinear in ("8w", "4w") else "none",

@@ -12,7 +12,6 @@ runtime shares the KV state between the two methods on a device is not verified 
 
 from __future__ import annotations
 
-import datetime
 import json
 import shutil
 import tempfile
@@ -116,7 +115,7 @@ def export_coreml_pte(source: str, out: str | Path, *, qlinear: str = "fp16", ma
     """
     import coremltools  # noqa: F401
 
-    from qwen_mobile.export.api import _size_name, _stop_ids, _toolkit_version, check_context, load_model, open_source
+    from qwen_mobile.export.api import _stop_ids, check_context, load_model, manifest_identity, open_source
     from qwen_mobile.export.verify import compare_with_eager, gate
     from qwen_mobile.runtime import bundle
 
@@ -192,10 +191,7 @@ def export_coreml_pte(source: str, out: str | Path, *, qlinear: str = "fp16", ma
                     "min_tokens": tokens, "max_tokens": tokens, "resets_state_at_position_0": True}
 
         manifest = {
-            "schema_version": 1, "format": "qwen-mobile-bundle", "toolkit_version": _toolkit_version(),
-            "created_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "model": {"id": Path(str(source)).name, "source": str(source), "size": _size_name(config),
-                      "params": n_params, "random_weights": random_weights, "config": config.to_hf_dict()},
+            **manifest_identity(source, config, n_params, random_weights),
             "recipe": {"name": "coreml-pte", "backend": "coreml", "preset": None, "qlinear": qlinear,
                        "qembedding": qlinear if qlinear in ("8w", "4w") else "none", "group_size": INT4_BLOCK_SIZE,
                        "gdn_layout": "io", "compute_precision": "fp32" if qlinear == "fp32" else "fp16",
