@@ -64,6 +64,17 @@ static inline float q4_at(const uint8_t* row, int64_t k) {
 }
 static inline float q8_at(const int8_t* row, int64_t k) { return static_cast<float>(row[k]); }
 
+#if defined(__ARM_NEON) && !defined(QWEN35_ISA_AVX2)
+// 16 int8 lanes -> the 4 float32x4 vectors of a 16-wide step (int4 and int8 unpacking end the same way).
+static inline void widen_s8x16(int8x16_t e, Vec* v) {
+  const int16x8_t a = vmovl_s8(vget_low_s8(e)), c = vmovl_s8(vget_high_s8(e));
+  v[0].v = vcvtq_f32_s32(vmovl_s16(vget_low_s16(a)));
+  v[1].v = vcvtq_f32_s32(vmovl_s16(vget_high_s16(a)));
+  v[2].v = vcvtq_f32_s32(vmovl_s16(vget_low_s16(c)));
+  v[3].v = vcvtq_f32_s32(vmovl_s16(vget_high_s16(c)));
+}
+#endif
+
 // 16 int4 weights (8 bytes) -> kVecs float vectors in element order.
 static inline void unpack_q4(const uint8_t* p, Vec* v) {
 #if defined(QWEN35_ISA_AVX2)
@@ -77,12 +88,7 @@ static inline void unpack_q4(const uint8_t* p, Vec* v) {
 #elif defined(__ARM_NEON)
   const uint8x8_t b = vld1_u8(p);
   const uint8x8x2_t z = vzip_u8(vand_u8(b, vdup_n_u8(0x0f)), vshr_n_u8(b, 4));  // e0..e7 | e8..e15
-  const int8x16_t e = vsubq_s8(vreinterpretq_s8_u8(vcombine_u8(z.val[0], z.val[1])), vdupq_n_s8(8));
-  const int16x8_t a = vmovl_s8(vget_low_s8(e)), c = vmovl_s8(vget_high_s8(e));
-  v[0].v = vcvtq_f32_s32(vmovl_s16(vget_low_s16(a)));
-  v[1].v = vcvtq_f32_s32(vmovl_s16(vget_high_s16(a)));
-  v[2].v = vcvtq_f32_s32(vmovl_s16(vget_low_s16(c)));
-  v[3].v = vcvtq_f32_s32(vmovl_s16(vget_high_s16(c)));
+  widen_s8x16(vsubq_s8(vreinterpretq_s8_u8(vcombine_u8(z.val[0], z.val[1])), vdupq_n_s8(8)), v);
 #else
   for (int j = 0; j < kVecs; ++j)
     for (int i = 0; i < W; ++i) v[j].v[i] = q4_at(p, j * W + i);
@@ -137,12 +143,7 @@ static inline void unpack_q8(const int8_t* p, Vec* v) {
   v[0].v = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(b));
   v[1].v = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(b, 8)));
 #elif defined(__ARM_NEON)
-  const int8x16_t e = vld1q_s8(p);
-  const int16x8_t a = vmovl_s8(vget_low_s8(e)), c = vmovl_s8(vget_high_s8(e));
-  v[0].v = vcvtq_f32_s32(vmovl_s16(vget_low_s16(a)));
-  v[1].v = vcvtq_f32_s32(vmovl_s16(vget_high_s16(a)));
-  v[2].v = vcvtq_f32_s32(vmovl_s16(vget_low_s16(c)));
-  v[3].v = vcvtq_f32_s32(vmovl_s16(vget_high_s16(c)));
+  widen_s8x16(vld1q_s8(p), v);
 #else
   for (int j = 0; j < kVecs; ++j)
     for (int i = 0; i < W; ++i) v[j].v[i] = q8_at(p, j * W + i);
