@@ -175,10 +175,13 @@ class OpenedSource:
     config: Qwen35Config
     tokenizer: object | None  # tokenizers.Tokenizer when the folder has tokenizer.json
     random_weights: bool
+    quality_gate: bool  # the caller's choice, or by default on for checkpoints and off for random weights
 
 
-def open_source(source: str, out: str | Path, *, force: bool) -> OpenedSource:
-    """Refuse an existing --out without --force, resolve SOURCE, read its config and tokenizer (warning without one)."""
+def open_source(source: str, out: str | Path, *, force: bool, quality_gate: bool | None = None) -> OpenedSource:
+    """Refuse an existing --out without --force, resolve SOURCE, read its config and tokenizer (warning without one).
+
+    quality_gate None: enforce quantization floors only on trained weights, where agreement means something."""
     import warnings
 
     if Path(out).exists() and not force:
@@ -193,7 +196,9 @@ def open_source(source: str, out: str | Path, *, force: bool) -> OpenedSource:
         tokenizer = Tokenizer.from_file(str(source_dir / "tokenizer.json"))
     else:
         warnings.warn(f"SOURCE {source}: no tokenizer.json; the bundle will be run with token ids only")
-    return OpenedSource(source_dir, config, tokenizer, random_weights=source_dir is None)
+    random_weights = source_dir is None
+    return OpenedSource(source_dir, config, tokenizer, random_weights,
+                        quality_gate=not random_weights if quality_gate is None else quality_gate)
 
 
 def check_context(max_seq_len: int, config: Qwen35Config) -> None:
@@ -252,9 +257,9 @@ def export(source: str, out: str | Path, *, preset: str | None = DEFAULT_PRESET,
 
     settings = ExportSettings.resolve(preset, **overrides)
     out = Path(out)
-    opened = open_source(source, out, force=force)
-    source_dir, config, tokenizer, random_weights = (opened.source_dir, opened.config, opened.tokenizer,
-                                                     opened.random_weights)
+    opened = open_source(source, out, force=force, quality_gate=quality_gate)
+    source_dir, config, tokenizer, random_weights, quality_gate = (
+        opened.source_dir, opened.config, opened.tokenizer, opened.random_weights, opened.quality_gate)
     if settings.max_seq_len > config.max_position_embeddings:
         if overrides.get("max_seq_len") is not None:
             check_context(settings.max_seq_len, config)
@@ -263,8 +268,6 @@ def export(source: str, out: str | Path, *, preset: str | None = DEFAULT_PRESET,
                       f"using {config.max_position_embeddings}")
         settings.max_seq_len = config.max_position_embeddings
         settings.max_prefill_chunk = min(settings.max_prefill_chunk, settings.max_seq_len)
-    if quality_gate is None:
-        quality_gate = not random_weights
 
     stages = ["load", "quantize", "export", "lower", "write", "verify"]
     bar = tqdm(total=len(stages), desc="export", unit="stage", disable=not progress, leave=False)

@@ -76,12 +76,10 @@ def export_coreml(source: str, out: str | Path, *, qlinear: str = "fp16", max_se
     if gdn_fp32 and qlinear == "fp32":
         raise ValueError("--gdn-fp32 only applies to fp16 programs; --qlinear fp32 is fp32 throughout")
     out = Path(out)
-    opened = open_source(source, out, force=force)
-    source_dir, config, tokenizer, random_weights = (opened.source_dir, opened.config, opened.tokenizer,
-                                                     opened.random_weights)
+    opened = open_source(source, out, force=force, quality_gate=quality_gate)
+    source_dir, config, tokenizer, random_weights, quality_gate = (
+        opened.source_dir, opened.config, opened.tokenizer, opened.random_weights, opened.quality_gate)
     check_context(max_seq_len, config)
-    if quality_gate is None:
-        quality_gate = not random_weights
 
     say = (lambda msg: print(f"[coreml] {msg}", flush=True)) if progress else (lambda msg: None)
     t_all = time.perf_counter()

@@ -127,12 +127,10 @@ def export_coreml_pte(source: str, out: str | Path, *, qlinear: str = "fp16", ma
     if prefill_chunk < 2 or prefill_chunk > max_seq_len:
         raise ValueError(f"--prefill-chunk {prefill_chunk}: must be in [2, --max-seq-len {max_seq_len}]")
     out = Path(out)
-    opened = open_source(source, out, force=force)
-    source_dir, config, tokenizer, random_weights = (opened.source_dir, opened.config, opened.tokenizer,
-                                                     opened.random_weights)
+    opened = open_source(source, out, force=force, quality_gate=quality_gate)
+    source_dir, config, tokenizer, random_weights, quality_gate = (
+        opened.source_dir, opened.config, opened.tokenizer, opened.random_weights, opened.quality_gate)
     check_context(max_seq_len, config)
-    if quality_gate is None:
-        quality_gate = not random_weights
     say = (lambda msg: print(f"[coreml-pte] {msg}", flush=True)) if progress else (lambda msg: None)
 
     t_all = time.perf_counter()
