@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from qwen_mobile.models import Qwen35Config, Qwen35ForCausalLM, available_presets
+from qwen_mobile.runtime.bundle import package_version
 
 MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
 SHIPPED_MODELS = {"nano": MODELS_DIR / "nano"}  # name -> HF folder shipped with the package
@@ -214,7 +215,7 @@ def manifest_identity(source: str, config: Qwen35Config, n_params: int, random_w
     return {
         "schema_version": 1,
         "format": "qwen-mobile-bundle",
-        "toolkit_version": _toolkit_version(),
+        "toolkit_version": package_version(),
         "created_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "model": {"id": Path(str(source)).name, "source": str(source), "size": _size_name(config),
                   "params": n_params, "random_weights": random_weights, "config": config.to_hf_dict()},
@@ -401,12 +402,3 @@ def _size_name(config: Qwen35Config) -> str | None:
                 config.hidden_size, config.num_hidden_layers, config.linear_num_value_heads):
             return name
     return None
-
-
-def _toolkit_version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("qwen-mobile")
-    except PackageNotFoundError:
-        return "0.0.0+unknown"

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from .bundle import BundleError, validate_against
+from .bundle import BundleError, package_version, validate_against
 
 SCHEMA_PATH = Path(__file__).parent / "schemas" / "bench.schema.json"
 FORMAT = "qwen-mobile-bench"
@@ -135,8 +135,9 @@ def run_bench(bundle, prompt_lengths=(128, 512), generate_tokens: int = 64, runs
     return {
         "schema_version": 1,
         "format": FORMAT,
-        "producer": {"name": "qwen-mobile-host", "version": m.get("toolkit_version", "unknown"),
-                     "runtime": f"executorch {_version('executorch')} pybindings, torch {torch.__version__}"},
+        "producer": {"name": "qwen-mobile-host", "version": package_version(),
+                     "runtime": f"executorch {package_version('executorch', 'unknown')} pybindings, "
+                                f"torch {torch.__version__}"},
         "created_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "device": device_info(),
         "bundle": {"hash": bundle.hash, "path": str(bundle.folder), "model_id": m["model"]["id"],
@@ -156,15 +157,6 @@ def run_bench(bundle, prompt_lengths=(128, 512), generate_tokens: int = 64, runs
                   "peak RSS is the whole Python process (interpreter, torch, ExecuTorch); baseline_rss_bytes is its "
                   "RSS before the bundle was loaded"],
     }
-
-
-def _version(package: str) -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version(package)
-    except PackageNotFoundError:
-        return "unknown"
 
 
 def validate_bench(result: dict, source: str = "bench result") -> None:

@@ -25,6 +25,16 @@ class BundleError(ValueError):
     """A bundle folder that is incomplete, tampered with, or does not match the manifest schema."""
 
 
+def package_version(package: str = "qwen-mobile", default: str = "0.0.0+unknown") -> str:
+    """An installed distribution's version (the toolkit's by default), as manifests and bench results record it."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return default
+
+
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
