@@ -110,10 +110,6 @@ def cmd_chat(args) -> int:
     print(f"[{bundle.label}: context {bundle.max_seq_len} tokens, thinking {'on' if template.thinking else 'off'}, "
           f"seed {sampler.seed}; /help for commands]", file=sys.stderr)
 
-    def show(token: int):
-        if token not in bundle.stop_ids:
-            stream(token)
-
     while True:
         try:
             line = input("> " if interactive else "")
@@ -156,6 +152,11 @@ def cmd_chat(args) -> int:
         try:
             ids = bundle.encode(close + template.user(line))
             stream = TextStream(bundle, lambda s: print(s, end="", flush=True))
+
+            def show(token: int, stream=stream):  # the reply's text, without the stop token
+                if token not in bundle.stop_ids:
+                    stream(token)
+
             result = session.generate(ids, args.max_new_tokens, sampler, on_token=show)
         except ContextOverflowError as err:
             print(f"\nerror: {err}", file=sys.stderr)

@@ -53,9 +53,9 @@ class Bundle:
         self.buffers: list[dict] = m["state"]["buffers"]
         if m["recipe"]["name"] != "xnnpack":
             raise BundleError(
-                f"{self.folder}: a {m['recipe']['name']} bundle runs on Apple devices (Core ML); this host runtime runs "
-                "ExecuTorch XNNPACK bundles. Its numerics are checked on Linux at export by the MIL evaluator; on a "
-                "Mac run scripts/verify_coreml_on_mac.py (see export/coreml/README.md)")
+                f"{self.folder}: a {m['recipe']['name']} bundle runs on Apple devices (Core ML); this host runtime "
+                "runs ExecuTorch XNNPACK bundles. Its numerics are checked on Linux at export by the MIL evaluator; "
+                "on a Mac run scripts/verify_coreml_on_mac.py (see export/coreml/README.md)")
         self.tokenizer = None
         if m["tokenizer"]["file"]:
             from tokenizers import Tokenizer
@@ -229,11 +229,12 @@ class Session:
             tensors[spec["name"]] = value.narrow(axis, 0, self.position).clone() if axis is not None else value
         return Snapshot(self.bundle.hash, self.position, list(self.tokens), list(self.pending), tensors)
 
-    def restore(self, snap: Snapshot) -> None:
+    def restore(self, snap: Snapshot, origin: str = "snapshot") -> None:
+        """Replace the whole state with `snap`; `origin` names it in errors (e.g. the file it was read from)."""
         if snap.bundle_hash != self.bundle.hash:
-            raise SnapshotError(f"snapshot belongs to bundle {snap.bundle_hash[:12]}…, not to "
-                                f"{self.bundle.folder} ({self.bundle.hash[:12]}…); a state only means something "
-                                "to the exact weights that wrote it")
+            raise SnapshotError(f"{origin} was saved from bundle {snap.bundle_hash[:12]}…, not from "
+                                f"{self.bundle.folder} ({self.bundle.hash[:12]}…); refusing to load it: a state only "
+                                "means something to the exact weights that wrote it")
         full = []
         for spec in self.bundle.buffers:
             if spec["name"] not in snap.tensors:
@@ -285,10 +286,7 @@ class Session:
                                 f"format={meta.get('format')!r}, version={meta.get('version')!r})")
         snap = Snapshot(meta["bundle_hash"], int(meta["position"]), json.loads(meta["tokens"]),
                         json.loads(meta["pending"]), tensors)
-        if snap.bundle_hash != self.bundle.hash:
-            raise SnapshotError(f"snapshot {path} was saved from bundle {snap.bundle_hash[:12]}…, not from "
-                                f"{self.bundle.folder} ({self.bundle.hash[:12]}…); refusing to load it")
-        self.restore(snap)
+        self.restore(snap, origin=f"snapshot {path}")
         return snap
 
 
