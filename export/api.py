@@ -337,6 +337,7 @@ def export(source: str, out: str | Path, *, preset: str | None = DEFAULT_PRESET,
 
         vocab = config.vocab_size
         tensor = lambda n, shape, dtype: {"name": n, "shape": shape, "dtype": dtype}  # noqa: E731
+        state_specs = [tensor(n, list(b.shape), _dtype(b)) for n, b in state_buffers(model)]  # the snapshot layout
         manifest = {
             **manifest_identity(source, config, n_params, random_weights),
             "recipe": {"name": settings.recipe, "backend": "xnnpack", "preset": settings.preset,
@@ -354,9 +355,9 @@ def export(source: str, out: str | Path, *, preset: str | None = DEFAULT_PRESET,
                                "kind": "decode", "min_tokens": 1, "max_tokens": 1,
                                "resets_state_at_position_0": False},
                     "state_read": {"kind": "state_read", "inputs": [],
-                                   "outputs": [tensor(n, list(b.shape), _dtype(b)) for n, b in state_buffers(model)]},
+                                   "outputs": state_specs},
                     "state_write": {"kind": "state_write",
-                                    "inputs": [tensor(n, list(b.shape), _dtype(b)) for n, b in state_buffers(model)],
+                                    "inputs": state_specs,
                                     "outputs": [tensor("zero", [1], "float32")]},
                 },
                 "metadata": metadata,
@@ -364,8 +365,7 @@ def export(source: str, out: str | Path, *, preset: str | None = DEFAULT_PRESET,
             },
             "state": {"max_seq_len": settings.max_seq_len, "max_batch_size": 1, "shared_between_methods": True,
                       "reset": "a forward call whose input_pos[0] == 0 zeroes every buffer first",
-                      "buffers": [dict(tensor(n, list(b.shape), _dtype(b)), seq_axis=seq_axis(n))
-                                  for n, b in state_buffers(model)]},
+                      "buffers": [dict(spec, seq_axis=seq_axis(spec["name"])) for spec in state_specs]},
             "tokenizer": {"file": "tokenizer.json" if (staging / "tokenizer.json").is_file() else None,
                           "config_file": ("tokenizer_config.json" if (staging / "tokenizer_config.json").is_file()
                                           else None),
