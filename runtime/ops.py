@@ -346,6 +346,8 @@ def load_library() -> ctypes.CDLL:
         lib.qwen35_set_isa.argtypes = [ctypes.c_int32]
         lib.qwen35_abi_version.restype = ctypes.c_int32
         lib.qwen35_et_kernel_registered.restype = ctypes.c_int32
+        lib.qwen35_xnnpack_set_weight_cache.argtypes = [ctypes.c_int]
+        lib.qwen35_xnnpack_set_weight_cache.restype = ctypes.c_int
         if lib.qwen35_abi_version() != _ABI_VERSION:
             raise RuntimeError(f"{OP_NAME}: {path} has ABI {lib.qwen35_abi_version()}, expected {_ABI_VERSION}")
         if not lib.qwen35_et_kernel_registered() and not already:
@@ -450,3 +452,17 @@ def _define_ops() -> None:
 
 
 _define_ops()
+
+
+def enable_xnnpack_weight_cache() -> None:
+    """Turn on XNNPACK's packed-weight cache for every program loaded from now on in this process.
+
+    Our programs' `forward` and `decode` call the same XNNPACK-lowered linears; without the cache each method packs
+    its own copy of every weight at load (kernels/xnnpack_options.cpp). Raises if the XNNPACK backend refuses.
+    """
+    import executorch.runtime  # noqa: F401  loads the pybindings, whose libraries register the XNNPACK backend
+
+    err = load_library().qwen35_xnnpack_set_weight_cache(1)
+    if err:
+        raise RuntimeError(f"XnnpackBackend refused weight_cache_enabled (ExecuTorch error {err}); is the XNNPACK "
+                           "backend linked into these pybindings?")

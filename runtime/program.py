@@ -16,13 +16,14 @@ from pathlib import Path
 
 import torch
 
-from .ops import load_library
+from .ops import enable_xnnpack_weight_cache, load_library
 
 
 class BundleProgram:
     def __init__(self, pte_path: str | Path, *, max_prefill_tokens: int, kernel_namespaces=("qwen35",)):
         load_library()  # registers qwen35::gated_delta_rule.out with ExecuTorch before any method loads
         load_wheel_kernels(kernel_namespaces)
+        enable_xnnpack_weight_cache()  # forward and decode share one packed copy of every XNNPACK weight
         from executorch.runtime import Runtime
 
         self.path = Path(pte_path)

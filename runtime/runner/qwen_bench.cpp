@@ -63,6 +63,8 @@ ThreadPool* get_threadpool();
 
 // From our kernel library (runtime/kernels/register_executorch.cpp). Calling it also keeps the library linked.
 extern "C" int32_t qwen35_et_kernel_registered(void);
+// From our kernel library (runtime/kernels/xnnpack_options.cpp): one packed copy of each XNNPACK weight for both methods.
+extern "C" int qwen35_xnnpack_set_weight_cache(int enabled);
 
 namespace qwen_bench {
 namespace {
@@ -392,6 +394,11 @@ void check_kernel_namespaces(const Json& manifest) {
 class Program {
  public:
   Program(const std::string& pte, bool shared_arenas) : loader_(load(pte)) {
+    // Before any method loads: XNNPACK reads the option at delegate init. Without it forward and decode each pack
+    // their own copy of every weight.
+    if (int err = qwen35_xnnpack_set_weight_cache(1))
+      throw Failure("the XNNPACK backend refused weight_cache_enabled (ExecuTorch error " + std::to_string(err) +
+                    "); is executorch::backend_xnnpack linked?");
     auto program = et::Program::load(&loader_, et::Program::Verification::InternalConsistency);
     if (!program.ok()) throw Failure(pte + ": not a loadable ExecuTorch program: " + et_error(program.error()));
     program_ = std::make_unique<et::Program>(std::move(program.get()));
