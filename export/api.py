@@ -140,6 +140,7 @@ class ExportSettings:
     qlinear: str = "8da4w"
     qembedding: str = "4w"
     group_size: int = 32
+    tied_table: str = "once"
     max_seq_len: int = 1024
     max_prefill_chunk: int = 128
     verify: dict = field(default_factory=dict)
@@ -148,7 +149,7 @@ class ExportSettings:
     @classmethod
     def resolve(cls, preset: str | None = DEFAULT_PRESET, **overrides) -> "ExportSettings":
         """Preset values, then every override that is not None (the CLI's explicit flags)."""
-        from .quantize import GROUP_SIZES, QEMBEDDING
+        from .quantize import GROUP_SIZES, QEMBEDDING, TIED_TABLE
 
         base = load_export_preset(preset) if preset else {}
         base.update({k: v for k, v in overrides.items() if v is not None})
@@ -157,7 +158,8 @@ class ExportSettings:
             raise ValueError(f"--recipe {settings.recipe!r}: unknown; valid recipes: {sorted(RECIPES)}")
         for flag, value, valid in (("--qlinear", settings.qlinear, RECIPE_QLINEAR[settings.recipe]),
                                    ("--qembedding", settings.qembedding, QEMBEDDING),
-                                   ("--group-size", settings.group_size, GROUP_SIZES)):
+                                   ("--group-size", settings.group_size, GROUP_SIZES),
+                                   ("--tied-table", settings.tied_table, TIED_TABLE)):
             if value not in valid:
                 raise ValueError(f"{flag} {value!r}: not valid for recipe {settings.recipe}; valid: {list(valid)}")
         if settings.max_prefill_chunk < 2:
@@ -289,7 +291,7 @@ def export(source: str, out: str | Path, *, preset: str | None = DEFAULT_PRESET,
     n_params = sum(p.numel() for p in model.parameters())
     done("load")
     stage("quantize")
-    qreport = quantize_model(model, settings.qlinear, settings.qembedding, settings.group_size)
+    qreport = quantize_model(model, settings.qlinear, settings.qembedding, settings.group_size, settings.tied_table)
     done("quantize")
     stage("export")
     programs = export_methods(model, settings.max_prefill_chunk)
@@ -342,7 +344,8 @@ def export(source: str, out: str | Path, *, preset: str | None = DEFAULT_PRESET,
             **manifest_identity(source, config, n_params, random_weights),
             "recipe": {"name": settings.recipe, "backend": "xnnpack", "preset": settings.preset,
                        "qlinear": settings.qlinear, "qembedding": settings.qembedding,
-                       "group_size": settings.group_size, "tied_table_copies": qreport.tied_table_copies},
+                       "group_size": settings.group_size, "tied_table_copies": qreport.tied_table_copies,
+                       "head": qreport.head},
             "program": {
                 "file": bundle.PROGRAM, "op_namespace": "qwen35", "kernel_namespaces": namespaces,
                 "methods": {

@@ -139,7 +139,7 @@ def cmd_export(args) -> int:
     if args.recipe in ("coreml", "coreml-pte"):
         return _export_coreml(args)
     overrides = dict(recipe=args.recipe, qlinear=args.qlinear, qembedding=args.qembedding, group_size=args.group_size,
-                     max_seq_len=args.max_seq_len, max_prefill_chunk=args.max_prefill_chunk)
+                     tied_table=args.tied_table, max_seq_len=args.max_seq_len, max_prefill_chunk=args.max_prefill_chunk)
     gate = {"on": True, "off": False, "auto": None}[args.quality_gate]
     manifest = export(args.source, args.out, preset=args.preset, force=args.force, quality_gate=gate,
                       progress=not args.no_progress, **overrides)
@@ -186,7 +186,8 @@ def export_summary(manifest: dict, out: Path) -> str:
         ("recipe", f"{recipe['name']} qlinear={recipe['qlinear']} qembedding={recipe['qembedding']} "
                    f"group={recipe['group_size']}" + (f" (preset {recipe['preset']})" if recipe.get("preset") else "")),
         ("size", f"{main_bytes / 1e6:.1f} MB {program['file']}, {size / 1e6:.1f} MB bundle"
-                 + (", tied table stored twice" if recipe.get("tied_table_copies", 1) > 1 else "")),
+                 + (", tied table stored twice" if recipe.get("tied_table_copies", 1) > 1 else "")
+                 + (f"; lm_head: {recipe['head']}" if recipe.get("head") else "")),
         ("methods", ", ".join(f"{m} (T {d['min_tokens']}..{d['max_tokens']})" if "max_tokens" in d else m
                               for m, d in program["methods"].items())),
         ("context", f"{manifest['state']['max_seq_len']} tokens"),
@@ -278,7 +279,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_generate)
 
     from qwen_mobile.export.api import RECIPE_QLINEAR
-    from qwen_mobile.export.quantize import GROUP_SIZES, QEMBEDDING
+    from qwen_mobile.export.quantize import GROUP_SIZES, QEMBEDDING, TIED_TABLE
 
     p = sub.add_parser(
         "export", formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -308,6 +309,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--qembedding", choices=QEMBEDDING, help="embedding table: 4w/8w weight-only, or none")
     p.add_argument("--group-size", type=int, choices=GROUP_SIZES,
                    help="weights per scale for group-wise int4 (smaller = more accurate, larger file)")
+    p.add_argument("--tied-table", choices=TIED_TABLE,
+                   help="a tied embedding/lm_head table quantized by --qembedding: 'once' (default) = one table, "
+                        "read by the embedding gather and by lm_head (our weight-only kernel, fp32 activations); "
+                        "'twice' = lm_head follows --qlinear inside XNNPACK and the embedding keeps its own copy "
+                        "(a third of a 0.8B file more; bench/README.md compares the two)")
     p.add_argument("--max-seq-len", type=int, help="KV cache length: prompt plus generated tokens")
     p.add_argument("--max-prefill-chunk", type=int, help="most tokens one `forward` call takes (longer prompts "
                                                            "are fed in chunks)")

@@ -6,10 +6,16 @@ Linear schemes (flag `--qlinear`, names as in optimum-executorch):
     8da8w  int8 dynamic activations, int8 per-channel weights (qd8-f32-qc8w)
     8w     int8 per-channel weight-only     our qwen35::linear_wq kernel (runtime/wq.py), fp32 activations
     4w     int4 group-wise weight-only      our qwen35::linear_wq kernel
-Embedding schemes (`--qembedding`): none, 8w (int8 per-row), 4w (int4 group-wise). With `--qlinear 8w|4w` they use
-our qwen35::embedding_wq kernel, otherwise torchao's. When the table is tied to lm_head and both sides use the same
-scheme (8w/8w, or 4w/4w with one group size), the embedding and lm_head hold the SAME qweight/scales tensors, so the
-program stores the table once (`tied_table_copies: 1`).
+Embedding schemes (`--qembedding`): none, 8w (int8 per-row), 4w (int4 group-wise), through our
+qwen35::embedding_wq kernel.
+
+The tied table (`--tied-table`, default `once`). Qwen3.5's small sizes tie lm_head to the embedding, and that table is
+a third of the 0.8B model (248,320 x 1,024). When the embedding is quantized (8w/4w), the embedding and lm_head hold
+the SAME qweight/scales tensors, so the program stores the table once (`tied_table_copies: 1`): lm_head then runs
+qwen35::linear_wq at the embedding's precision, with fp32 activations, whatever `--qlinear` the other linears use.
+`--tied-table twice` keeps the 8da schemes' head inside XNNPACK and gives the embedding its own copy (torchao's
+quantized embedding), which is how the table was stored before; bench/README.md measures both. With `--qembedding
+none` the head follows `--qlinear` and the table is stored twice whenever either side is quantized.
 
 Weight-only quantization math (`quantize_weight`): symmetric round-to-nearest per group (per row for 8w),
 scale = max|w| / qmax with qmax 127 (int8) or 7 (int4), q = clamp(round(w / scale), -qmax, qmax). The int4 range is
@@ -30,6 +36,7 @@ from torch import nn
 QLINEAR = ("fp32", "8da4w", "8da8w", "8w", "4w")
 QEMBEDDING = ("none", "8w", "4w")
 GROUP_SIZES = (32, 64, 128)
+TIED_TABLE = ("once", "twice")
 
 
 @dataclass
@@ -41,6 +48,9 @@ class QuantReport:
     skipped_linears: list[str] = field(default_factory=list)
     embedding: str = "fp32"
     tied_table_copies: int = 1
+    head: str = "fp32"  # how lm_head is computed, e.g. "4w linear_wq, the embedding's table"
+    wq_linears: int = 0  # linears on qwen35::linear_wq (checked against the exported graph)
+    wq_embedding: bool = False  # embedding on qwen35::embedding_wq
 
 
 def _linear_config(scheme: str, group_size: int):
@@ -157,7 +167,7 @@ def _quantize_weight_only(model: nn.Module, report: "QuantReport", embed, lm_hea
         qweight, scales = quantize_weight(embed.weight, e_bits, e_gs)
         fqn = next(n for n, m in model.named_modules() if m is embed)
         _set_submodule(model, fqn, EmbeddingWQ(qweight, scales, e_bits, e_gs))
-        report.embedding = report.qembedding
+        report.embedding, report.wq_embedding = report.qembedding, True
         if tied and report.qembedding == report.qlinear:
             shared = (qweight, scales, e_bits, e_gs)
     for fqn, module in list(model.named_modules()):
@@ -173,6 +183,9 @@ def _quantize_weight_only(model: nn.Module, report: "QuantReport", embed, lm_hea
             new = LinearWQ(*quantize_weight(module.weight, bits, group), bits, group, module.bias)
         _set_submodule(model, fqn, new)
         report.quantized_linears += 1
+        report.wq_linears += 1
+        if module is lm_head:
+            report.head = f"{report.qlinear} linear_wq" + (", the embedding's table" if shared else "")
     if tied:
         quantized_sides = (lm_head is not None and not isinstance(model.get_submodule("lm_head"), nn.Linear),
                            report.embedding != "fp32")
@@ -185,9 +198,9 @@ def check_weight_only_nodes(programs: dict, report: "QuantReport", methods=("for
     Expected per method: one linear_wq per quantized linear, one embedding_wq if the embedding was quantized with
     our op. A missing node means the graph silently computes something else (e.g. a decomposed fallback).
     """
-    if report.qlinear not in WEIGHT_ONLY_BITS:
+    if not report.wq_linears and not report.wq_embedding:
         return {}
-    want = {"linear_wq": report.quantized_linears, "embedding_wq": int(report.embedding != "fp32")}
+    want = {"linear_wq": report.wq_linears, "embedding_wq": int(report.wq_embedding)}
     counts = {}
     for method in methods:
         nodes = [n for n in programs[method].graph.nodes if n.op == "call_function"]
@@ -200,7 +213,8 @@ def check_weight_only_nodes(programs: dict, report: "QuantReport", methods=("for
 
 
 @torch.no_grad()
-def quantize_model(model: nn.Module, qlinear: str, qembedding: str, group_size: int) -> QuantReport:
+def quantize_model(model: nn.Module, qlinear: str, qembedding: str, group_size: int,
+                   tied_table: str = "once") -> QuantReport:
     """Quantize `model` in place and return what was done."""
     from torchao.quantization import quantize_
     from torchao.utils import unwrap_tensor_subclass
@@ -211,6 +225,8 @@ def quantize_model(model: nn.Module, qlinear: str, qembedding: str, group_size: 
         raise ValueError(f"--qembedding {qembedding!r}: expected one of {QEMBEDDING}")
     if group_size not in GROUP_SIZES:
         raise ValueError(f"--group-size {group_size}: expected one of {GROUP_SIZES}")
+    if tied_table not in TIED_TABLE:
+        raise ValueError(f"--tied-table {tied_table!r}: expected one of {TIED_TABLE}")
     report = QuantReport(qlinear, qembedding, group_size)
     lm_head = getattr(model, "lm_head", None)
     embed = getattr(getattr(model, "model", None), "embed_tokens", None)
@@ -221,6 +237,12 @@ def quantize_model(model: nn.Module, qlinear: str, qembedding: str, group_size: 
             raise ValueError(f"--qembedding {qembedding!r} with --qlinear {qlinear}: expected none, 8w or 4w")
         _quantize_weight_only(model, report, embed, lm_head, tied)
         return report
+    if tied and qembedding in WEIGHT_ONLY_BITS and tied_table == "once":
+        _share_tied_table(model, report, embed, lm_head)  # lm_head leaves nn.Linear: torchao below skips it
+    elif qembedding != "none":
+        quantize_(model, _embedding_config(qembedding, group_size),
+                  filter_fn=lambda m, fqn: isinstance(m, nn.Embedding))
+        report.embedding = qembedding
     if qlinear != "fp32":
         grouped = qlinear in ("8da4w", "4w")
 
@@ -234,12 +256,27 @@ def quantize_model(model: nn.Module, qlinear: str, qembedding: str, group_size: 
             return True
 
         quantize_(model, _linear_config(qlinear, group_size), filter_fn=take_linear)
-    if qembedding != "none":
-        quantize_(model, _embedding_config(qembedding, group_size),
-                  filter_fn=lambda m, fqn: isinstance(m, nn.Embedding))
-        report.embedding = qembedding
-    if tied and (qlinear != "fp32" or qembedding != "none"):
+        if report.head == "fp32" and lm_head is not None:
+            report.head = f"{qlinear} XNNPACK"
+    if tied and not report.wq_embedding and (qlinear != "fp32" or qembedding != "none"):
         # Quantizing either side gives each its own tensor: the table is now stored twice (in two formats).
         report.tied_table_copies = 2
     unwrap_tensor_subclass(model)
     return report
+
+
+def _share_tied_table(model: nn.Module, report: QuantReport, embed: nn.Embedding, lm_head: nn.Linear) -> None:
+    """One quantized table for the embedding gather and the lm_head GEMV (our qwen35 ops), stored once."""
+    import qwen_mobile.runtime.wq  # noqa: F401  defines torch.ops.qwen35.linear_wq / embedding_wq
+
+    bits = WEIGHT_ONLY_BITS[report.qembedding]
+    group = embed.embedding_dim if bits == 8 else report.group_size  # int8: per row (= per output channel)
+    qweight, scales = quantize_weight(embed.weight, bits, group)
+    _set_submodule(model, next(n for n, m in model.named_modules() if m is embed),
+                   EmbeddingWQ(qweight, scales, bits, group))
+    _set_submodule(model, next(n for n, m in model.named_modules() if m is lm_head),
+                   LinearWQ(qweight, scales, bits, group, lm_head.bias))
+    report.embedding, report.wq_embedding, report.wq_linears = report.qembedding, True, 1
+    report.quantized_linears += 1
+    report.head = f"{report.qembedding} linear_wq, the embedding's table"
+    report.tied_table_copies = 1

@@ -10,6 +10,7 @@ import torch
 from checkpoints import make_hf_causal_lm
 from qwen_mobile.runtime import bundle
 from qwen_mobile.export.api import export
+from qwen_mobile.export.quantize import quantize_weight
 from qwen_mobile.runtime.program import BundleProgram
 
 LOGITS_ATOL = 1e-4  # fp32 .pte vs transformers fp32
@@ -116,8 +117,12 @@ def test_tampered_bundle_rejected(fp32_hv1x, tmp_path):
 def test_quantized_bundle_runs_and_records_what_it_did(q_hv2x):
     out, manifest, hf = q_hv2x
     assert manifest["recipe"]["qlinear"] == "8da4w" and manifest["recipe"]["qembedding"] == "4w"
-    assert manifest["recipe"]["tied_table_copies"] == 2  # measured, and said: see export/README.md
-    assert "quantized_decomposed" in manifest["program"]["kernel_namespaces"]  # 4-bit embedding kernel
+    # The tied table is quantized once (4w) and read by both the gather and lm_head (our qwen35 ops).
+    assert manifest["recipe"]["tied_table_copies"] == 1
+    assert manifest["recipe"]["head"] == "4w linear_wq, the embedding's table"
+    assert "qwen35" in manifest["program"]["kernel_namespaces"]
+    qweight, _ = quantize_weight(hf.get_input_embeddings().weight.detach().float(), 4, 32)  # the bytes export packs
+    assert (out / "model.pte").read_bytes().count(qweight.numpy().tobytes()) == 1
     fp32_size = sum(p.numel() * 4 for p in hf.parameters())
     assert manifest["files"]["model.pte"]["bytes"] < fp32_size / 2
     program = program_of(out, manifest)

@@ -77,15 +77,37 @@ def test_tied_table_is_stored_once(bundle, source):
     assert (out / "model.pte").read_bytes().count(table) == 1
 
 
-@pytest.mark.parametrize("qlinear,qembedding,copies", [("4w", "4w", 1), ("8w", "8w", 1), ("4w", "8w", 2),
-                                                       ("4w", "none", 2)])
-def test_only_matching_schemes_share_the_table(source, qlinear, qembedding, copies):
+@pytest.mark.parametrize("qlinear,qembedding,tied_table,copies", [
+    ("4w", "4w", "once", 1), ("8w", "8w", "once", 1), ("4w", "8w", "once", 2), ("4w", "none", "once", 2),
+    ("8da4w", "4w", "once", 1), ("8da8w", "8w", "once", 1), ("8da4w", "4w", "twice", 2), ("8da4w", "none", "once", 2),
+])
+def test_only_matching_schemes_share_the_table(source, qlinear, qembedding, tied_table, copies):
     """Different schemes on the two sides cannot share one buffer; the report says so rather than pretend."""
     model = Qwen35ForCausalLM.from_pretrained(source, max_seq_len=96)
-    report = quantize_model(model, qlinear, qembedding, 32)
+    report = quantize_model(model, qlinear, qembedding, 32, tied_table)
     assert report.tied_table_copies == copies
     if copies == 1:
         assert model.lm_head.scales is model.model.embed_tokens.scales
+        assert model.lm_head.qweight is model.model.embed_tokens.qweight
+
+
+def test_shared_head_in_an_8da_recipe_uses_the_embedding_precision(source):
+    """8da4w + 4w embedding, table once: lm_head is the embedding's 4-bit table through linear_wq (fp32
+    activations), and the other linears stay torchao 8da4w. The head's logits equal a GEMV over that table
+    dequantized by hand (an independent reference: scales x (nibble - 8))."""
+    model = Qwen35ForCausalLM.from_pretrained(source, max_seq_len=96)
+    report = quantize_model(model, "8da4w", "4w", 32)
+    assert report.head == "4w linear_wq, the embedding's table" and report.wq_linears == 1 and report.wq_embedding
+    assert isinstance(model.model.layers[0].mlp.up_proj, torch.nn.Linear)  # torchao keeps the module, swaps weight
+    head = model.lm_head
+    packed = head.qweight  # [N, K/2] uint8
+    low, high = (packed & 0xF).to(torch.int32) - 8, (packed >> 4).to(torch.int32) - 8
+    codes = torch.stack([low, high], dim=-1).reshape(packed.shape[0], -1).float()  # [N, K]
+    table = codes * head.scales.float().repeat_interleave(32, dim=1)  # [N, K]
+    x = torch.randn(3, table.shape[1], generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(head(x), x @ table.T, atol=1e-4, rtol=1e-4)
+    with pytest.raises(ValueError, match="--tied-table 'sometimes'"):
+        quantize_model(Qwen35ForCausalLM.from_pretrained(source, max_seq_len=96), "8da4w", "4w", 32, "sometimes")
 
 
 def test_missing_weight_only_node_is_refused(source):
