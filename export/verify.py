@@ -42,23 +42,48 @@ def fixed_prompt(vocab_size: int, tokenizer=None, length: int = 40) -> list[int]
 
 
 @torch.no_grad()
-def compare_with_eager(program, eager, prompt: list[int], steps: int = 32) -> dict:
-    """Per-step logits of program vs eager (teacher-forced on eager's greedy tokens)."""
+@dataclass
+class EagerReference:
+    """Eager fp32's greedy run on the fixed prompt: the tokens it fed and its logits at every step."""
+
+    prompt: list[int]
+    fed_tokens: list[int]  # the decode inputs, eager's own greedy choices
+    logits: torch.Tensor  # [steps+1, vocab]: after the prompt, then after each fed token
+
+
+@torch.no_grad()
+def eager_reference(eager, prompt: list[int], steps: int = 32) -> EagerReference:
+    """Run eager once, teacher-forcing itself. Taken before quantization so the exporter can quantize the very same
+    model in place instead of holding an fp32 copy beside it (a 0.8B model is 3 GB in fp32)."""
     eager.reset()
     eager.logits_to_keep = 0
-    split = max(1, len(prompt) // 3)  # two uneven chunks through `forward`
     ref = [eager(torch.tensor([prompt]), torch.arange(len(prompt)))[0, -1]]
+    fed, pos = [], len(prompt)
+    for _ in range(steps):
+        fed.append(int(ref[-1].argmax()))
+        ref.append(eager(torch.tensor([[fed[-1]]]), torch.tensor([pos]))[0, -1])
+        pos += 1
+    eager.reset()
+    return EagerReference(list(prompt), fed, torch.stack(ref).float())
+
+
+def compare_with_eager(program, eager, prompt: list[int], steps: int = 32) -> dict:
+    """Per-step logits of program vs eager (teacher-forced on eager's greedy tokens)."""
+    return compare_with_reference(program, eager_reference(eager, prompt, steps))
+
+
+def compare_with_reference(program, reference: EagerReference) -> dict:
+    """Feed `program` the reference's prompt (two uneven prefill chunks) and tokens; compare logits step by step."""
+    prompt = reference.prompt
+    split = max(1, len(prompt) // 3)  # two uneven chunks through `forward`
     if split < len(prompt):
         program.prefill(prompt[:split], 0)
         got = [program.prefill(prompt[split:], split)]
     else:
         got = [program.prefill(prompt, 0)]
-    pos = len(prompt)
-    for _ in range(steps):
-        token = int(ref[-1].argmax())
-        ref.append(eager(torch.tensor([[token]]), torch.tensor([pos]))[0, -1])
-        got.append(program.decode(token, pos))
-        pos += 1
+    for i, token in enumerate(reference.fed_tokens):
+        got.append(program.decode(token, len(prompt) + i))
+    ref = list(reference.logits)
     ref_t, got_t = torch.stack(ref).float(), torch.stack(got).float()  # [steps+1, vocab]
     log_p, log_q = torch.log_softmax(ref_t, -1), torch.log_softmax(got_t, -1)
     kl = (log_p.exp() * (log_p - log_q)).sum(-1)  # KL(eager || program) per step
