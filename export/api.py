@@ -294,6 +294,7 @@ def export(source: str, out: str | Path, *, preset: str | None = DEFAULT_PRESET,
     prompt = fixed_prompt(config.vocab_size, tokenizer)
     reference = eager_reference(model, prompt, steps=min(32, settings.max_seq_len - len(prompt)))
     done("reference")
+    model.fuse_projections()  # exact; fewer linears to quantize, lower and run (models/qwen35.py)
     stage("quantize")
     qreport = quantize_model(model, settings.qlinear, settings.qembedding, settings.group_size, settings.tied_table)
     done("quantize")

@@ -76,15 +76,39 @@ class Qwen35RMSNormGated(nn.Module):
         return (y * F.silu(gate.float())).to(dtype)
 
 
+def fuse_linears(*linears: nn.Linear) -> nn.Linear:
+    """One Linear whose output rows are the given linears' rows, in order (same input, no bias).
+
+    Exact under every quantization scheme we use: int4 groups and int8 channels run along each output row's inputs,
+    so a row is quantized the same wherever it sits. The exported graph gets one GEMM, one activation quantization
+    and one delegate op where it had several.
+    """
+    if any(m.bias is not None for m in linears) or len({m.in_features for m in linears}) != 1:
+        raise ValueError("fuse_linears: expected bias-free linears over one input width")
+    fused = nn.Linear(linears[0].in_features, sum(m.out_features for m in linears), bias=False)
+    fused.weight = nn.Parameter(torch.cat([m.weight.detach() for m in linears], dim=0), requires_grad=False)
+    return fused
+
+
 class Qwen35MLP(nn.Module):
     def __init__(self, hidden: int, intermediate: int):
         super().__init__()
+        self.intermediate = intermediate
         self.gate_proj = nn.Linear(hidden, intermediate, bias=False)
         self.up_proj = nn.Linear(hidden, intermediate, bias=False)
         self.down_proj = nn.Linear(intermediate, hidden, bias=False)
+        self.gate_up_proj = None  # set by fuse_projections()
+
+    def fuse_projections(self) -> None:
+        self.gate_up_proj = fuse_linears(self.gate_proj, self.up_proj)
+        del self.gate_proj, self.up_proj
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        if self.gate_up_proj is None:
+            return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        gate_up = self.gate_up_proj(x)  # [B,T,2I]
+        i = self.intermediate
+        return self.down_proj(F.silu(gate_up[..., :i]) * gate_up[..., i:])
 
 
 class Qwen35GatedDeltaNet(nn.Module):
@@ -111,6 +135,19 @@ class Qwen35GatedDeltaNet(nn.Module):
         self.A_log = nn.Parameter(torch.zeros(self.num_v_heads))
         self.norm = Qwen35RMSNormGated(self.head_v_dim, eps=config.rms_norm_eps)
         self.out_proj = nn.Linear(self.value_dim, config.hidden_size, bias=False)
+        self.in_proj = None  # in_proj_qkv|z|b|a fused by fuse_projections()
+
+    def fuse_projections(self) -> None:
+        self.in_proj = fuse_linears(self.in_proj_qkv, self.in_proj_z, self.in_proj_b, self.in_proj_a)
+        del self.in_proj_qkv, self.in_proj_z, self.in_proj_b, self.in_proj_a
+
+    def _project(self, x: torch.Tensor):
+        """x [B,T,h] -> mixed [B,T,conv_dim], z [B,T,Hv*V], b [B,T,Hv], a [B,T,Hv]."""
+        if self.in_proj is None:
+            return self.in_proj_qkv(x), self.in_proj_z(x), self.in_proj_b(x), self.in_proj_a(x)
+        y = self.in_proj(x)  # [B,T,conv_dim + Hv*V + 2*Hv]
+        c, zv, hv = self.conv_dim, self.value_dim, self.num_v_heads
+        return y[..., :c], y[..., c:c + zv], y[..., c + zv:c + zv + hv], y[..., c + zv + hv:]
 
     def setup_state(self, batch_size: int, dtype: torch.dtype) -> None:
         # 3 raw columns suffice for a width-4 filter; transformers keeps 4.
@@ -121,11 +158,11 @@ class Qwen35GatedDeltaNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, t, _ = x.shape
-        mixed = self.in_proj_qkv(x).transpose(1, 2)  # [B,conv_dim,T]
-        z = self.in_proj_z(x)  # [B,T,Hv*V]
-        beta = self.in_proj_b(x).float().sigmoid()  # [B,T,Hv]
+        mixed, z, b_proj, a_proj = self._project(x)
+        mixed = mixed.transpose(1, 2)  # [B,conv_dim,T]
+        beta = b_proj.float().sigmoid()  # [B,T,Hv]
         # fp32 island: exp(A_log) overflows in fp16.
-        g = -self.A_log.float().exp() * softplus(self.in_proj_a(x).float() + self.dt_bias.float())  # [B,T,Hv]
+        g = -self.A_log.float().exp() * softplus(a_proj.float() + self.dt_bias.float())  # [B,T,Hv]
 
         window = torch.cat([self.conv_state, mixed.to(self.conv_state.dtype)], dim=-1)  # [B,conv_dim,K-1+T]
         self.conv_state.copy_(window[:, :, -(self.conv_kernel_size - 1):])
@@ -160,6 +197,19 @@ class Qwen35Attention(nn.Module):
         self.o_proj = nn.Linear(self.num_heads * self.head_dim, h, bias=False)
         self.q_norm = Qwen35RMSNorm(self.head_dim, eps=config.rms_norm_eps)
         self.k_norm = Qwen35RMSNorm(self.head_dim, eps=config.rms_norm_eps)
+        self.qkv_proj = None  # q|k|v fused by fuse_projections()
+
+    def fuse_projections(self) -> None:
+        self.qkv_proj = fuse_linears(self.q_proj, self.k_proj, self.v_proj)
+        del self.q_proj, self.k_proj, self.v_proj
+
+    def _project(self, x: torch.Tensor):
+        """x [B,T,h] -> query|gate [B,T,Hq*2D], k [B,T,Hkv*D], v [B,T,Hkv*D]."""
+        if self.qkv_proj is None:
+            return self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        y = self.qkv_proj(x)  # [B,T,Hq*2D + 2*Hkv*D]
+        nq, nkv = self.num_heads * self.head_dim * 2, self.num_kv_heads * self.head_dim
+        return y[..., :nq], y[..., nq:nq + nkv], y[..., nq + nkv:]
 
     def setup_state(self, batch_size: int, max_seq_len: int, dtype: torch.dtype) -> None:
         shape = (batch_size, self.num_kv_heads, max_seq_len, self.head_dim)
@@ -175,12 +225,13 @@ class Qwen35Attention(nn.Module):
 
     def forward(self, x, input_pos, cos, sin, mask) -> torch.Tensor:
         b, t, _ = x.shape
-        qg = self.q_proj(x).reshape(b, t, self.num_heads, 2 * self.head_dim)  # [B,T,Hq,2D]
+        qg, k, v = self._project(x)
+        qg = qg.reshape(b, t, self.num_heads, 2 * self.head_dim)  # [B,T,Hq,2D]
         q, gate = qg[..., : self.head_dim], qg[..., self.head_dim:]  # [B,T,Hq,D] each
         gate = gate.reshape(b, t, self.num_heads * self.head_dim)  # [B,T,Hq*D]
         q = self.q_norm(q).transpose(1, 2)  # [B,Hq,T,D]
-        k = self.k_norm(self.k_proj(x).reshape(b, t, self.num_kv_heads, self.head_dim)).transpose(1, 2)  # [B,Hkv,T,D]
-        v = self.v_proj(x).reshape(b, t, self.num_kv_heads, self.head_dim).transpose(1, 2)  # [B,Hkv,T,D]
+        k = self.k_norm(k.reshape(b, t, self.num_kv_heads, self.head_dim)).transpose(1, 2)  # [B,Hkv,T,D]
+        v = v.reshape(b, t, self.num_kv_heads, self.head_dim).transpose(1, 2)  # [B,Hkv,T,D]
         q, k = self._rope(q, cos, sin), self._rope(k, cos, sin)
 
         self.k_cache.index_copy_(2, input_pos, k.to(self.k_cache.dtype))
@@ -287,6 +338,19 @@ class Qwen35ForCausalLM(nn.Module):
         emb = torch.cat([freqs, freqs], dim=-1)  # [S,R]
         self.register_buffer("rope_cos", emb.cos(), persistent=False)
         self.register_buffer("rope_sin", emb.sin(), persistent=False)
+
+    @torch.no_grad()
+    def fuse_projections(self) -> "Qwen35ForCausalLM":
+        """Merge the linears that read the same input: delta-net in_proj_{qkv,z,b,a}, attention q/k/v, MLP gate/up.
+
+        For export: 186 linears become 96 on the 0.8B shape, so the graph has fewer quantize and GEMM nodes to lower
+        and run. The math is unchanged (fuse_linears); loading and the transformers names are unaffected because
+        fusion happens after loading.
+        """
+        for layer in self.model.layers:
+            (layer.linear_attn if layer.layer_type == "linear_attention" else layer.self_attn).fuse_projections()
+            layer.mlp.fuse_projections()
+        return self
 
     @torch.no_grad()
     def reset(self) -> None:
