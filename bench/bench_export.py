@@ -1,11 +1,18 @@
-"""Our exporter on a real shape: bundle size, export time and peak RSS, prefill and decode speed, run RSS.
+"""Our exporter on a real shape, side by side with its peers in one run: bundle size, export time and peak RSS,
+prefill and decode speed, run RSS; ratios, the issue's goals checked, JSON.
 
-    python bench/bench_export.py --source 0_8b --preset xnnpack-8da4w --json out/export_0_8b_8da4w.json
+    python bench/bench_export.py --source /tmp/qwen35_rand_0_8b --presets xnnpack-8da4w xnnpack-8da4w:twice \
+        xnnpack-4w --peers upstream_executorch llamacpp --et-variants fp32 8da4w_emb4 --json out/export_0_8b.json
 
-SOURCE is a preset name (random weights in that shape) or an HF folder. The export runs in a child process (its peak
-RSS is the export's own), then the bundle is timed in another child: prefill at each --prompt-lens (one `forward`
-call per chunk), then --steps decode steps, median per-token time. Peers (upstream ExecuTorch, llama.cpp) are
-measured by bench/peers/ and joined with --peers-json. Host speed says nothing about a phone.
+SOURCE is a preset name (random weights in that shape) or an HF folder; give the peers' checkpoint folder
+(`python -m bench.peers.random_checkpoint --preset 0_8b`) so that every row runs the same weights. A preset entry
+`NAME:twice` exports NAME with `--tied-table twice`. Each export runs in a child process (its peak RSS is the
+export's own) and each bundle is timed in another child: prefill at each --prompt-lens from position 0 (one
+`forward` call per chunk), then --steps decode steps, median per-token time. With --native, the bundle is also run
+by our C++ runner (qwen-bench, no Python in the process), whose peak RSS is the model's own. --peers runs
+bench/peers/ (upstream ExecuTorch, llama.cpp) in the same invocation, after our rows. --reuse keeps bundles in
+--workdir and times them again without re-exporting (their export figures come from the manifest).
+Host speed says nothing about a phone.
 """
 
 from __future__ import annotations
@@ -25,7 +32,8 @@ import json, sys, time
 from qwen_mobile.export.api import export
 t0 = time.perf_counter()
 m = export(sys.argv[1], sys.argv[2], preset=sys.argv[3], force=True, progress=False,
-           max_seq_len=int(sys.argv[4]), max_prefill_chunk=int(sys.argv[5]), quality_gate=False)
+           max_seq_len=int(sys.argv[4]), max_prefill_chunk=int(sys.argv[5]), quality_gate=False,
+           tied_table=sys.argv[6])
 print(json.dumps({"seconds": time.perf_counter() - t0, "manifest_export": m["export"],
                   "verification": m["verification"]}))
 """
@@ -66,58 +74,175 @@ def child(code: str, *args: str) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+GOALS_DOC = "issue 4: 8da4w on the 0.8B shape"
+
+
+def export_row(source: str, entry: str, args, workdir: Path) -> tuple[dict, Path]:
+    """Export one preset entry (or reuse its bundle) -> (row, bundle folder)."""
+    preset, _, tied = entry.partition(":")
+    tied = tied or "once"
+    out = workdir / entry.replace(":", "-")
+    manifest_path = out / "manifest.json"
+    if args.reuse and manifest_path.is_file():
+        m = json.loads(manifest_path.read_text())
+        exp = {"seconds": m["export"]["seconds"], "manifest_export": m["export"], "verification": m["verification"]}
+        print(f"reusing {out} (export figures from its manifest)", file=sys.stderr)
+    else:
+        print(f"exporting {source} with {entry} ...", file=sys.stderr)
+        exp = child(EXPORT_CHILD, source, str(out), preset, str(args.max_seq_len), str(args.max_prefill_chunk), tied)
+    m = json.loads(manifest_path.read_text())
+    row = {
+        "peer": "qwen_mobile", "variant": entry, "artifact": str(out), "size_bytes": (out / "model.pte").stat().st_size,
+        "export_s": exp["seconds"], "export_peak_rss_bytes": exp["manifest_export"]["peak_rss_bytes"],
+        "export_steps": {"stages": exp["manifest_export"].get("stage_seconds")},
+        "tied_table_copies": m["recipe"].get("tied_table_copies"), "head": m["recipe"].get("head"),
+        "verification": exp["verification"], "notes": [], "prefill_mode": "batched",
+    }
+    return row, out
+
+
+def time_row(row: dict, out: Path, args) -> None:
+    print(f"timing {row['variant']} ...", file=sys.stderr)
+    row["notes"].append(load_note("before run"))
+    run = child(RUN_CHILD, str(out), str(args.steps), args.prompt_lens, str(args.threads))
+    row["notes"].append(load_note("after run"))
+    decode = sorted(run["decode_s"])
+    row.update({
+        "prefill_tok_s": run["prefill_tok_s"], "decode_tok_s": 1 / statistics.median(decode),
+        "decode_tok_s_p10": 1 / statistics.quantiles(decode, n=10)[-1],
+        "decode_tok_s_p90": 1 / statistics.quantiles(decode, n=10)[0], "decode_steps": len(decode),
+        "run_peak_rss_bytes": run["run_peak_rss_bytes"], "threads": args.threads,
+    })
+    if args.native:
+        row["native"] = native_run(out, args)
+
+
+def native_run(out: Path, args) -> dict:
+    """qwen-bench on the bundle: the same methods from C++, so its peak RSS has no Python or torch in it."""
+    with tempfile.TemporaryDirectory() as tmp:
+        js = Path(tmp) / "bench.json"
+        lens = args.prompt_lens.split(",")
+        cmd = [str(args.native), "--bundle", str(out), "--prompt-len", lens[-1], "--gen", str(args.steps),
+               "--threads", str(args.threads), "--warmup", "1", "--runs", "1", "--no-power", "--json", str(js)]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode:
+            return {"error": proc.stderr[-2000:], "command": cmd}
+        res = json.loads(js.read_text())
+    result = res["results"][0]
+    return {"command": cmd, "peak_rss_bytes": res["memory"]["peak_rss_bytes"],
+            "load_rss_bytes": res["memory"].get("load_rss_bytes"),
+            "prefill_tok_s": result["prefill_tok_s"]["median"], "decode_tok_s": (result["decode_tok_s"] or {}).get("median")}
+
+
+def load_note(when: str) -> str:
+    one, five, fifteen = os.getloadavg()
+    return f"loadavg {when}: {one:.2f} {five:.2f} {fifteen:.2f}"
+
+
+def check_goals(rows: list[dict], main_variant: str) -> list[tuple[str, bool | None, str]]:
+    """The issue's goals for 8da4w on the 0.8B shape, each against the rows measured in this run."""
+    by = {f"{r['peer']}:{r['variant']}": r for r in rows if not r.get("error")}
+    ours = by.get(f"qwen_mobile:{main_variant}")
+    if ours is None:
+        return []
+    up, lc = by.get("upstream_executorch:8da4w_emb4"), by.get("llama_cpp:q4_0") or by.get("llamacpp:q4_0")
+    goals = [("size <= 520 MB", ours["size_bytes"] <= 520e6, f"{ours['size_bytes'] / 1e6:.0f} MB"),
+             ("export < 5 min", ours["export_s"] < 300, f"{ours['export_s']:.0f} s"),
+             ("export peak RSS <= 6 GB", ours["export_peak_rss_bytes"] <= 6e9,
+              f"{ours['export_peak_rss_bytes'] / 1e9:.2f} GB"),
+             ("run peak RSS <= 1.0 GB (Python process)", ours["run_peak_rss_bytes"] <= 1e9,
+              f"{ours['run_peak_rss_bytes'] / 1e9:.2f} GB")]
+    peers_decode = [r["decode_tok_s"] for r in (up, lc) if r and r.get("decode_tok_s")]
+    if peers_decode:
+        goals.append(("decode >= max(upstream 8da4w, llama.cpp Q4_0)", ours["decode_tok_s"] >= max(peers_decode),
+                      f"{ours['decode_tok_s']:.2f} vs {max(peers_decode):.2f} tok/s"))
+    if lc and (lc.get("prefill_tok_s") or {}).get("512"):
+        got = ours["prefill_tok_s"].get("512")
+        goals.append(("prefill >= llama.cpp pp512", got is not None and got >= lc["prefill_tok_s"]["512"],
+                      f"{got or float('nan'):.1f} vs {lc['prefill_tok_s']['512']:.1f} tok/s"))
+    return goals
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--source", default="0_8b")
-    ap.add_argument("--preset", default="xnnpack-8da4w")
+    ap.add_argument("--source", default="0_8b", help="preset name (random weights) or HF folder")
+    ap.add_argument("--presets", nargs="+", default=["xnnpack-8da4w"],
+                    help="export presets to measure; NAME:twice = with --tied-table twice (default: %(default)s)")
     ap.add_argument("--max-seq-len", type=int, default=1024)
     ap.add_argument("--max-prefill-chunk", type=int, default=128)
     ap.add_argument("--prompt-lens", default="128,512")
     ap.add_argument("--steps", type=int, default=32)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--workdir", type=Path, help="where the bundle goes (default: temp, removed)")
-    ap.add_argument("--peers-json", type=Path, help="results of bench/peers/run_peers.py to print side by side")
+    ap.add_argument("--workdir", type=Path, help="keep the bundles here (default: a temp dir, removed)")
+    ap.add_argument("--reuse", action="store_true", help="time bundles already in --workdir instead of re-exporting")
+    ap.add_argument("--native", type=Path, help="qwen-bench binary: also run each bundle from C++ (peak RSS without "
+                                                "Python)")
+    ap.add_argument("--peers", nargs="*", default=[], choices=["upstream_executorch", "llamacpp"],
+                    help="run these peers in this invocation, after our rows (bench/peers/)")
+    ap.add_argument("--et-variants", nargs="+", default=["8da4w_emb4"], choices=["fp32", "8da4w_emb4"])
+    ap.add_argument("--lc-ftypes", nargs="+", default=["q4_0"])
+    ap.add_argument("--peers-json", type=Path, help="earlier bench/peers results to print alongside (not same-run)")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
+    if args.reuse and not args.workdir:
+        ap.error("--reuse needs --workdir")
 
+    rows: list[dict] = []
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
-        out = Path(tmp) / "bundle"
-        print(f"exporting {args.source} with {args.preset} ...", file=sys.stderr)
-        exp = child(EXPORT_CHILD, args.source, str(out), args.preset, str(args.max_seq_len),
-                    str(args.max_prefill_chunk))
-        size = (out / "model.pte").stat().st_size
-        print("timing the bundle ...", file=sys.stderr)
-        run = child(RUN_CHILD, str(out), str(args.steps), args.prompt_lens, str(args.threads))
-    decode = sorted(run["decode_s"])
-    ours = {
-        "peer": "qwen-mobile", "variant": args.preset, "size_bytes": size,
-        "export_s": exp["seconds"], "export_peak_rss_bytes": exp["manifest_export"]["peak_rss_bytes"],
-        "prefill_tok_s": run["prefill_tok_s"], "decode_tok_s": 1 / statistics.median(decode),
-        "decode_tok_s_p10": 1 / statistics.quantiles(decode, n=10)[-1],
-        "decode_tok_s_p90": 1 / statistics.quantiles(decode, n=10)[0],
-        "run_peak_rss_bytes": run["run_peak_rss_bytes"], "threads": args.threads,
-        "verification": exp["verification"],
-    }
-    rows = [ours]
+        workdir = args.workdir or Path(tmp)
+        workdir.mkdir(parents=True, exist_ok=True)
+        bundles = [export_row(args.source, entry, args, workdir) for entry in args.presets]
+        for row, out in bundles:  # every export first, then every run: the runs sit close together in time
+            time_row(row, out, args)
+            rows.append(row)
+    if args.peers:
+        sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+        from bench.peers.run_peers import run_peers
+
+        if not Path(args.source).is_dir():
+            print("note: --peers with a preset SOURCE: the peers use /tmp/qwen35_rand_<preset>, other weights",
+                  file=sys.stderr)
+        ckpt = Path(args.source) if Path(args.source).is_dir() else Path(f"/tmp/qwen35_rand_{args.source}")
+        lens = tuple(int(n) for n in args.prompt_lens.split(","))
+        for r in run_peers(ckpt, peers=args.peers, et_variants=args.et_variants, lc_ftypes=args.lc_ftypes,
+                           prefill=lens, et_decode=args.steps, threads=args.threads):
+            rows.append(r.to_dict())
     if args.peers_json and args.peers_json.is_file():
-        peers = json.loads(args.peers_json.read_text())
-        rows += peers if isinstance(peers, list) else peers.get("results", [])
+        earlier = json.loads(args.peers_json.read_text())
+        for r in earlier if isinstance(earlier, list) else earlier.get("results", []):
+            rows.append(dict(r, variant=f"{r.get('variant')} (earlier run)"))
+
     lens = args.prompt_lens.split(",")
-    print(f"\n{args.source}, {args.threads} threads, host CPU ({platform.processor() or platform.machine()})")
-    head = f"{'peer':<22}{'size MB':>9}{'export s':>10}{'export GB':>10}" + "".join(
-        f"{'pp' + n:>9}" for n in lens) + f"{'decode':>9}{'run GB':>8}{'decode vs ours':>16}"
+    ours = rows[0]
+    print(f"\n{args.source}, {args.threads} threads, host CPU ({platform.processor() or platform.machine()}); "
+          f"ratios are row / qwen_mobile:{ours['variant']}")
+    head = (f"{'peer:variant':<34}{'size MB':>9}{'export s':>10}{'export GB':>10}" + "".join(f"{'pp' + n:>9}" for n in lens)
+            + f"{'decode':>9}{'run GB':>8}{'native GB':>10}{'decode x':>10}{'pp' + lens[-1] + ' x':>9}")
     print(head)
     for r in rows:
+        if r.get("error"):
+            print(f"{r['peer'] + ':' + str(r['variant']):<34} ERROR {r['error'][-300:]}")
+            continue
         pp = r.get("prefill_tok_s") or {}
-        print(f"{r['peer'] + ' ' + str(r.get('variant', '')):<22}{(r.get('size_bytes') or 0) / 1e6:>9.0f}"
+        nat = (r.get("native") or {}).get("peak_rss_bytes")
+        print(f"{r['peer'] + ':' + str(r['variant']):<34}{(r.get('size_bytes') or 0) / 1e6:>9.0f}"
               f"{r.get('export_s') or 0:>10.0f}{(r.get('export_peak_rss_bytes') or 0) / 1e9:>10.2f}"
               + "".join(f"{pp.get(n, float('nan')):>9.1f}" for n in lens)
               + f"{r.get('decode_tok_s') or float('nan'):>9.2f}{(r.get('run_peak_rss_bytes') or 0) / 1e9:>8.2f}"
-              f"{(r.get('decode_tok_s') or float('nan')) / ours['decode_tok_s']:>15.2f}x")
+              + (f"{nat / 1e9:>10.2f}" if nat else f"{'-':>10}")
+              + f"{(r.get('decode_tok_s') or float('nan')) / ours['decode_tok_s']:>9.2f}x"
+              + f"{pp.get(lens[-1], float('nan')) / ours['prefill_tok_s'].get(lens[-1], float('nan')):>8.2f}x")
+    goals = check_goals(rows, ours["variant"])
+    if goals:
+        print(f"\ngoals ({GOALS_DOC}), for qwen_mobile:{ours['variant']}:")
+        for name, ok, detail in goals:
+            print(f"  {'MET ' if ok else 'MISS'}  {name:<48} {detail}")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"bench": "export", "source": args.source, "host": platform.node(),
-                                         "cpu_count": os.cpu_count(), "results": rows}, indent=2))
+                                         "cpu_count": os.cpu_count(), "results": rows,
+                                         "goals": [{"goal": g, "met": ok, "measured": d} for g, ok, d in goals]},
+                                        indent=2))
     return 0
 
 
