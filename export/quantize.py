@@ -87,28 +87,40 @@ FP16_SCALE_RANGE = (2.0 ** -14, 65504.0)
 
 
 @torch.no_grad()
-def quantize_weight(w: torch.Tensor, bits: int, group_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+def quantize_weight(w: torch.Tensor, bits: int, group_size: int,
+                    rows_per_chunk: int = 8192) -> tuple[torch.Tensor, torch.Tensor]:
     """w [N, K] float -> (qweight, scales) in qwen35::linear_wq's layout (runtime/wq.py).
 
     bits=8: qweight int8 [N, K]; bits=4: uint8 [N, K/2], element 2j in the low nibble of byte j, 2j+1 in the high
     one, each stored as q + 8. scales [N, K/group_size].
+
+    Rows are processed `rows_per_chunk` at a time: the 0.8B table (248,320 x 1,024) would otherwise need several
+    1 GB float temporaries at once, which set the export's peak RSS. Chunking changes no value.
     """
     N, K = w.shape
     if K % group_size or (bits == 4 and group_size % 2):
         raise ValueError(f"quantize_weight: group_size {group_size} must divide K={K} (and be even for 4 bits)")
     qmax = 127 if bits == 8 else 7
-    groups = w.detach().float().reshape(N, K // group_size, group_size)  # [N, G, gs]
-    amax = groups.abs().amax(-1, keepdim=True)  # [N, G, 1]
+    chunks = range(0, N, rows_per_chunk)
+
+    def groups_of(i: int) -> torch.Tensor:
+        return w[i:i + rows_per_chunk].detach().float().reshape(-1, K // group_size, group_size)  # [n, G, gs]
+
+    amax = torch.cat([groups_of(i).abs().amax(-1) for i in chunks])  # [N, G]
     scales = torch.where(amax > 0, amax / qmax, torch.ones_like(amax))  # all-zero group: any scale, q = 0
     lo, hi = FP16_SCALE_RANGE
     if bool(((scales >= lo) & (scales <= hi)).all()):
         scales = scales.to(torch.float16)
-    q = torch.clamp(torch.round(groups / scales.float()), -qmax, qmax).to(torch.int8).reshape(N, K)
-    scales = scales.reshape(N, K // group_size)
-    if bits == 8:
-        return q.contiguous(), scales.contiguous()
-    u = (q + 8).to(torch.uint8)  # offset binary nibbles, 1..15
-    return (u[:, 0::2] | (u[:, 1::2] << 4)).contiguous(), scales.contiguous()
+    qweight = torch.empty((N, K if bits == 8 else K // 2), dtype=torch.int8 if bits == 8 else torch.uint8)
+    for i in chunks:
+        q = torch.clamp(torch.round(groups_of(i) / scales[i:i + rows_per_chunk, :, None].float()), -qmax, qmax)
+        q = q.to(torch.int8).reshape(-1, K)  # [n, K]
+        if bits == 8:
+            qweight[i:i + rows_per_chunk] = q
+        else:
+            u = (q + 8).to(torch.uint8)  # offset binary nibbles, 1..15
+            qweight[i:i + rows_per_chunk] = u[:, 0::2] | (u[:, 1::2] << 4)
+    return qweight, scales.contiguous()
 
 
 class LinearWQ(nn.Module):

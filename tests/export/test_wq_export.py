@@ -10,7 +10,7 @@ import torch
 
 from checkpoints import make_hf_causal_lm
 from qwen_mobile.export.api import export
-from qwen_mobile.export.quantize import QuantReport, check_weight_only_nodes, quantize_model
+from qwen_mobile.export.quantize import QuantReport, check_weight_only_nodes, quantize_model, quantize_weight
 from qwen_mobile.models import Qwen35ForCausalLM
 from qwen_mobile.runtime.program import BundleProgram
 
@@ -127,3 +127,17 @@ def test_missing_weight_only_node_is_refused(source):
     with pytest.raises(RuntimeError, match="weight-only nodes"):
         check_weight_only_nodes({"forward": ok, "decode": Graph(report.quantized_linears - 1)}, report)
     assert check_weight_only_nodes({}, QuantReport("8da4w", "4w", 32)) == {}
+
+
+@pytest.mark.parametrize("bits,group", [(4, 32), (8, 64)])
+def test_quantizing_in_row_chunks_changes_nothing(bits, group):
+    """The table is quantized in row chunks to bound export memory; a one-chunk pass is the reference. A group with
+    a scale outside fp16's normal range forces fp32 scales for the whole tensor, whichever chunk holds it."""
+    w = torch.randn(301, 64, generator=torch.Generator().manual_seed(2))
+    for tiny_group_row in (None, 250):
+        if tiny_group_row is not None:
+            w[tiny_group_row, :group] = 1e-9
+        whole = quantize_weight(w, bits, group, rows_per_chunk=10_000)
+        chunked = quantize_weight(w, bits, group, rows_per_chunk=16)
+        assert torch.equal(whole[0], chunked[0]) and torch.equal(whole[1], chunked[1])
+        assert whole[1].dtype == (torch.float16 if tiny_group_row is None else torch.float32)
