@@ -188,7 +188,7 @@ def main() -> int:
         ap.error("--reuse needs --workdir")
 
     rows: list[dict] = []
-    with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
+    with tempfile.TemporaryDirectory() as tmp:
         workdir = args.workdir or Path(tmp)
         workdir.mkdir(parents=True, exist_ok=True)
         bundles = [export_row(args.source, entry, args, workdir) for entry in args.presets]
