@@ -222,12 +222,12 @@ def cmd_demo(args) -> int:
     source = args.source or DEFAULT_SOURCE
     prompt = "def fibonacci(n):\n    if n < 2:\n"
     common = dict(source=source, prompt=prompt, prompt_ids=None, gdn_impl="op", json=None)
-    print("== 1/3 our eager model vs transformers ==")
+    print("== 1/4 our eager model vs transformers ==")
     rc = cmd_check(argparse.Namespace(**common, new_tokens=16, atol=1e-4))
-    print(f"\n== 2/3 export {source} -> {args.out} ({args.preset}) ==")
-    rc |= cmd_export(argparse.Namespace(
-        source=source, out=args.out, preset=args.preset, force=True, quality_gate="auto", no_progress=False,
-        recipe=None, qlinear=None, qembedding=None, group_size=None, max_seq_len=None, max_prefill_chunk=None))
+    print(f"\n== 2/4 export {source} -> {args.out} ({args.preset}) ==")
+    # Parsed like a typed command, so every export flag gets its parser default (a new flag cannot be forgotten here).
+    rc |= cmd_export(build_parser().parse_args(["export", source, "--out", str(args.out), "--preset", args.preset,
+                                                "--force"]))
     print("\n== 3/4 run the bundle ==")
     from qwen_mobile.runtime.commands import cmd_bench, cmd_run
 

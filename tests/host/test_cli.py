@@ -104,3 +104,24 @@ def test_inspect_reads_our_op_from_the_program(nano_bundle, bundle, capsys):
     assert set(doc["program"]["methods"]) >= {"forward", "decode", "state_read", "state_write"}
     assert main(["inspect", str(nano_bundle)]) == 0
     assert "qwen35::gated_delta_rule" in capsys.readouterr().out
+
+
+def test_demo_runs_its_four_steps_with_every_export_flag(monkeypatch, tmp_path):
+    """The demo drives the real export command: the export it asks for has the parser's defaults for every flag
+    (a flag added to `export` but not to the demo once broke the README's first command). The slow steps are stubbed."""
+    import qwen_mobile.export.api as api
+    import qwen_mobile.runtime.commands as commands
+    from qwen_mobile.export import cli
+
+    seen = {}
+    monkeypatch.setattr(cli, "cmd_check", lambda a: seen.setdefault("check", a.source) and 0)
+    monkeypatch.setattr(api, "export", lambda source, out, **kw: seen.setdefault("export", (source, out, kw)) and {})
+    monkeypatch.setattr(cli, "export_summary", lambda manifest, out: "")
+    monkeypatch.setattr(commands, "cmd_run", lambda a: seen.setdefault("run", a.bundle) and 0)
+    monkeypatch.setattr(commands, "cmd_bench", lambda a: seen.setdefault("bench", a.targets) and 0)
+    out = str(tmp_path / "demo")
+    assert cli.main(["demo", "--out", out]) == 0
+    source, export_out, kw = seen["export"]
+    assert (source, export_out, seen["check"]) == ("nano", out, "nano")
+    assert kw["preset"] == "xnnpack-8da4w" and kw["force"] is True and kw["tied_table"] is None
+    assert seen["run"] == out and list(seen["bench"]) == [out]
