@@ -41,7 +41,6 @@ def fixed_prompt(vocab_size: int, tokenizer=None, length: int = 40) -> list[int]
     return torch.randint(0, vocab_size, (length,), generator=gen).tolist()
 
 
-@torch.no_grad()
 @dataclass
 class EagerReference:
     """Eager fp32's greedy run on the fixed prompt: the tokens it fed and its logits at every step."""
@@ -72,6 +71,7 @@ def compare_with_eager(program, eager, prompt: list[int], steps: int = 32) -> di
     return compare_with_reference(program, eager_reference(eager, prompt, steps))
 
 
+@torch.no_grad()
 def compare_with_reference(program, reference: EagerReference) -> dict:
     """Feed `program` the reference's prompt (two uneven prefill chunks) and tokens; compare logits step by step."""
     prompt = reference.prompt
@@ -83,15 +83,14 @@ def compare_with_reference(program, reference: EagerReference) -> dict:
         got = [program.prefill(prompt, 0)]
     for i, token in enumerate(reference.fed_tokens):
         got.append(program.decode(token, len(prompt) + i))
-    ref = list(reference.logits)
-    ref_t, got_t = torch.stack(ref).float(), torch.stack(got).float()  # [steps+1, vocab]
+    ref_t, got_t = reference.logits, torch.stack(got).float()  # [steps+1, vocab]
     log_p, log_q = torch.log_softmax(ref_t, -1), torch.log_softmax(got_t, -1)
     kl = (log_p.exp() * (log_p - log_q)).sum(-1)  # KL(eager || program) per step
     top5_ref = ref_t.topk(5, -1).indices
     top5_got = got_t.topk(5, -1).indices
     overlap = torch.tensor([len(set(a.tolist()) & set(b.tolist())) / 5 for a, b in zip(top5_ref, top5_got)])
     return dict(
-        steps=len(ref),
+        steps=len(ref_t),
         max_abs_logit_diff=float((ref_t - got_t).abs().max()),
         max_abs_logit=float(ref_t.abs().max()),
         top1_agreement=float((ref_t.argmax(-1) == got_t.argmax(-1)).float().mean()),
