@@ -172,16 +172,11 @@ def _quantize_weight_only(model: nn.Module, report: "QuantReport", embed, lm_hea
     import qwen_mobile.runtime.wq  # noqa: F401  defines torch.ops.qwen35.linear_wq / embedding_wq
 
     bits, gs = WEIGHT_ONLY_BITS[report.qlinear], report.group_size
-    shared = None  # (qweight, scales) of a tied table quantized once for both sides
+    shared = None  # (qweight, scales, bits, group) of a tied table quantized once for both sides
     if embed is not None and report.qembedding != "none":
-        e_bits = WEIGHT_ONLY_BITS[report.qembedding]
-        e_gs = embed.embedding_dim if e_bits == 8 else gs  # int8: per row
-        qweight, scales = quantize_weight(embed.weight, e_bits, e_gs)
-        fqn = next(n for n, m in model.named_modules() if m is embed)
-        _set_submodule(model, fqn, EmbeddingWQ(qweight, scales, e_bits, e_gs))
-        report.embedding, report.wq_embedding = report.qembedding, True
+        table = _quantize_embedding(model, report, embed)
         if tied and report.qembedding == report.qlinear:
-            shared = (qweight, scales, e_bits, e_gs)
+            shared = table
     for fqn, module in list(model.named_modules()):
         if not isinstance(module, nn.Linear):
             continue
@@ -190,7 +185,7 @@ def _quantize_weight_only(model: nn.Module, report: "QuantReport", embed, lm_hea
             report.skipped_linears.append(f"{fqn} (in_features {module.in_features} % group {group})")
             continue
         if module is lm_head and shared is not None:
-            new = LinearWQ(shared[0], shared[1], shared[2], shared[3], module.bias)  # the embedding's tensors
+            new = LinearWQ(*shared, module.bias)  # the embedding's tensors
         else:
             new = LinearWQ(*quantize_weight(module.weight, bits, group), bits, group, module.bias)
         _set_submodule(model, fqn, new)
@@ -277,8 +272,8 @@ def quantize_model(model: nn.Module, qlinear: str, qembedding: str, group_size: 
     return report
 
 
-def _share_tied_table(model: nn.Module, report: QuantReport, embed: nn.Embedding, lm_head: nn.Linear) -> None:
-    """One quantized table for the embedding gather and the lm_head GEMV (our qwen35 ops), stored once."""
+def _quantize_embedding(model: nn.Module, report: QuantReport, embed: nn.Embedding) -> tuple:
+    """The embedding onto qwen35::embedding_wq at `--qembedding`; returns (qweight, scales, bits, group)."""
     import qwen_mobile.runtime.wq  # noqa: F401  defines torch.ops.qwen35.linear_wq / embedding_wq
 
     bits = WEIGHT_ONLY_BITS[report.qembedding]
@@ -286,9 +281,15 @@ def _share_tied_table(model: nn.Module, report: QuantReport, embed: nn.Embedding
     qweight, scales = quantize_weight(embed.weight, bits, group)
     _set_submodule(model, next(n for n, m in model.named_modules() if m is embed),
                    EmbeddingWQ(qweight, scales, bits, group))
-    _set_submodule(model, next(n for n, m in model.named_modules() if m is lm_head),
-                   LinearWQ(qweight, scales, bits, group, lm_head.bias))
-    report.embedding, report.wq_embedding, report.wq_linears = report.qembedding, True, 1
+    report.embedding, report.wq_embedding = report.qembedding, True
+    return qweight, scales, bits, group
+
+
+def _share_tied_table(model: nn.Module, report: QuantReport, embed: nn.Embedding, lm_head: nn.Linear) -> None:
+    """One quantized table for the embedding gather and the lm_head GEMV (our qwen35 ops), stored once."""
+    table = _quantize_embedding(model, report, embed)
+    _set_submodule(model, next(n for n, m in model.named_modules() if m is lm_head), LinearWQ(*table, lm_head.bias))
+    report.wq_linears = 1
     report.quantized_linears += 1
     report.head = f"{report.qembedding} linear_wq, the embedding's table"
     report.tied_table_copies = 1
