@@ -149,7 +149,8 @@ def cmd_export(args) -> int:
 
 def _export_coreml(args) -> int:
     """--recipe coreml / coreml-pte: Core ML packages (or a .pte inside one Core ML delegate) for iOS 18+."""
-    for flag, value in (("--qembedding", args.qembedding), ("--group-size", args.group_size)):
+    for flag, value in (("--qembedding", args.qembedding), ("--group-size", args.group_size),
+                        ("--tied-table", args.tied_table)):
         if value is not None:
             raise ValueError(f"{flag}: not a Core ML flag (the recipe quantizes the embedding with the linears and "
                              "uses blocks of 32 for 4w)")

@@ -25,6 +25,8 @@ def test_export_coreml_from_the_cli(tmp_path, capsys):
 def test_core_ml_flags_are_checked(tmp_path, capsys):
     assert main(["export", "tiny", "--recipe", "coreml", "--group-size", "64", "--out", str(tmp_path / "a")]) == 2
     assert "--group-size: not a Core ML flag" in capsys.readouterr().err
+    assert main(["export", "tiny", "--recipe", "coreml", "--tied-table", "twice", "--out", str(tmp_path / "t")]) == 2
+    assert "--tied-table: not a Core ML flag" in capsys.readouterr().err
     assert main(["export", "tiny", "--recipe", "coreml-pte", "--head-fp32", "--out", str(tmp_path / "b")]) == 2
     assert "apply to --recipe coreml only" in capsys.readouterr().err
     assert main(["export", "tiny", "--recipe", "coreml", "--qlinear", "8da4w", "--out", str(tmp_path / "c")]) == 2

@@ -145,6 +145,10 @@ def test_bad_flags_are_refused_with_the_valid_choices(tmp_path):
         export("tiny", tmp_path / "b", max_seq_len=4096, progress=False)
     with pytest.raises(ValueError, match="unknown; available"):
         export("tiny", tmp_path / "b", preset="xnnpack-2bit", progress=False)
+    with pytest.raises(ValueError, match=r"--tied-table 'thrice': not valid.*valid: \['once', 'twice'\]"):
+        export("tiny", tmp_path / "b", tied_table="thrice", progress=False)
+    with pytest.raises(ValueError, match="--tied-table twice: --qlinear 4w runs lm_head on our weight-only kernel"):
+        export("tiny", tmp_path / "b", preset="xnnpack-4w", tied_table="twice", progress=False)
     assert not (tmp_path / "b").exists()
 
 
