@@ -27,15 +27,15 @@ import sys
 import tempfile
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repo root: bench.peers
+from bench.peers.common import load_note  # noqa: E402
+
 EXPORT_CHILD = r"""
-import json, sys, time
+import json, sys
 from qwen_mobile.export.api import export
-t0 = time.perf_counter()
-m = export(sys.argv[1], sys.argv[2], preset=sys.argv[3], force=True, progress=False,
-           max_seq_len=int(sys.argv[4]), max_prefill_chunk=int(sys.argv[5]), quality_gate=False,
-           tied_table=sys.argv[6])
-print(json.dumps({"seconds": time.perf_counter() - t0, "manifest_export": m["export"],
-                  "verification": m["verification"]}))
+export(sys.argv[1], sys.argv[2], preset=sys.argv[3], force=True, progress=False, max_seq_len=int(sys.argv[4]),
+       max_prefill_chunk=int(sys.argv[5]), quality_gate=False, tied_table=sys.argv[6])
+print(json.dumps({"bundle": sys.argv[2]}))  # figures are read from the bundle's manifest
 """
 
 RUN_CHILD = r"""
@@ -82,21 +82,18 @@ def export_row(source: str, entry: str, args, workdir: Path) -> tuple[dict, Path
     preset, _, tied = entry.partition(":")
     tied = tied or "once"
     out = workdir / entry.replace(":", "-")
-    manifest_path = out / "manifest.json"
-    if args.reuse and manifest_path.is_file():
-        m = json.loads(manifest_path.read_text())
-        exp = {"seconds": m["export"]["seconds"], "manifest_export": m["export"], "verification": m["verification"]}
+    if args.reuse and (out / "manifest.json").is_file():
         print(f"reusing {out} (export figures from its manifest)", file=sys.stderr)
     else:
         print(f"exporting {source} with {entry} ...", file=sys.stderr)
-        exp = child(EXPORT_CHILD, source, str(out), preset, str(args.max_seq_len), str(args.max_prefill_chunk), tied)
-    m = json.loads(manifest_path.read_text())
+        child(EXPORT_CHILD, source, str(out), preset, str(args.max_seq_len), str(args.max_prefill_chunk), tied)
+    m = json.loads((out / "manifest.json").read_text())  # the export's own record: time, peak RSS, stages, gate
     row = {
         "peer": "qwen_mobile", "variant": entry, "artifact": str(out), "size_bytes": (out / "model.pte").stat().st_size,
-        "export_s": exp["seconds"], "export_peak_rss_bytes": exp["manifest_export"]["peak_rss_bytes"],
-        "export_steps": {"stages": exp["manifest_export"].get("stage_seconds")},
+        "export_s": m["export"]["seconds"], "export_peak_rss_bytes": m["export"]["peak_rss_bytes"],
+        "export_steps": {"stages": m["export"].get("stage_seconds")},
         "tied_table_copies": m["recipe"].get("tied_table_copies"), "head": m["recipe"].get("head"),
-        "verification": exp["verification"], "notes": [], "prefill_mode": "batched",
+        "verification": m["verification"], "notes": [], "prefill_mode": "batched",
     }
     return row, out
 
@@ -131,12 +128,8 @@ def native_run(out: Path, args) -> dict:
     result = res["results"][0]
     return {"command": cmd, "peak_rss_bytes": res["memory"]["peak_rss_bytes"],
             "load_rss_bytes": res["memory"].get("load_rss_bytes"),
-            "prefill_tok_s": result["prefill_tok_s"]["median"], "decode_tok_s": (result["decode_tok_s"] or {}).get("median")}
-
-
-def load_note(when: str) -> str:
-    one, five, fifteen = os.getloadavg()
-    return f"loadavg {when}: {one:.2f} {five:.2f} {fifteen:.2f}"
+            "prefill_tok_s": result["prefill_tok_s"]["median"],
+            "decode_tok_s": (result["decode_tok_s"] or {}).get("median")}
 
 
 def check_goals(rows: list[dict], main_variant: str) -> list[tuple[str, bool | None, str]]:
@@ -145,7 +138,7 @@ def check_goals(rows: list[dict], main_variant: str) -> list[tuple[str, bool | N
     ours = by.get(f"qwen_mobile:{main_variant}")
     if ours is None:
         return []
-    up, lc = by.get("upstream_executorch:8da4w_emb4"), by.get("llama_cpp:q4_0") or by.get("llamacpp:q4_0")
+    up, lc = by.get("upstream_executorch:8da4w_emb4"), by.get("llama_cpp:q4_0")
     goals = [("size <= 520 MB", ours["size_bytes"] <= 520e6, f"{ours['size_bytes'] / 1e6:.0f} MB"),
              ("export < 5 min", ours["export_s"] < 300, f"{ours['export_s']:.0f} s"),
              ("export peak RSS <= 6 GB", ours["export_peak_rss_bytes"] <= 6e9,
@@ -196,7 +189,6 @@ def main() -> int:
             time_row(row, out, args)
             rows.append(row)
     if args.peers:
-        sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
         from bench.peers.run_peers import run_peers
 
         if not Path(args.source).is_dir():
@@ -216,7 +208,8 @@ def main() -> int:
     ours = rows[0]
     print(f"\n{args.source}, {args.threads} threads, host CPU ({platform.processor() or platform.machine()}); "
           f"ratios are row / qwen_mobile:{ours['variant']}")
-    head = (f"{'peer:variant':<34}{'size MB':>9}{'export s':>10}{'export GB':>10}" + "".join(f"{'pp' + n:>9}" for n in lens)
+    head = (f"{'peer:variant':<34}{'size MB':>9}{'export s':>10}{'export GB':>10}"
+            + "".join(f"{'pp' + n:>9}" for n in lens)
             + f"{'decode':>9}{'run GB':>8}{'native GB':>10}{'decode x':>10}{'pp' + lens[-1] + ' x':>9}")
     print(head)
     for r in rows:
