@@ -163,8 +163,9 @@ class ExportSettings:
             if value not in valid:
                 raise ValueError(f"{flag} {value!r}: not valid for recipe {settings.recipe}; valid: {list(valid)}")
         if settings.tied_table == "twice" and settings.qlinear in ("8w", "4w"):
-            raise ValueError(f"--tied-table twice: --qlinear {settings.qlinear} runs lm_head on our weight-only kernel, "
-                             "which reads the embedding's table; only 8da4w/8da8w can keep a second copy in XNNPACK")
+            raise ValueError(f"--tied-table twice: --qlinear {settings.qlinear} runs lm_head on our weight-only "
+                             "kernel, which reads the embedding's table; only 8da4w/8da8w can keep a second copy in "
+                             "XNNPACK")
         if settings.max_prefill_chunk < 2:
             raise ValueError("--max-prefill-chunk must be at least 2")
         if settings.max_prefill_chunk > settings.max_seq_len:

@@ -343,9 +343,9 @@ class Qwen35ForCausalLM(nn.Module):
     def fuse_projections(self) -> "Qwen35ForCausalLM":
         """Merge the linears that read the same input: delta-net in_proj_{qkv,z,b,a}, attention q/k/v, MLP gate/up.
 
-        For export: 186 linears become 96 on the 0.8B shape, so the graph has fewer quantize and GEMM nodes to lower
-        and run. The math is unchanged (fuse_linears); loading and the transformers names are unaffected because
-        fusion happens after loading.
+        For export: the 0.8B layers' 186 linears become 96 (lm_head aside), so the graph has fewer quantize and
+        GEMM nodes to lower and run. The math is unchanged (fuse_linears); loading and the transformers names are
+        unaffected because fusion happens after loading.
         """
         for layer in self.model.layers:
             (layer.linear_attn if layer.layer_type == "linear_attention" else layer.self_attn).fuse_projections()
