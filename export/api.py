@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from qwen_mobile.models import Qwen35Config, Qwen35ForCausalLM, available_presets
+from qwen_mobile.models import Qwen35Config, Qwen35ForCausalLM, available_presets, fp32_compute
 from qwen_mobile.runtime.bundle import package_version
 
 MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
@@ -34,10 +34,12 @@ def resolve_source(source: str) -> Path | str:
 
 
 def load_model(source: str, *, max_seq_len: int | None = None, gdn_impl: str = "op",
-               dtype: torch.dtype = torch.float32, seed: int = 0) -> Qwen35ForCausalLM:
+               dtype: torch.dtype = torch.float32, seed: int = 0, keep_bf16: bool = False) -> Qwen35ForCausalLM:
+    """keep_bf16: a checkpoint's bf16 tensors stay bf16 (see models/weights.py); run it under fp32_compute."""
     resolved = resolve_source(source)
     if isinstance(resolved, Path):
-        return Qwen35ForCausalLM.from_pretrained(resolved, dtype=dtype, max_seq_len=max_seq_len, gdn_impl=gdn_impl)
+        return Qwen35ForCausalLM.from_pretrained(resolved, dtype=dtype, max_seq_len=max_seq_len, gdn_impl=gdn_impl,
+                                                 keep_bf16=keep_bf16)
     torch.manual_seed(seed)
     model = Qwen35ForCausalLM.from_preset(resolved, max_seq_len=max_seq_len, gdn_impl=gdn_impl)
     _randomize_small_params(model, seed)
@@ -289,14 +291,18 @@ def export(source: str, out: str | Path, *, preset: str | None = DEFAULT_PRESET,
         bar.update(1)
 
     stage("load")
-    model = load_model(source, max_seq_len=settings.max_seq_len, gdn_impl="op")
+    # bf16-stored tensors (the releases' format) stay bf16 until each is quantized or exported: bf16 -> fp32 is exact,
+    # and the model never exists in fp32 whole (4B: 8.4 GB instead of 16.8 GB).
+    model = load_model(source, max_seq_len=settings.max_seq_len, gdn_impl="op", keep_bf16=True)
     n_params = sum(p.numel() for p in model.parameters())
+    load_dtypes = sorted({_dtype(p) for p in model.parameters()})
     done("load")
     stage("reference")
     # Eager fp32's answers for the gate, taken now: quantization then rewrites this same model in place, so no fp32
     # copy is held through lowering (peak RSS; a 0.8B model is 3 GB in fp32).
     prompt = fixed_prompt(config.vocab_size, tokenizer)
-    reference = eager_reference(model, prompt, steps=min(32, settings.max_seq_len - len(prompt)))
+    with fp32_compute(model):
+        reference = eager_reference(model, prompt, steps=min(32, settings.max_seq_len - len(prompt)))
     done("reference")
     stage("quantize")
     model.fuse_projections()  # exact; fewer linears to quantize, lower and run (models/qwen35.py)
@@ -387,6 +393,7 @@ def export(source: str, out: str | Path, *, preset: str | None = DEFAULT_PRESET,
             "sample_prompt": {"ids": prompt, "text": tokenizer.decode(prompt) if tokenizer is not None else None},
             "export": {"seconds": round(time.perf_counter() - t_all, 1), "peak_rss_bytes": _peak_rss_bytes(),
                        "stage_seconds": {k: round(v, 1) for k, v in timings.items()},
+                       "loaded_dtypes": load_dtypes,
                        "quantization": qreport.__dict__},
         }
         manifest = bundle.write_manifest(staging, manifest)

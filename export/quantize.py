@@ -243,12 +243,13 @@ def quantize_model(model: nn.Module, qlinear: str, qembedding: str, group_size: 
         if qembedding not in ("none", *WEIGHT_ONLY_BITS):
             raise ValueError(f"--qembedding {qembedding!r} with --qlinear {qlinear}: expected none, 8w or 4w")
         _quantize_weight_only(model, report, embed, lm_head, tied)
+        _upcast_remaining(model)
         return report
     if tied and qembedding in WEIGHT_ONLY_BITS and tied_table == "once":
         _share_tied_table(model, report, embed, lm_head)  # lm_head leaves nn.Linear: torchao below skips it
     elif qembedding != "none":
         quantize_(model, _embedding_config(qembedding, group_size),
-                  filter_fn=lambda m, fqn: isinstance(m, nn.Embedding))
+                  filter_fn=lambda m, fqn: isinstance(m, nn.Embedding) and _upcast_weight(m))
         report.embedding = qembedding
     if qlinear != "fp32":
         grouped = qlinear in ("8da4w", "4w")
@@ -260,7 +261,7 @@ def quantize_model(model: nn.Module, qlinear: str, qembedding: str, group_size: 
                 report.skipped_linears.append(f"{fqn} (in_features {module.in_features} % group {group_size})")
                 return False
             report.quantized_linears += 1
-            return True
+            return _upcast_weight(module)
 
         quantize_(model, _linear_config(qlinear, group_size), filter_fn=take_linear)
         if report.head == "fp32" and lm_head is not None:
@@ -269,7 +270,24 @@ def quantize_model(model: nn.Module, qlinear: str, qembedding: str, group_size: 
         # Quantizing either side gives each its own tensor: the table is now stored twice (in two formats).
         report.tied_table_copies = 2
     unwrap_tensor_subclass(model)
+    _upcast_remaining(model)
     return report
+
+
+def _upcast_weight(module: nn.Module) -> bool:
+    """torchao quantizes in the weight's own dtype: give it the fp32 weight, one module at a time (a bf16-stored model,
+    see models/weights.py keep_bf16, never exists in fp32 whole). Returns True so filters can end with it."""
+    if module.weight.dtype == torch.bfloat16:
+        module.weight.data = module.weight.data.float()
+    return True
+
+
+def _upcast_remaining(model: nn.Module) -> None:
+    """Whatever stayed unquantized and bf16-stored (norms, an fp32 recipe's linears) is exported in fp32 (exact).
+    Only bf16 tensors change: quantization's float16 scales are meant to stay float16."""
+    for tensor in (*model.parameters(), *model.buffers()):
+        if tensor.dtype == torch.bfloat16:
+            tensor.data = tensor.data.float()
 
 
 def _quantize_embedding(model: nn.Module, report: QuantReport, embed: nn.Embedding) -> tuple:

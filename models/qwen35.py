@@ -15,6 +15,7 @@ sequence must start with it, since stale delta-net state leaks silently.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -392,12 +393,13 @@ class Qwen35ForCausalLM(nn.Module):
     # Loading ------------------------------------------------------------------------------------------------
     @classmethod
     def from_pretrained(cls, path: str | Path, *, dtype: torch.dtype = torch.float32, max_seq_len: int | None = None,
-                        max_batch_size: int = 1, gdn_impl: str = "op") -> "Qwen35ForCausalLM":
+                        max_batch_size: int = 1, gdn_impl: str = "op",
+                        keep_bf16: bool = False) -> "Qwen35ForCausalLM":
         """Load a local Hugging Face folder (CausalLM or ConditionalGeneration, safetensors only). See weights.py."""
         from .weights import load_pretrained
 
         return load_pretrained(cls, path, dtype=dtype, max_seq_len=max_seq_len, max_batch_size=max_batch_size,
-                               gdn_impl=gdn_impl)
+                               gdn_impl=gdn_impl, keep_bf16=keep_bf16)
 
     @classmethod
     def from_preset(cls, name: str, **kwargs) -> "Qwen35ForCausalLM":
@@ -421,3 +423,56 @@ class Qwen35ForCausalLM(nn.Module):
                 break
             logits = self(torch.tensor([[nxt]]), torch.tensor([len(prompt) + i]))
         return out
+
+
+HEAD_ROWS_PER_CHUNK = 16384  # vocab rows of a bf16 lm_head upcast at a time (the 4B table is 2.5 GB in fp32)
+
+
+@contextmanager
+def fp32_compute(model: Qwen35ForCausalLM):
+    """Run a model whose weights are partly stored in bfloat16 (`keep_bf16` loading) as the fp32 model of the same
+    values: bf16 -> fp32 is exact, so inside this block it computes what the model loaded in fp32 computes, while only
+    one layer's weights exist in fp32 at a time. Activations and state must be fp32 (load with dtype=float32).
+
+    Each decoder layer and the final norm upcast their bf16 parameters on entry and put the stored tensors back on
+    exit. The embedding gathers bf16 rows and upcasts them (exact). A bf16 lm_head runs as an fp32 matmul over
+    HEAD_ROWS_PER_CHUNK vocab rows at a time, so the tied table is never upcast whole.
+    """
+    if not any(p.dtype == torch.bfloat16 for p in model.parameters()):
+        yield model
+        return
+    stored: dict[nn.Module, list[tuple[nn.Parameter, torch.Tensor]]] = {}
+
+    def restore(module):
+        for p, data in stored.pop(module, ()):
+            p.data = data
+
+    def upcast(module, args):
+        restore(module)
+        stored[module] = [(p, p.data) for p in module.parameters() if p.dtype == torch.bfloat16]
+        for p, data in stored[module]:
+            p.data = data.float()
+
+    handles = []
+    for module in (*model.model.layers, model.model.norm):
+        handles.append(module.register_forward_pre_hook(upcast))
+        handles.append(module.register_forward_hook(lambda m, args, out: restore(m)))
+    handles.append(model.model.embed_tokens.register_forward_hook(lambda m, args, out: out.float()))
+    head = model.lm_head
+    if head.weight.dtype == torch.bfloat16:
+        def head_fp32(x: torch.Tensor) -> torch.Tensor:  # x [..., h] -> [..., vocab]
+            w = head.weight  # [vocab, h]
+            out = x.new_empty(*x.shape[:-1], w.shape[0])
+            for r in range(0, w.shape[0], HEAD_ROWS_PER_CHUNK):
+                out[..., r:r + HEAD_ROWS_PER_CHUNK] = F.linear(x, w[r:r + HEAD_ROWS_PER_CHUNK].float())
+            return out if head.bias is None else out + head.bias.float()
+
+        head.forward = head_fp32  # an instance attribute: shadows nn.Linear.forward until deleted below
+    try:
+        yield model
+    finally:
+        for handle in handles:
+            handle.remove()
+        for module in list(stored):
+            restore(module)
+        head.__dict__.pop("forward", None)

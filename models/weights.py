@@ -81,7 +81,11 @@ def map_key(key: str) -> str | None:
     return key  # unknown: the caller reports it
 
 
-def load_pretrained(cls, path, *, dtype=torch.float32, max_seq_len=None, max_batch_size=1, gdn_impl="op"):
+def load_pretrained(cls, path, *, dtype=torch.float32, max_seq_len=None, max_batch_size=1, gdn_impl="op",
+                    keep_bf16=False):
+    """keep_bf16: tensors stored in bfloat16 stay bfloat16 (the rest load in `dtype`, caches use `dtype`). For the
+    exporter: bf16 -> fp32 is exact, so `fp32_compute` (qwen35.py) runs this model as the fp32 model of the same
+    values at half the memory, and quantization upcasts one weight at a time (a 4B model is 16.8 GB in fp32)."""
     path = Path(path)
     if not path.is_dir():
         raise FileNotFoundError(f"checkpoint folder {path} does not exist")
@@ -125,7 +129,12 @@ def load_pretrained(cls, path, *, dtype=torch.float32, max_seq_len=None, max_bat
                 if tuple(tensor.shape) != want:
                     raise CheckpointError(f"{file.name}: tensor '{key}' has shape {tuple(tensor.shape)}, expected "
                                           f"{want} from {path / 'config.json'}")
-                target = torch.float32 if FP32_PARAMS.search(name) else dtype
+                if FP32_PARAMS.search(name):
+                    target = torch.float32
+                elif keep_bf16 and tensor.dtype == torch.bfloat16:
+                    target = torch.bfloat16
+                else:
+                    target = dtype
                 loaded[name] = tensor.to(target)
 
     missing = sorted(set(expected) - set(loaded))

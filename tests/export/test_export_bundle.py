@@ -18,10 +18,11 @@ CHUNKING_ATOL = 1e-5  # same program, prefill split differently: only accumulati
 SMALL = dict(max_seq_len=96, max_prefill_chunk=16, progress=False)
 
 
-def build(tmp_path_factory, regime, tied, preset, **extra):
-    hf = make_hf_causal_lm(regime, tied, seed=3)
+def build(tmp_path_factory, regime, tied, preset, store_dtype=torch.float32, **extra):
+    hf = make_hf_causal_lm(regime, tied, seed=3).to(store_dtype)
     src = tmp_path_factory.mktemp(f"src-{regime}")
     hf.save_pretrained(src)
+    hf.float()  # the reference: transformers' fp32 model of the stored values
     out = tmp_path_factory.mktemp("bundles") / f"{regime}-{preset}"
     with pytest.warns(UserWarning, match="no tokenizer.json; the bundle will be run with token ids only"):
         manifest = export(str(src), out, preset=preset, **SMALL, **extra)
@@ -39,6 +40,12 @@ def fp32_hv2x(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def fp32_from_bf16(tmp_path_factory):
+    """A bf16 checkpoint, as the releases ship: loaded as stored, referenced and exported in fp32."""
+    return build(tmp_path_factory, "hv1x", True, "xnnpack-fp32", store_dtype=torch.bfloat16)
+
+
+@pytest.fixture(scope="module")
 def q_hv2x(tmp_path_factory):
     return build(tmp_path_factory, "hv2x", True, "xnnpack-8da4w", quality_gate=False)
 
@@ -48,7 +55,7 @@ def program_of(out, manifest):
                          kernel_namespaces=manifest["program"]["kernel_namespaces"])
 
 
-@pytest.mark.parametrize("which", ["fp32_hv1x", "fp32_hv2x"])
+@pytest.mark.parametrize("which", ["fp32_hv1x", "fp32_hv2x", "fp32_from_bf16"])
 def test_fp32_pte_reproduces_transformers(which, request):
     out, manifest, hf = request.getfixturevalue(which)
     program = program_of(out, manifest)
@@ -117,9 +124,10 @@ def test_tampered_bundle_rejected(fp32_hv1x, tmp_path):
 def test_quantized_bundle_runs_and_records_what_it_did(q_hv2x):
     out, manifest, hf = q_hv2x
     assert manifest["recipe"]["qlinear"] == "8da4w" and manifest["recipe"]["qembedding"] == "4w"
-    # The tied table is quantized once (4w) and read by both the gather and lm_head (our qwen35 ops).
+    # The tied table is quantized once (4w) and read by both the gather and lm_head (our qwen35 ops; the head with
+    # int8 activations, as the recipe's other linears).
     assert manifest["recipe"]["tied_table_copies"] == 1
-    assert manifest["recipe"]["head"] == "4w linear_wq, the embedding's table"
+    assert manifest["recipe"]["head"] == "4w linear_wq_a8 (int8 activations per group), the embedding's table"
     assert "qwen35" in manifest["program"]["kernel_namespaces"]
     qweight, _ = quantize_weight(hf.get_input_embeddings().weight.detach().float(), 4, 32)  # the bytes export packs
     assert (out / "model.pte").read_bytes().count(qweight.numpy().tobytes()) == 1
@@ -193,3 +201,10 @@ def test_a_preset_context_longer_than_the_model_is_capped_not_refused(tmp_path, 
             export("tiny", tmp_path / "b", progress=False)
     assert seen["max_seq_len"] == 512
     assert not (tmp_path / "b").exists()
+
+
+def test_a_bf16_checkpoint_is_loaded_as_stored_and_exported_in_fp32(fp32_from_bf16):
+    out, manifest, _ = fp32_from_bf16
+    assert "bfloat16" in manifest["export"]["loaded_dtypes"]  # the model was never upcast whole
+    assert manifest["verification"]["passed"]
+    assert manifest["verification"]["max_abs_logit_diff"] <= 1e-4
