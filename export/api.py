@@ -121,6 +121,9 @@ RECIPES = {"xnnpack": "ExecuTorch .pte, XNNPACK delegate, our qwen35 kernel for 
 # XNNPACK delegates (torchao's dequantize_affine has no out variant in executorch 1.5.1).
 RECIPE_QLINEAR = {"xnnpack": ("fp32", "8da4w", "8da8w", "8w", "4w")}
 DEFAULT_PRESET = "xnnpack-8da4w"
+# The gate's fp32 reference upcasts a bf16-stored model whole when that costs less than this (0.8B: 3.0 GB, 2B: about
+# 7.5 GB), else one layer per step, which bounds memory but converts every weight again at each of its 33 steps.
+REFERENCE_UPCAST_WHOLE_BELOW = 4 << 30
 
 
 def available_export_presets() -> list[str]:
@@ -301,7 +304,7 @@ def export(source: str, out: str | Path, *, preset: str | None = DEFAULT_PRESET,
     # Eager fp32's answers for the gate, taken now: quantization then rewrites this same model in place, so no fp32
     # copy is held through lowering (peak RSS; a 0.8B model is 3 GB in fp32).
     prompt = fixed_prompt(config.vocab_size, tokenizer)
-    with fp32_compute(model):
+    with fp32_compute(model, upcast_whole_below=REFERENCE_UPCAST_WHOLE_BELOW):
         reference = eager_reference(model, prompt, steps=min(32, settings.max_seq_len - len(prompt)))
     done("reference")
     stage("quantize")

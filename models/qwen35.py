@@ -429,7 +429,7 @@ HEAD_ROWS_PER_CHUNK = 16384  # vocab rows of a bf16 lm_head upcast at a time (th
 
 
 @contextmanager
-def fp32_compute(model: Qwen35ForCausalLM):
+def fp32_compute(model: Qwen35ForCausalLM, upcast_whole_below: int = 0):
     """Run a model whose weights are partly stored in bfloat16 (`keep_bf16` loading) as the fp32 model of the same
     values: bf16 -> fp32 is exact, so inside this block it computes what the model loaded in fp32 computes, while only
     one layer's weights exist in fp32 at a time. Activations and state must be fp32 (load with dtype=float32).
@@ -437,9 +437,23 @@ def fp32_compute(model: Qwen35ForCausalLM):
     Each decoder layer and the final norm upcast their bf16 parameters on entry and put the stored tensors back on
     exit. The embedding gathers bf16 rows and upcasts them (exact). A bf16 lm_head runs as an fp32 matmul over
     HEAD_ROWS_PER_CHUNK vocab rows at a time, so the tied table is never upcast whole.
+
+    upcast_whole_below: when the fp32 copy of every bf16 parameter is smaller than this many bytes, upcast them all
+    once on entry instead (a step then costs no conversions: the 0.8B gate runs 33 steps at 3 GB each).
     """
-    if not any(p.dtype == torch.bfloat16 for p in model.parameters()):
+    low = [p for p in model.parameters() if p.dtype == torch.bfloat16]
+    if not low:
         yield model
+        return
+    if sum(p.numel() for p in low) * 4 < upcast_whole_below:
+        kept = [(p, p.data) for p in low]
+        try:
+            for p, data in kept:
+                p.data = data.float()
+            yield model
+        finally:
+            for p, data in kept:
+                p.data = data
         return
     stored: dict[nn.Module, list[tuple[nn.Parameter, torch.Tensor]]] = {}
 

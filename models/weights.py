@@ -68,6 +68,45 @@ def _open(file: Path):
         raise CheckpointError(f"{file}: cannot be read as safetensors (truncated or corrupt?): {err}") from None
 
 
+SAFETENSORS_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64,
+                      "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+                      "BOOL": torch.bool}
+
+
+class TensorReader:
+    """Reads one tensor at a time into anonymous memory with plain file reads.
+
+    safetensors' get_tensor returns views of a private mapping of the whole file; every page touched stays in this
+    process's RSS until the mapping goes, so loading a 4B checkpoint as stored (8.4 GB) would count its bytes twice.
+    A read() copies from the page cache, which is not ours. `safe_open` has already checked the header and the file's
+    length; this reads the byte ranges its header names."""
+
+    def __init__(self, file: Path):
+        self.file = file
+        with open(file, "rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            self.header = json.loads(f.read(n))
+        self.data_start = 8 + n
+
+    def read(self, key: str) -> torch.Tensor:
+        entry = self.header[key]
+        dtype = SAFETENSORS_DTYPES.get(entry["dtype"])
+        if dtype is None:
+            raise CheckpointError(f"{self.file.name}: tensor '{key}' has dtype {entry['dtype']}, which we do not load")
+        start, end = entry["data_offsets"]
+        tensor = torch.empty(entry["shape"], dtype=dtype)
+        raw = tensor.reshape(-1).view(torch.uint8).numpy()  # the tensor's own bytes, written in place
+        if raw.nbytes != end - start:
+            raise CheckpointError(f"{self.file.name}: tensor '{key}' spans {end - start} bytes, its shape "
+                                  f"{entry['shape']} and dtype {entry['dtype']} need {raw.nbytes}")
+        with open(self.file, "rb") as f:
+            f.seek(self.data_start + start)
+            got = f.readinto(memoryview(raw))
+        if got != end - start:
+            raise CheckpointError(f"{self.file}: tensor '{key}' is cut short (truncated file?)")
+        return tensor
+
+
 def map_key(key: str) -> str | None:
     """Checkpoint key -> our parameter name, or None if the key is on the ignore list."""
     for pattern, _reason in IGNORED:
@@ -108,6 +147,7 @@ def load_pretrained(cls, path, *, dtype=torch.float32, max_seq_len=None, max_bat
 
     for file, keys in sorted(by_file.items()):
         with _open(file) as f:
+            reader = TensorReader(file)
             for key in sorted(keys):
                 name = map_key(key)
                 if name is None:
@@ -121,7 +161,7 @@ def load_pretrained(cls, path, *, dtype=torch.float32, max_seq_len=None, max_bat
                     raise CheckpointError(f"{file.name}: unexpected tensor '{key}' (maps to '{name}', which this "
                                           "model does not have); the config and the checkpoint disagree")
                 try:
-                    tensor = f.get_tensor(key)
+                    tensor = reader.read(key)
                 except (SafetensorError, OSError, ValueError) as err:
                     raise CheckpointError(f"{file}: tensor '{key}' cannot be read (truncated or corrupt?): {err}") \
                         from None

@@ -85,3 +85,32 @@ def test_an_error_inside_the_block_still_restores_the_stored_weights(bf16_checkp
     boom.remove()
     assert {n: p.dtype for n, p in model.named_parameters()} == before
     assert "forward" not in model.lm_head.__dict__
+
+
+def test_upcasting_the_whole_model_computes_the_same_and_restores_it(bf16_checkpoint):
+    src, _ = bf16_checkpoint
+    model = Qwen35ForCausalLM.from_pretrained(src, max_seq_len=64, keep_bf16=True)
+    before = {n: (p.dtype, p.data_ptr()) for n, p in model.named_parameters()}
+    ids = prompt_ids()
+    with torch.no_grad():
+        with fp32_compute(model):
+            per_layer = model(ids, torch.arange(ids.shape[1]))
+        model.reset()  # the caches and recurrent states carry over between calls
+        with fp32_compute(model, upcast_whole_below=1 << 40):
+            assert all(p.dtype == torch.float32 for p in model.parameters())
+            whole = model(ids, torch.arange(ids.shape[1]))
+    torch.testing.assert_close(whole, per_layer, atol=1e-6, rtol=0)
+    assert {n: (p.dtype, p.data_ptr()) for n, p in model.named_parameters()} == before
+
+
+def test_loading_reads_tensors_into_memory_of_our_own_not_a_file_mapping(bf16_checkpoint):
+    """safetensors' get_tensor maps the file, and touched pages of a mapping count in RSS until it is unmapped."""
+    src, _ = bf16_checkpoint
+    model = Qwen35ForCausalLM.from_pretrained(src, max_seq_len=64, keep_bf16=True)
+    mapped = [line for line in open("/proc/self/maps") if str(src) in line]
+    assert mapped == []
+    stored = {n: p for n, p in model.named_parameters() if p.dtype == torch.bfloat16}
+    from safetensors import safe_open
+    with safe_open(str(src / "model.safetensors"), "pt") as f:  # the same values as safetensors reads them
+        want = f.get_tensor("model.layers.0.mlp.down_proj.weight")
+    assert torch.equal(stored["model.layers.0.mlp.down_proj.weight"], want)
