@@ -8,7 +8,7 @@ Not a test: numbers go to stdout and, with --json, to a file. The machine is sha
 
 Kernels: decode (M=1) and prefill (M=128) GEMMs at the 0.8B shapes (hidden 1024, MLP 3584, tied head 248320),
 ours eager through torch.ops.qwen35.linear_wq vs torch's fp32 F.linear on the same (dequantized) weights, same
-thread count. Bundles: `decode` method steps after a 64-token prefill, median over runs, through BundleProgram
+thread count. Bundles: `decode_token` method steps after a 64-token prefill, median over runs, through BundleProgram
 (the same runtime every host consumer uses). Ratios are against the first bundle given.
 """
 
@@ -68,13 +68,14 @@ def bench_kernels(runs: int, threads: int, prefill_m: int) -> list[dict]:
 
 
 def bench_bundle(path: Path, steps: int, runs: int, prompt_len: int) -> dict:
+    from qwen_mobile.export.lowering import DECODE_METHOD
     from qwen_mobile.runtime.program import BundleProgram
 
     manifest = json.loads((path / "manifest.json").read_text())
     program = BundleProgram(path / "model.pte",
                             max_prefill_tokens=manifest["program"]["methods"]["forward"]["max_tokens"],
                             kernel_namespaces=manifest["program"]["kernel_namespaces"])
-    vocab = manifest["program"]["methods"]["decode"]["outputs"][0]["shape"][-1]
+    vocab = manifest["program"]["methods"][DECODE_METHOD]["outputs"][0]["shape"][-1]
     prompt = torch.randint(0, vocab, (prompt_len,), generator=torch.Generator().manual_seed(0)).tolist()
     step_s, prefill_s = [], []
     for _ in range(runs):

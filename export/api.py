@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from qwen_mobile.models import Qwen35Config, Qwen35ForCausalLM, available_presets, fp32_compute
-from qwen_mobile.runtime.bundle import package_version
+from qwen_mobile.runtime.bundle import MANIFEST_SCHEMA_VERSION, package_version
 
 MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
 SHIPPED_MODELS = {"nano": MODELS_DIR / "nano"}  # name -> HF folder shipped with the package
@@ -224,7 +224,7 @@ def manifest_identity(source: str, config: Qwen35Config, n_params: int, random_w
     import datetime
 
     return {
-        "schema_version": 1,
+        "schema_version": MANIFEST_SCHEMA_VERSION,
         "format": "qwen-mobile-bundle",
         "toolkit_version": package_version(),
         "created_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -261,8 +261,8 @@ def export(source: str, out: str | Path, *, preset: str | None = DEFAULT_PRESET,
     from qwen_mobile.runtime.program import BundleProgram
 
     from qwen_mobile.runtime import bundle
-    from .lowering import (TOKEN_METHODS, export_methods, lower_to_executorch, program_op_namespaces, seq_axis,
-                           state_buffers)
+    from .lowering import (DECODE_METHOD, TOKEN_METHODS, export_methods, lower_to_executorch, program_op_namespaces,
+                           seq_axis, state_buffers)
     from .quantize import check_weight_only_nodes, quantize_model
     from .verify import compare_with_reference, eager_reference, fixed_prompt, gate, op_nodes_per_method
 
@@ -371,10 +371,11 @@ def export(source: str, out: str | Path, *, preset: str | None = DEFAULT_PRESET,
                                 "outputs": [tensor("logits", [1, 1, vocab], "float32")],
                                 "kind": "prefill", "min_tokens": 1, "max_tokens": settings.max_prefill_chunk,
                                 "resets_state_at_position_0": True},
-                    "decode": {"inputs": [tensor("tokens", [1, 1], "int64"), tensor("input_pos", [1], "int64")],
-                               "outputs": [tensor("logits", [1, 1, vocab], "float32")],
-                               "kind": "decode", "min_tokens": 1, "max_tokens": 1,
-                               "resets_state_at_position_0": False},
+                    DECODE_METHOD: {"inputs": [tensor("tokens", [1, 1], "int64"),
+                                               tensor("input_pos", [1], "int64")],
+                                    "outputs": [tensor("logits", [1, 1, vocab], "float32")],
+                                    "kind": "decode", "min_tokens": 1, "max_tokens": 1,
+                                    "resets_state_at_position_0": False},
                     "state_read": {"kind": "state_read", "inputs": [],
                                    "outputs": state_specs},
                     "state_write": {"kind": "state_write",

@@ -197,7 +197,7 @@ def export_summary(manifest: dict, out: Path) -> str:
     if recipe["name"] == "xnnpack":
         rows.append(("delegation", "; ".join(
             f"{m}: {g['delegate_calls']} XNNPACK calls, {sum(g['ops_outside_delegates'].values())} ops outside"
-            for m, g in graph.items() if m in ("forward", "decode"))))
+            for m, g in graph.items() if program["methods"].get(m, {}).get("kind") in ("prefill", "decode"))))
     elif recipe["name"] == "coreml":
         packages = program.get("packages") or [program["file"]]
         rows.append(("packages", f"{len(packages)} ({program.get('chain', 'one package')})"))
@@ -286,8 +286,8 @@ def build_parser() -> argparse.ArgumentParser:
         "export", formatter_class=argparse.RawDescriptionHelpFormatter,
         help="export SOURCE to a verified bundle folder (.pte + tokenizer + manifest)",
         description="Export SOURCE to a bundle folder: model.pte (methods `forward` for prefill, dynamic T, and "
-                    "`decode`, T=1, sharing one set of state buffers), tokenizer files and manifest.json. The .pte "
-                    "is run on this host with our kernel and compared with eager fp32 before the folder appears.",
+                    "`decode_token`, T=1, sharing one set of state buffers), tokenizer files and manifest.json. The "
+                    ".pte is run on this host with our kernel and compared with eager fp32 before the folder appears.",
         epilog="Presets (export/presets/*.yaml) set every flag; explicit flags override them.\n"
                "  xnnpack-8da4w  phone default: int8 dynamic activations x int4 weights, 4-bit embedding\n"
                "  xnnpack-8da8w  int8 dynamic activations x int8 weights, 8-bit embedding\n"

@@ -5,14 +5,14 @@ Methods of the program:
         Prefill. A call whose input_pos[0] == 0 starts a new sequence: it zeroes every state buffer first (in-graph,
         NaN-safe), so neither our runner nor ExecuTorch's stock LLM runner needs a reset method, and the mutable
         buffers need no serialized initial value. Returns the last position's logits only.
-    decode(tokens [1,1], input_pos [1]) -> logits [1,1,vocab]
+    decode_token(tokens [1,1], input_pos [1]) -> logits [1,1,vocab]   (DECODE_METHOD)
         One token, no reset logic: the hot loop pays for nothing it does not need.
     state_read() -> every state buffer, in manifest order (copies)
     state_write(*buffers) -> [1] zero
         Snapshots: the runtime saves the model state after a turn and restores it later without re-prefilling.
         They live in the program because its state is planned memory no runtime API exposes.
 All methods read and write the same KV caches, conv states and recurrent states (`share_mutable_buffers`), so a prompt
-prefilled by `forward` is continued by `decode`, and `state_write` replaces what both see.
+prefilled by `forward` is continued by `decode_token`, and `state_write` replaces what both see.
 """
 
 from __future__ import annotations
@@ -23,7 +23,11 @@ from torch import nn
 from qwen_mobile.models import Qwen35ForCausalLM
 
 STATE_SUFFIXES = ("k_cache", "v_cache", "conv_state", "recurrent_state")
-TOKEN_METHODS = ("forward", "decode")  # the methods that run the model (and must contain our op)
+# Not "decode": ExecuTorch 1.5's stock LLM runner (create_text_llm_runner) runs every token after the first through a
+# method of exactly that name, on a Module whose methods do not share memory arenas, so it would start from a state
+# `forward` never wrote. Under any other name the runner drives `forward` (which accepts T = 1) for every step.
+DECODE_METHOD = "decode_token"
+TOKEN_METHODS = ("forward", DECODE_METHOD)  # the methods that run the model (and must contain our op)
 
 
 def state_buffers(model: nn.Module) -> list[tuple[str, torch.Tensor]]:

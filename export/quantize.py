@@ -11,8 +11,10 @@ qwen35::embedding_wq kernel.
 
 The tied table (`--tied-table`, default `once`). Qwen3.5's small sizes tie lm_head to the embedding, and that table is
 a third of the 0.8B model (248,320 x 1,024). When the embedding is quantized (8w/4w), the embedding and lm_head hold
-the SAME qweight/scales tensors, so the program stores the table once (`tied_table_copies: 1`): lm_head then runs
-qwen35::linear_wq at the embedding's precision, with fp32 activations, whatever `--qlinear` the other linears use.
+the SAME qweight/scales tensors, so the program stores the table once (`tied_table_copies: 1`): lm_head then reads the
+table at the embedding's precision, through qwen35::linear_wq_a8 (int8 activations per group, integer dot products)
+when `--qlinear` is an 8da scheme, so the head keeps the recipe's "8-bit dynamic activations", and through
+qwen35::linear_wq (fp32 activations) otherwise.
 `--tied-table twice` keeps the 8da schemes' head inside XNNPACK and gives the embedding its own copy (torchao's
 quantized embedding), which is how the table was stored before; bench/README.md measures both. With `--qembedding
 none` the head follows `--qlinear` and the table is stored twice whenever either side is quantized.
@@ -33,6 +35,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from .lowering import TOKEN_METHODS
+
 QLINEAR = ("fp32", "8da4w", "8da8w", "8w", "4w")
 QEMBEDDING = ("none", "8w", "4w")
 GROUP_SIZES = (32, 64, 128)
@@ -50,6 +54,7 @@ class QuantReport:
     tied_table_copies: int = 1
     head: str = "fp32"  # how lm_head is computed, e.g. "4w linear_wq, the embedding's table"
     wq_linears: int = 0  # linears on qwen35::linear_wq (checked against the exported graph)
+    wq_a8_linears: int = 0  # linears on qwen35::linear_wq_a8: the shared head of the 8da recipes
     wq_embedding: bool = False  # embedding on qwen35::embedding_wq
 
 
@@ -146,6 +151,14 @@ class LinearWQ(nn.Module):
         return f"out={self.qweight.shape[0]}, bits={self.bits}, group_size={self.group_size}"
 
 
+class LinearWQA8(LinearWQ):
+    """LinearWQ whose activations are quantized to int8 per group inside the op (qwen35::linear_wq_a8)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.ops.qwen35.linear_wq_a8(x, self.qweight, self.scales, self.bits, self.group_size)  # [..., N]
+        return y if self.bias is None else y + self.bias
+
+
 class EmbeddingWQ(nn.Module):
     """nn.Embedding replaced by qwen35::embedding_wq over packed rows (may share its buffers with a LinearWQ)."""
 
@@ -199,19 +212,29 @@ def _quantize_weight_only(model: nn.Module, report: "QuantReport", embed, lm_hea
         report.tied_table_copies = 1 if shared is not None or not any(quantized_sides) else 2
 
 
-def check_weight_only_nodes(programs: dict, report: "QuantReport", methods=("forward", "decode")) -> dict:
-    """Count qwen35.linear_wq / embedding_wq nodes per exported method; raise if any quantized module lost its op.
+def check_weight_only_nodes(programs: dict, report: "QuantReport", methods=TOKEN_METHODS) -> dict:
+    """Count qwen35.linear_wq / linear_wq_a8 / embedding_wq nodes per exported method; raise if any quantized module
+    lost its op.
 
-    Expected per method: one linear_wq per quantized linear, one embedding_wq if the embedding was quantized with
-    our op. A missing node means the graph silently computes something else (e.g. a decomposed fallback).
+    Expected per method: one linear_wq (linear_wq_a8) per quantized linear on it, one embedding_wq if the embedding was
+    quantized with our op. A missing node means the graph silently computes something else (e.g. a decomposed
+    fallback).
     """
-    if not report.wq_linears and not report.wq_embedding:
+    import re
+
+    if not report.wq_linears and not report.wq_a8_linears and not report.wq_embedding:
         return {}
-    want = {"linear_wq": report.wq_linears, "embedding_wq": int(report.wq_embedding)}
+    want = {"linear_wq": report.wq_linears, "linear_wq_a8": report.wq_a8_linears,
+            "embedding_wq": int(report.wq_embedding)}
+
+    def op_name(target) -> str | None:  # the exact op: "qwen35.linear_wq" is a prefix of "qwen35.linear_wq_a8"
+        m = re.search(r"qwen35\.(\w+)", str(target))
+        return m.group(1) if m else None
+
     counts = {}
     for method in methods:
         nodes = [n for n in programs[method].graph.nodes if n.op == "call_function"]
-        got = {op: sum(1 for n in nodes if f"qwen35.{op}" in str(n.target)) for op in want}
+        got = {op: sum(1 for n in nodes if op_name(n.target) == op) for op in want}
         counts[method] = got
         if got != want:
             raise RuntimeError(f"export: method '{method}' has {got} qwen35 weight-only nodes, expected {want} (one "
@@ -304,10 +327,21 @@ def _quantize_embedding(model: nn.Module, report: QuantReport, embed: nn.Embeddi
 
 
 def _share_tied_table(model: nn.Module, report: QuantReport, embed: nn.Embedding, lm_head: nn.Linear) -> None:
-    """One quantized table for the embedding gather and the lm_head GEMV (our qwen35 ops), stored once."""
+    """One quantized table for the embedding gather and the lm_head GEMV (our qwen35 ops), stored once.
+
+    In the 8da recipes the head quantizes its activations to int8 per group like the recipe's other linears do
+    (linear_wq_a8: integer dot products, the speed XNNPACK's own head has); otherwise (`--qlinear fp32`) it keeps fp32
+    activations (linear_wq).
+    """
     table = _quantize_embedding(model, report, embed)
-    _set_submodule(model, next(n for n, m in model.named_modules() if m is lm_head), LinearWQ(*table, lm_head.bias))
-    report.wq_linears = 1
+    a8 = report.qlinear.startswith("8da")
+    head = (LinearWQA8 if a8 else LinearWQ)(*table, lm_head.bias)
+    _set_submodule(model, next(n for n, m in model.named_modules() if m is lm_head), head)
+    if a8:
+        report.wq_a8_linears = 1
+    else:
+        report.wq_linears = 1
     report.quantized_linears += 1
-    report.head = f"{report.qembedding} linear_wq, the embedding's table"
+    report.head = (f"{report.qembedding} linear_wq_a8 (int8 activations per group), the embedding's table" if a8
+                   else f"{report.qembedding} linear_wq, the embedding's table")
     report.tied_table_copies = 1

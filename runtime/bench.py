@@ -2,7 +2,7 @@
 
 Method, per prompt length: `warmup` untimed runs, then `runs` timed ones. A run starts a fresh sequence (prefill at
 position 0 resets the state in-graph), feeds the prompt through `forward`, samples greedily and decodes exactly
-`generate_tokens` tokens through `decode`, ignoring stop ids so every run does the same work. TTFT is prompt in ->
+`generate_tokens` tokens through `decode_token`, ignoring stop ids so every run does the same work. TTFT is prompt in ->
 first token out; prefill tok/s is prompt tokens / prefill time; decode tok/s is decode steps / decode time. Prompts
 are random token ids from a seeded generator (the tokenizer is not involved), so bundles of the same model see the
 same prompts.

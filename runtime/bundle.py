@@ -19,6 +19,8 @@ from pathlib import Path
 SCHEMA_PATH = Path(__file__).parent / "schemas" / "manifest.schema.json"
 MANIFEST = "manifest.json"
 PROGRAM = "model.pte"
+# 2: the program's T = 1 method is `decode_token` (export/lowering.py DECODE_METHOD), named `decode` in version 1.
+MANIFEST_SCHEMA_VERSION = 2
 
 
 class BundleError(ValueError):
@@ -86,6 +88,12 @@ def load_manifest(folder: str | Path, check_hashes: bool = True) -> dict:
         manifest = json.loads(path.read_text())
     except json.JSONDecodeError as err:
         raise BundleError(f"{path}: not valid JSON ({err})") from None
+    version = manifest.get("schema_version") if isinstance(manifest, dict) else None
+    if isinstance(version, int) and version != MANIFEST_SCHEMA_VERSION:
+        # A version-1 program has no `decode_token` method, so it could not run here: say so before the schema's
+        # field-by-field complaints.
+        raise BundleError(f"{path}: manifest schema_version {version!r}, this qwen-mobile reads version "
+                          f"{MANIFEST_SCHEMA_VERSION}; re-export the bundle with this version")
     validate_manifest(manifest, str(path))
     if check_hashes:
         for name, entry in manifest["files"].items():

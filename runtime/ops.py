@@ -457,8 +457,8 @@ _define_ops()
 def enable_xnnpack_weight_cache() -> None:
     """Turn on XNNPACK's packed-weight cache for every program loaded from now on in this process.
 
-    Our programs' `forward` and `decode` call the same XNNPACK-lowered linears; without the cache each method packs
-    its own copy of every weight at load (kernels/xnnpack_options.cpp). Raises if the XNNPACK backend refuses.
+    Our programs' `forward` and `decode_token` call the same XNNPACK-lowered linears; without the cache each method
+    packs its own copy of every weight at load (kernels/xnnpack_options.cpp). Raises if the XNNPACK backend refuses.
     """
     import executorch.runtime  # noqa: F401  loads the pybindings, whose libraries register the XNNPACK backend
 

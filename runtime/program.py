@@ -2,12 +2,13 @@
 
 `BundleProgram` is the thin layer every host-side consumer uses (export verification, sessions, benchmarks):
 `prefill(ids, start)` feeds a prompt through `forward` in chunks of at most `max_tokens` and returns the last
-logits; `decode(token, pos)` runs one step through `decode`; `read_state()` / `write_state(tensors)` copy the whole
-state out of and into the program (bundles exported with the snapshot methods). State lives in the program's shared
-mutable buffers; a prefill starting at position 0 resets it (see export/lowering.py).
+logits; `decode(token, pos)` runs one step through the program's `decode_token` method; `read_state()` /
+`write_state(tensors)` copy the whole state out of and into the program (bundles exported with the snapshot methods).
+State lives in the program's shared mutable buffers; a prefill starting at position 0 resets it (see
+export/lowering.py).
 
 The methods are loaded from one `Program`: ExecuTorch's pybind `Module` gives each method its own copy of the
-mutable buffers, so `decode` would not see what `forward` wrote.
+mutable buffers, so `decode_token` would not see what `forward` wrote.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+
+from qwen_mobile.export.lowering import DECODE_METHOD
 
 from .ops import enable_xnnpack_weight_cache, load_library
 
@@ -30,8 +33,11 @@ class BundleProgram:
         self.program = Runtime.get().load_program(str(self.path))
         self.max_prefill_tokens = max_prefill_tokens
         self._forward = self.program.load_method("forward")
-        self._decode = self.program.load_method("decode")
         names = set(self.program.method_names)
+        if DECODE_METHOD not in names:
+            raise RuntimeError(f"{self.path}: no method {DECODE_METHOD!r} (methods: {sorted(names)}); programs "
+                               "exported before it was renamed from 'decode' must be re-exported")
+        self._decode = self.program.load_method(DECODE_METHOD)
         self.has_state_methods = {"state_read", "state_write"} <= names
         self._state_read = self.program.load_method("state_read") if self.has_state_methods else None
         self._state_write = self.program.load_method("state_write") if self.has_state_methods else None

@@ -169,7 +169,7 @@ class Session:
         return logits
 
     def step(self, token: int) -> torch.Tensor:
-        """Feed one token through `decode`; logits [vocab]."""
+        """Feed one token through the program's `decode_token` method; logits [vocab]."""
         self.check_fits(1)
         logits = self.program.decode(token, self.position)
         self.tokens.append(token)

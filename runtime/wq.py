@@ -1,8 +1,10 @@
-"""``qwen35::linear_wq`` and ``qwen35::embedding_wq``: weight-only int8 / int4 ops (schema, fake and eager kernels).
+"""``qwen35::linear_wq``, ``linear_wq_a8`` and ``embedding_wq``: weight-only int8 / int4 ops (schema, fake and eager
+kernels).
 
 Contract (also in ``kernels/wq.h`` and ``runtime/README.md``, "Weight-only ops")::
 
     qwen35::linear_wq(Tensor x, Tensor qweight, Tensor scales, int bits, int group_size) -> Tensor
+    qwen35::linear_wq_a8(Tensor x, Tensor qweight, Tensor scales, int bits, int group_size) -> Tensor
     qwen35::embedding_wq(Tensor qweight, Tensor scales, Tensor indices, int bits, int group_size) -> Tensor
 
     x         [..., K]        float32
@@ -12,11 +14,19 @@ Contract (also in ``kernels/wq.h`` and ``runtime/README.md``, "Weight-only ops")
     scales    [N, K/group_size]  float32 or float16; w[n, k] = q[n, k] * scales[n, k // group_size] (symmetric)
     indices   [...] int64 in [0, N)
     linear_wq    -> [..., N] float32 = x @ w.T
+    linear_wq_a8 -> [..., N] float32 = x8 @ w.T with x8 = x quantized to int8 per row and per group of group_size along
+                    K (the weight scales' groups), symmetric, round half to even:
+                        sx[m, g] = max_{k in g} |x[m, k]| / 127           (fp32)
+                        qx[m, k] = clamp(round(x[m, k] / sx[m, g]), -127, 127), and 0 where sx == 0
+                        y[m, n]  = sum_g sx[m, g] * scales[n, g] * sum_{k in g} qx[m, k] * q[n, k]
+                    the inner sum exact (int32), the outer one fp32; inf / NaN in a group of x gives NaN outputs.
     embedding_wq -> [..., K] float32 = w[indices]
 
 group_size divides K (group_size == K: per channel); for bits=4, K and group_size are even. Accumulation is fp32.
-The tied embedding table and lm_head call these two ops on the SAME qweight / scales tensors, so a bundle stores the
-table once. ``.out`` overloads are what ExecuTorch runs (``qwen35::linear_wq.out``, ``qwen35::embedding_wq.out``,
+The tied embedding table and lm_head call embedding_wq and a linear op on the SAME qweight / scales tensors, so a
+bundle stores the table once. The head is linear_wq_a8 in the 8da recipes (int8 activations like their other linears,
+integer dot products; why per group and half-to-even: ``kernels/wq.h``) and linear_wq in the weight-only ones.
+``.out`` overloads are what ExecuTorch runs (``qwen35::linear_wq.out``, ``linear_wq_a8.out``, ``embedding_wq.out``,
 registered by the same native library as ``qwen35::gated_delta_rule.out``); eager torch calls the same C++ core
 through ctypes.
 """
@@ -29,16 +39,20 @@ import torch
 
 from .ops import load_library
 
-__all__ = ["LINEAR_OP", "EMBEDDING_OP", "ET_KERNEL_NAMES", "WeightOnlyArgumentError", "validate_linear",
+__all__ = ["LINEAR_OP", "LINEAR_A8_OP", "EMBEDDING_OP", "ET_KERNEL_NAMES", "WeightOnlyArgumentError", "validate_linear",
            "validate_embedding", "packed_cols"]
 
 LINEAR_OP = "qwen35::linear_wq"
+LINEAR_A8_OP = "qwen35::linear_wq_a8"
 EMBEDDING_OP = "qwen35::embedding_wq"
-ET_KERNEL_NAMES = ("qwen35::linear_wq.out", "qwen35::embedding_wq.out")
+ET_KERNEL_NAMES = ("qwen35::linear_wq.out", "qwen35::linear_wq_a8.out", "qwen35::embedding_wq.out")
 
 _SCHEMAS = (
     "linear_wq(Tensor x, Tensor qweight, Tensor scales, int bits, int group_size) -> Tensor",
     "linear_wq.out(Tensor x, Tensor qweight, Tensor scales, int bits, int group_size, *, Tensor(a!) out) "
+    "-> Tensor(a!)",
+    "linear_wq_a8(Tensor x, Tensor qweight, Tensor scales, int bits, int group_size) -> Tensor",
+    "linear_wq_a8.out(Tensor x, Tensor qweight, Tensor scales, int bits, int group_size, *, Tensor(a!) out) "
     "-> Tensor(a!)",
     "embedding_wq(Tensor qweight, Tensor scales, Tensor indices, int bits, int group_size) -> Tensor",
     "embedding_wq.out(Tensor qweight, Tensor scales, Tensor indices, int bits, int group_size, *, Tensor(a!) out) "
@@ -48,7 +62,7 @@ _SCALE_CODES = {torch.float32: 0, torch.float16: 1}
 
 
 class WeightOnlyArgumentError(ValueError):
-    """A bad argument to qwen35::linear_wq / embedding_wq; the message names the argument."""
+    """A bad argument to qwen35::linear_wq / linear_wq_a8 / embedding_wq; the message names the argument."""
 
 
 def packed_cols(K: int, bits: int) -> int:
@@ -87,9 +101,10 @@ def _check_table(op: str, qweight, scales, bits: int, group_size: int, K: int) -
     return N
 
 
-def validate_linear(x, qweight, scales, bits: int, group_size: int, out=None) -> tuple[int, int, int]:
-    """Checks the linear_wq contract; returns (M, N, K). Works on real, fake and meta tensors."""
-    op = LINEAR_OP
+def validate_linear(x, qweight, scales, bits: int, group_size: int, out=None,
+                    op: str = LINEAR_OP) -> tuple[int, int, int]:
+    """Checks the linear_wq (and linear_wq_a8: op=LINEAR_A8_OP) contract; returns (M, N, K). Works on real, fake and
+    meta tensors."""
     if not isinstance(x, torch.Tensor):
         raise WeightOnlyArgumentError(f"{op}: argument 'x' must be a Tensor, got {type(x).__name__}")
     if x.dtype != torch.float32:
@@ -145,7 +160,7 @@ def _lib() -> ctypes.CDLL:
     global _configured
     lib = load_library()
     if not _configured:
-        for fn in (lib.qwen35_linear_wq, lib.qwen35_embedding_wq):
+        for fn in (lib.qwen35_linear_wq, lib.qwen35_linear_wq_a8, lib.qwen35_embedding_wq):
             fn.restype = ctypes.c_int
             fn.argtypes = [ctypes.c_void_p] * 4 + [ctypes.POINTER(ctypes.c_int64), ctypes.c_int32, ctypes.c_int64,
                                                    ctypes.c_int32, ctypes.c_int32, ctypes.c_char_p, ctypes.c_size_t]
@@ -154,15 +169,16 @@ def _lib() -> ctypes.CDLL:
     return lib
 
 
-def _run_linear(x, qweight, scales, bits, group_size, out) -> None:
-    M, N, K = validate_linear(x, qweight, scales, bits, group_size, out)
+def _run_linear(x, qweight, scales, bits, group_size, out, op: str = LINEAR_OP) -> None:
+    M, N, K = validate_linear(x, qweight, scales, bits, group_size, out, op=op)
     if out.numel() == 0:
         return
     x, qweight, scales = x.contiguous(), qweight.contiguous(), scales.contiguous()
     err = ctypes.create_string_buffer(512)
-    rc = _lib().qwen35_linear_wq(x.data_ptr(), qweight.data_ptr(), scales.data_ptr(), out.data_ptr(),
-                                 (ctypes.c_int64 * 3)(M, N, K), bits, group_size, _SCALE_CODES[scales.dtype],
-                                 torch.get_num_threads(), err, len(err))
+    fn = _lib().qwen35_linear_wq_a8 if op == LINEAR_A8_OP else _lib().qwen35_linear_wq
+    rc = fn(x.data_ptr(), qweight.data_ptr(), scales.data_ptr(), out.data_ptr(),
+            (ctypes.c_int64 * 3)(M, N, K), bits, group_size, _SCALE_CODES[scales.dtype], torch.get_num_threads(),
+            err, len(err))
     if rc != 0:
         raise WeightOnlyArgumentError(err.value.decode(errors="replace"))
 
@@ -181,7 +197,7 @@ def _run_embedding(qweight, scales, indices, bits, group_size, out) -> None:
 
 
 def et_kernels_registered() -> bool:
-    """True if this process's copy of the library registered the two ExecuTorch kernels."""
+    """True if this process's copy of the library registered the weight-only ExecuTorch kernels."""
     return bool(_lib().qwen35_wq_et_kernels_registered())
 
 
@@ -206,6 +222,16 @@ def _define_ops() -> None:
         _run_linear(x, qweight, scales, bits, group_size, out)
         return out
 
+    def linear_a8_eager(x, qweight, scales, bits, group_size):
+        _, N, _ = validate_linear(x, qweight, scales, bits, group_size, op=LINEAR_A8_OP)
+        out = torch.empty((*x.shape[:-1], N), dtype=torch.float32)
+        _run_linear(x, qweight, scales, bits, group_size, out, op=LINEAR_A8_OP)
+        return out
+
+    def linear_a8_out_eager(x, qweight, scales, bits, group_size, *, out):
+        _run_linear(x, qweight, scales, bits, group_size, out, op=LINEAR_A8_OP)
+        return out
+
     def embedding_eager(qweight, scales, indices, bits, group_size):
         n, N, K = validate_embedding(qweight, scales, indices, bits, group_size)
         out = torch.empty((*indices.shape, K), dtype=torch.float32)
@@ -218,6 +244,8 @@ def _define_ops() -> None:
 
     lib.impl("linear_wq", linear_eager, "CompositeExplicitAutograd")
     lib.impl("linear_wq.out", linear_out_eager, "CompositeExplicitAutograd")
+    lib.impl("linear_wq_a8", linear_a8_eager, "CompositeExplicitAutograd")
+    lib.impl("linear_wq_a8.out", linear_a8_out_eager, "CompositeExplicitAutograd")
     lib.impl("embedding_wq", embedding_eager, "CompositeExplicitAutograd")
     lib.impl("embedding_wq.out", embedding_out_eager, "CompositeExplicitAutograd")
 
@@ -229,6 +257,16 @@ def _define_ops() -> None:
     @torch.library.register_fake("qwen35::linear_wq.out", lib=lib)
     def _(x, qweight, scales, bits, group_size, *, out):
         validate_linear(x, qweight, scales, bits, group_size, out)
+        return out
+
+    @torch.library.register_fake("qwen35::linear_wq_a8", lib=lib)
+    def _(x, qweight, scales, bits, group_size):
+        _, N, _ = validate_linear(x, qweight, scales, bits, group_size, op=LINEAR_A8_OP)
+        return x.new_empty((*x.shape[:-1], N))
+
+    @torch.library.register_fake("qwen35::linear_wq_a8.out", lib=lib)
+    def _(x, qweight, scales, bits, group_size, *, out):
+        validate_linear(x, qweight, scales, bits, group_size, out, op=LINEAR_A8_OP)
         return out
 
     @torch.library.register_fake("qwen35::embedding_wq", lib=lib)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from ..lowering import DECODE_METHOD
 from .convert import ANE_PACKAGE_LIMIT_BYTES, INT4_BLOCK_SIZE, MIN_DEPLOYMENT, QLINEAR
 from .graph import GDN_LAYOUTS, fp16_kv, make_decoder, state_shapes
 
@@ -196,7 +197,8 @@ def export_coreml(source: str, out: str | Path, *, qlinear: str = "fp16", max_se
                        "minimum_deployment_target": MIN_DEPLOYMENT},
             "program": {
                 "file": names[0], "op_namespace": "qwen35", "kernel_namespaces": [],
-                "methods": {"forward": method("prefill", prefill_chunk), "decode": method("decode", 1)},
+                # Keyed like every bundle's methods (the .pte method names); `function` is the Core ML function.
+                "methods": {"forward": method("prefill", prefill_chunk), DECODE_METHOD: method("decode", 1)},
                 "packages": packages,
                 "chain": ("one package" if len(parts) == 1 else
                           "run the packages in order: the first takes tokens, each next one the previous hidden_out, "

@@ -1,7 +1,7 @@
 """`--recipe coreml-pte`: an ExecuTorch `.pte` whose every method is one Core ML delegate call.
 
 The same `CoreMLDecoder` graphs as the `.mlpackage` recipe (methods `forward`: prefill of `prefill_chunk` tokens,
-`decode`: one token; fp16 KV state taken over by the delegate; delta-net state as fp32 inputs/outputs) go through
+`decode_token`: one token; fp16 KV state taken over by the delegate; delta-net state as fp32 inputs/outputs) go through
 `to_edge_transform_and_lower` with ExecuTorch's `CoreMLPartitioner` (`lower_full_graph=True`); the delta rule goes in
 through our MIL translation. ExecuTorch 1.5.1 combines the methods' Core ML models into one multifunction model
 stored once in the program's named data. The export fails if any node but the delegate calls (and their getitems)
@@ -18,6 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from ..lowering import DECODE_METHOD
 from .api import FP32_REL_TOL, QUALITY_FLOORS, VERIFY_DECODE_STEPS, check_package_spec, verification_prompt
 from .convert import INT4_BLOCK_SIZE, MIN_DEPLOYMENT, QLINEAR
 from .graph import CoreMLDecoder, check_gdn_nodes, example_inputs, fp16_kv, state_shapes
@@ -40,7 +41,7 @@ def lower_to_pte(decoder: CoreMLDecoder, *, prefill_chunk: int, qlinear: str, sa
     if decoder.gdn_layout != "io":
         raise ValueError("coreml-pte keeps the delta-net state as fp32 inputs/outputs (gdn_layout='io')")
     programs = {}
-    for method, tokens in (("forward", prefill_chunk), ("decode", 1)):
+    for method, tokens in (("forward", prefill_chunk), (DECODE_METHOD, 1)):
         decoder.kv_cache.zero_()
         with torch.no_grad():
             ep = torch.export.export(decoder, example_inputs(decoder, tokens), strict=False)
@@ -153,7 +154,8 @@ def export_coreml_pte(source: str, out: str | Path, *, qlinear: str = "fp16", ma
             mil = MILModel(extract_coreml_model((staging / PROGRAM).read_bytes(), Path(tmp)))
             # The delegate's functions are named after the methods and its outputs after graph nodes (ExecuTorch
             # passes them by position): check them as the package recipe's, outputs by position.
-            mil.functions = {("prefill" if k == "forward" else k): v for k, v in mil.functions.items()}
+            functions = {"forward": "prefill", DECODE_METHOD: "decode"}
+            mil.functions = {functions.get(k, k): v for k, v in mil.functions.items()}
             check_package_spec(mil, config, max_seq_len, prefill_chunk, "io", positional_outputs=True)
             state = mil.new_state()
 
@@ -166,7 +168,7 @@ def export_coreml_pte(source: str, out: str | Path, *, qlinear: str = "fp16", ma
             prompt = verification_prompt(config.vocab_size, tokenizer, prefill_chunk)
             metrics = compare_with_eager(runner, reference, prompt,
                                          steps=min(VERIFY_DECODE_STEPS, max_seq_len - len(prompt)))
-            histogram = {m: mil.op_histogram(f) for m, f in (("forward", "prefill"), ("decode", "decode"))}
+            histogram = {m: mil.op_histogram(f) for m, f in functions.items()}
         if qlinear == "fp32":
             result = gate(metrics, "fp32", "none", {"max_abs_logit_diff": FP32_REL_TOL}, quality_gate)
         else:
@@ -195,9 +197,10 @@ def export_coreml_pte(source: str, out: str | Path, *, qlinear: str = "fp16", ma
                        "gdn_layout": "io", "compute_precision": "fp32" if qlinear == "fp32" else "fp16",
                        "minimum_deployment_target": MIN_DEPLOYMENT},
             "program": {"file": PROGRAM, "op_namespace": "qwen35", "kernel_namespaces": [],
-                        "methods": {"forward": method(prefill_chunk), "decode": method(1)},
+                        "methods": {"forward": method(prefill_chunk), DECODE_METHOD: method(1)},
                         "graph": {m: dict(summary[m], coreml_ops=histogram[m]) for m in summary},
-                        "prefill_rule": f"full {prefill_chunk}-token chunks through forward, the rest through decode"},
+                        "prefill_rule": f"full {prefill_chunk}-token chunks through forward, the rest through "
+                                        f"{DECODE_METHOD}"},
             "state": {"max_seq_len": max_seq_len, "max_batch_size": 1, "shared_between_methods": True,
                       "reset": "a call whose input_pos[0] == 0 zeroes every state first (in-graph)",
                       "buffers": [dict(tensor("kv_cache", shapes["kv_cache"], "float16"), seq_axis=2,

@@ -1,8 +1,12 @@
-// Validation, ISA dispatch, threading and the C ABI of qwen35::linear_wq / qwen35::embedding_wq.
+// Validation, ISA dispatch, threading and the C ABI of qwen35::linear_wq, linear_wq_a8 and embedding_wq; the
+// activation quantizer of linear_wq_a8.
 #include "wq.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
+#include <limits>
+#include <vector>
 
 #include "arg_check.h"
 
@@ -85,9 +89,10 @@ void parallel_rows(int64_t n, int64_t work, int max_threads, Fn&& body) {
 
 }  // namespace
 
-bool validate_linear_wq(const ArgDesc& x, const ArgDesc& qweight, const ArgDesc& scales, int64_t bits,
-                        int64_t group_size, const ArgDesc& out, bool out_resizable, char* err, size_t len) {
-  const char* op = "linear_wq";
+// linear_wq and linear_wq_a8 take the same arguments; only the op name in the messages differs.
+static bool validate_linear(const char* op, const ArgDesc& x, const ArgDesc& qweight, const ArgDesc& scales,
+                            int64_t bits, int64_t group_size, const ArgDesc& out, bool out_resizable, char* err,
+                            size_t len) {
   char sb[128];
   if (x.dtype != kWqF32) return fail(op, err, len, "argument 'x' must be float32, got %s", dtype_name(x.dtype));
   if (x.ndim < 1) return fail(op, err, len, "argument 'x' must be at least 1D [..., K], got 0D");
@@ -112,6 +117,16 @@ bool validate_linear_wq(const ArgDesc& x, const ArgDesc& qweight, const ArgDesc&
   if (!out.contiguous) return fail(op, err, len, "argument 'out' must be contiguous");
   if (overlaps(out, x)) return fail(op, err, len, "argument 'out' must not alias 'x'");
   return true;
+}
+
+bool validate_linear_wq(const ArgDesc& x, const ArgDesc& qweight, const ArgDesc& scales, int64_t bits,
+                        int64_t group_size, const ArgDesc& out, bool out_resizable, char* err, size_t len) {
+  return validate_linear("linear_wq", x, qweight, scales, bits, group_size, out, out_resizable, err, len);
+}
+
+bool validate_linear_wq_a8(const ArgDesc& x, const ArgDesc& qweight, const ArgDesc& scales, int64_t bits,
+                           int64_t group_size, const ArgDesc& out, bool out_resizable, char* err, size_t len) {
+  return validate_linear("linear_wq_a8", x, qweight, scales, bits, group_size, out, out_resizable, err, len);
 }
 
 bool validate_embedding_wq(const ArgDesc& qweight, const ArgDesc& scales, const ArgDesc& indices, int64_t bits,
@@ -155,6 +170,54 @@ void run_linear(const WqLinear& p, int max_threads) {
   parallel_rows(p.N, p.M * p.N * p.K, max_threads, [&](int64_t n0, int64_t n1) { rows(p, n0, n1); });
 }
 
+namespace detail {
+void quantize_act_q8(const float* x, int64_t M, int64_t K, int64_t gs, int32_t bits, int8_t* q, float* sx,
+                     int32_t* qsum) {
+  const int64_t G = K / gs, body = gs - gs % kA8Block;
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t g = 0; g < G; ++g) {
+      const float* xg = x + m * K + g * gs;
+      int8_t* qg = q + m * K + g * gs;
+      float amax = 0.f;
+      bool finite = true;
+      for (int64_t k = 0; k < gs; ++k) {
+        const float a = std::fabs(xg[k]);
+        finite = finite && a <= std::numeric_limits<float>::max();  // false for inf and NaN
+        amax = std::max(amax, a);
+      }
+      const float s = finite ? amax / 127.f : std::numeric_limits<float>::quiet_NaN();
+      int32_t sum = 0;
+      for (int64_t k = 0; k < gs; ++k) {
+        // nearbyint rounds half to even in the default rounding mode, which nothing in the process changes; the
+        // fp32 division is correctly rounded, so torch's round(x / sx) gives the same code.
+        const float v = s > 0.f ? std::nearbyint(xg[k] / s) : 0.f;  // s NaN or 0: code 0
+        const int8_t c = static_cast<int8_t>(std::min(127.f, std::max(-127.f, v)));
+        int64_t pos = k;
+        if (bits == 4 && k < body) {  // nibble order inside each block: even elements, then odd ones
+          const int64_t i = k % kA8Block;
+          pos = k - i + ((i & 1) ? kA8Block / 2 + i / 2 : i / 2);
+        }
+        qg[pos] = c;
+        if (k < body) sum += c;
+      }
+      sx[m * G + g] = s;
+      qsum[m * G + g] = sum;
+    }
+}
+}  // namespace detail
+
+void run_linear_a8(const WqLinear& p, int max_threads) {
+  if (p.M == 0 || p.N == 0) return;
+  const int64_t G = p.K / p.group_size;
+  std::vector<int8_t> q(static_cast<size_t>(p.M * p.K));
+  std::vector<float> sx(static_cast<size_t>(p.M * G));
+  std::vector<int32_t> qsum(static_cast<size_t>(p.M * G));
+  detail::quantize_act_q8(p.x, p.M, p.K, p.group_size, p.bits, q.data(), sx.data(), qsum.data());
+  const WqActQ8 a{q.data(), sx.data(), qsum.data()};
+  auto rows = avx2_active() ? &detail::wq_linear_a8_rows_avx2 : &detail::wq_linear_a8_rows_generic;
+  parallel_rows(p.N, p.M * p.N * p.K, max_threads, [&](int64_t n0, int64_t n1) { rows(p, a, n0, n1); });
+}
+
 void run_embedding(const WqEmbedding& p, int max_threads) {
   if (p.n_indices == 0) return;
   auto rows = avx2_active() ? &detail::wq_embedding_rows_avx2 : &detail::wq_embedding_rows_generic;
@@ -164,6 +227,9 @@ void run_embedding(const WqEmbedding& p, int max_threads) {
 #ifndef QWEN35_HAVE_AVX2_TU
 namespace detail {
 void wq_linear_rows_avx2(const WqLinear& p, int64_t n0, int64_t n1) { wq_linear_rows_generic(p, n0, n1); }
+void wq_linear_a8_rows_avx2(const WqLinear& p, const WqActQ8& a, int64_t n0, int64_t n1) {
+  wq_linear_a8_rows_generic(p, a, n0, n1);
+}
 void wq_embedding_rows_avx2(const WqEmbedding& p, int64_t i0, int64_t i1) { wq_embedding_rows_generic(p, i0, i1); }
 }  // namespace detail
 #endif
@@ -186,6 +252,22 @@ int qwen35_linear_wq(const float* x, const void* qweight, const void* scales, fl
   const ArgDesc ao{"out", kWqF32, 2, os, true, out, M * N * 4};
   if (!validate_linear_wq(ax, aq, as, bits, group_size, ao, false, err, err_len)) return 1;
   run_linear(WqLinear{x, qweight, scales, out, M, N, K, group_size, bits, scale_dtype}, max_threads);
+  return 0;
+}
+
+int qwen35_linear_wq_a8(const float* x, const void* qweight, const void* scales, float* out, const int64_t* dims,
+                        int32_t bits, int64_t group_size, int32_t scale_dtype, int32_t max_threads, char* err,
+                        size_t err_len) {
+  using namespace qwen35;
+  const int64_t M = dims[0], N = dims[1], K = dims[2];
+  const int64_t cols = bits == 4 ? K / 2 : K, G = group_size > 0 ? K / group_size : 0;
+  const int64_t xs[2] = {M, K}, qs[2] = {N, cols}, ss[2] = {N, G}, os[2] = {M, N};
+  const ArgDesc ax{"x", kWqF32, 2, xs, true, x, M * K * 4};
+  const ArgDesc aq{"qweight", bits == 8 ? kWqI8 : kWqU8, 2, qs, true, qweight, N * cols};
+  const ArgDesc as{"scales", scale_dtype, 2, ss, true, scales, N * G * (scale_dtype == kWqF16 ? 2 : 4)};
+  const ArgDesc ao{"out", kWqF32, 2, os, true, out, M * N * 4};
+  if (!validate_linear_wq_a8(ax, aq, as, bits, group_size, ao, false, err, err_len)) return 1;
+  run_linear_a8(WqLinear{x, qweight, scales, out, M, N, K, group_size, bits, scale_dtype}, max_threads);
   return 0;
 }
 

@@ -5,6 +5,9 @@
 // float vectors in registers, multiplied into a per-group vector accumulator, and the group's scale is
 // applied once per group (acc += scale * group_acc). Prefill (M > 1) dequantizes one weight row into a
 // per-thread buffer of K floats and takes M dot products with it, so the unpacking is paid once per row.
+//
+// linear_wq_a8 (int8 activations, quantized once per call by wq.cpp) takes integer dot products per group instead:
+// maddubs/madd on AVX2, widening multiplies (or sdot when the build targets it) on NEON, plain int32 in portable C++.
 #pragma once
 
 #include <algorithm>
@@ -316,6 +319,148 @@ static void embedding_rows(const WqEmbedding& p, int64_t i0, int64_t i1) {
     const int64_t n = p.indices[i];
     dequant_row<BITS>(p.scales, p.scale_dtype, p.K, p.group_size, qw + n * row_bytes, n, p.out + i * p.K);
   }
+}
+
+// ---- linear_wq_a8: int8 activations (WqActQ8, already quantized) x int4 / int8 weights ------------------------------
+// One group = one exact int32 dot product, then one fp32 multiply-add by sx * scale. The bodies take kA8Block codes at
+// a time; the elements of a group past its last whole block (only when kA8Block does not divide group_size) are a
+// scalar integer tail. sc[g] is row n's scales already in fp32.
+
+// Integer weight code k of a row, for the tails and the portable body.
+template <int BITS>
+static inline int32_t icode(const uint8_t* row, int64_t k) {
+  if (BITS == 8) return reinterpret_cast<const int8_t*>(row)[k];
+  const uint8_t b = row[k >> 1];
+  return static_cast<int32_t>((k & 1) ? (b >> 4) : (b & 0x0f)) - 8;
+}
+
+#if defined(__ARM_NEON) && !defined(QWEN35_ISA_AVX2)
+// acc += the 16 products a * b, 4 at a time per lane. Without the dot-product extension (not in baseline armv8.0-a,
+// so only when the build targets it) widening multiplies are exact: |a * b| <= 128 * 127, two of them fit int16.
+static inline int32x4_t dot16_s8(int32x4_t acc, int8x16_t a, int8x16_t b) {
+#if defined(__ARM_FEATURE_DOTPROD)
+  return vdotq_s32(acc, a, b);
+#else
+  int16x8_t p = vmull_s8(vget_low_s8(a), vget_low_s8(b));
+  p = vmlal_high_s8(p, a, b);
+  return vpadalq_s16(acc, p);
+#endif
+}
+#endif
+
+template <int BITS>
+static float dot_row_a8(const uint8_t* row, const float* sc, const int8_t* qx, const float* sx, const int32_t* qsum,
+                        int64_t K, int64_t gs) {
+  const int64_t G = K / gs, body = gs - gs % kA8Block;
+#if defined(QWEN35_ISA_AVX2)
+  const __m256i ones = _mm256_set1_epi16(1), low4 = _mm256_set1_epi8(0x0f);
+  // Two accumulators, even and odd groups: at group 32 one FMA per group on a single chain would wait on its latency.
+  __m256 accs[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};
+  for (int64_t g = 0; g < G; ++g) {
+    const int64_t k0 = g * gs;
+    __m256i gi = _mm256_setzero_si256();
+    for (int64_t k = k0; k < k0 + body; k += kA8Block) {
+      const __m256i q = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(qx + k));
+      __m256i prod;
+      if (BITS == 4) {
+        __builtin_prefetch(row + (k >> 1) + kPrefetchBytes);
+        const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(row + (k >> 1)));
+        // Raw nibbles 0..15 are maddubs' unsigned operand as they are (the -8 comes off once per group through qsum):
+        // low lane = low nibbles (even elements), high lane = high nibbles (odd), the order quantize_act_q8 wrote q in.
+        const __m256i w = _mm256_and_si256(_mm256_inserti128_si256(_mm256_castsi128_si256(b), _mm_srli_epi16(b, 4), 1),
+                                           low4);
+        prod = _mm256_maddubs_epi16(w, q);  // |pair| <= 2 * 15 * 127: no int16 saturation
+      } else {
+        __builtin_prefetch(row + k + kPrefetchBytes);
+        const __m256i w = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + k));
+        // maddubs wants one unsigned operand: |w| and q carrying w's sign. |w| rather than |q| because the weight may
+        // be -128 (abs gives 0x80, read as unsigned 128) while q is in [-127, 127] and negates safely.
+        // |pair| <= 2 * 128 * 127.
+        prod = _mm256_maddubs_epi16(_mm256_abs_epi8(w), _mm256_sign_epi8(q, w));
+      }
+      gi = _mm256_add_epi32(gi, _mm256_madd_epi16(prod, ones));
+    }
+    int32_t adj = BITS == 4 ? -8 * qsum[g] : 0;
+    for (int64_t k = k0 + body; k < k0 + gs; ++k) adj += icode<BITS>(row, k) * qx[k];
+    gi = _mm256_add_epi32(gi, _mm256_setr_epi32(adj, 0, 0, 0, 0, 0, 0, 0));  // exact: the group stays integer
+    accs[g & 1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(gi), _mm256_set1_ps(sc[g] * sx[g]), accs[g & 1]);
+  }
+  return vhsum(Vec{_mm256_add_ps(accs[0], accs[1])});
+#elif defined(__ARM_NEON)
+  (void)qsum;  // NEON multiplies signed codes directly
+  float acc = 0.f;
+  for (int64_t g = 0; g < G; ++g) {
+    const int64_t k0 = g * gs;
+    int32x4_t gi = vdupq_n_s32(0);
+    for (int64_t k = k0; k < k0 + body; k += kA8Block) {
+      int8x16_t w0, w1;
+      if (BITS == 4) {
+        __builtin_prefetch(row + (k >> 1) + kPrefetchBytes);
+        const uint8x16_t b = vld1q_u8(row + (k >> 1));
+        w0 = vsubq_s8(vreinterpretq_s8_u8(vandq_u8(b, vdupq_n_u8(0x0f))), vdupq_n_s8(8));  // even elements
+        w1 = vsubq_s8(vreinterpretq_s8_u8(vshrq_n_u8(b, 4)), vdupq_n_s8(8));              // odd elements
+      } else {
+        __builtin_prefetch(row + k + kPrefetchBytes);
+        w0 = vld1q_s8(reinterpret_cast<const int8_t*>(row) + k);
+        w1 = vld1q_s8(reinterpret_cast<const int8_t*>(row) + k + 16);
+      }
+      gi = dot16_s8(gi, w0, vld1q_s8(qx + k));
+      gi = dot16_s8(gi, w1, vld1q_s8(qx + k + 16));
+    }
+    int32_t isum = vaddvq_s32(gi);
+    for (int64_t k = k0 + body; k < k0 + gs; ++k) isum += icode<BITS>(row, k) * qx[k];
+    acc += static_cast<float>(isum) * (sc[g] * sx[g]);
+  }
+  return acc;
+#else
+  (void)qsum;
+  float acc = 0.f;
+  for (int64_t g = 0; g < G; ++g) {
+    const int64_t k0 = g * gs;
+    int32_t isum = 0;
+    for (int64_t k = k0; k < k0 + body; k += kA8Block) {
+      if (BITS == 4) {
+        for (int64_t i = 0; i < kA8Block / 2; ++i) {  // byte i of the block: elements 2i (low), 2i+1 (high)
+          const uint8_t b = row[(k >> 1) + i];
+          isum += (static_cast<int32_t>(b & 0x0f) - 8) * qx[k + i] +
+                  (static_cast<int32_t>(b >> 4) - 8) * qx[k + 16 + i];
+        }
+      } else {
+        for (int64_t i = 0; i < kA8Block; ++i) isum += icode<8>(row, k + i) * qx[k + i];
+      }
+    }
+    for (int64_t k = k0 + body; k < k0 + gs; ++k) isum += icode<BITS>(row, k) * qx[k];
+    acc += static_cast<float>(isum) * (sc[g] * sx[g]);
+  }
+  return acc;
+#endif
+}
+
+template <int BITS>
+static void linear_a8_rows(const WqLinear& p, const WqActQ8& a, int64_t n0, int64_t n1) {
+  const int64_t G = p.K / p.group_size, row_bytes = BITS == 4 ? p.K / 2 : p.K;
+  const uint8_t* qw = static_cast<const uint8_t*>(p.qweight);
+  std::vector<float> sc(static_cast<size_t>(G));  // row n's scales in fp32, converted once for all M rows of x
+  for (int64_t n = n0; n < n1; ++n) {
+    int64_t g = 0;
+#if defined(QWEN35_ISA_AVX2)
+    if (p.scale_dtype == kWqF16)  // 8 at a time: a scalar conversion per group cost as much as a group's dot product
+      for (const uint16_t* h = static_cast<const uint16_t*>(p.scales) + n * G; g + 8 <= G; g += 8)
+        _mm256_storeu_ps(sc.data() + g, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(h + g))));
+#endif
+    for (; g < G; ++g) sc[g] = scale_at(p.scales, p.scale_dtype, n * G + g);
+    // A weight row (K/2 or K bytes) stays in L1 across the M rows of x, so prefill re-unpacks it from cache.
+    for (int64_t m = 0; m < p.M; ++m)
+      p.out[m * p.N + n] = dot_row_a8<BITS>(qw + n * row_bytes, sc.data(), a.q + m * p.K, a.sx + m * G,
+                                            a.qsum + m * G, p.K, p.group_size);
+  }
+}
+
+static inline void linear_a8(const WqLinear& p, const WqActQ8& a, int64_t n0, int64_t n1) {
+  if (p.bits == 4)
+    linear_a8_rows<4>(p, a, n0, n1);
+  else
+    linear_a8_rows<8>(p, a, n0, n1);
 }
 
 static inline void linear(const WqLinear& p, int64_t n0, int64_t n1) {

@@ -1,5 +1,6 @@
 // qwen-bench: run a qwen-mobile bundle's model.pte natively (prefill through `forward`, greedy decode through
-// `decode`) with our qwen35 kernels, and print the result in the bench schema (runtime/schemas/bench.schema.json).
+// `decode_token`) with our qwen35 kernels, and print the result in the bench schema
+// (runtime/schemas/bench.schema.json).
 //
 //   qwen-bench --bundle DIR [--prompt-ids 1,2,3 | --prompt-len 128[,512] --seed 0] [--gen 64] [--runs 5]
 //              [--warmup 1] [--threads N] [--json OUT] [--dump-logits OUT.bin] [--power-root /] ...
@@ -78,6 +79,11 @@ struct Failure : std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
+// The bundle contract (runtime/schemas/manifest.schema.json; export/lowering.py DECODE_METHOD). Version 1 named the
+// one-token method `decode`, which ExecuTorch 1.5's stock LLM runner runs on memory it does not share with `forward`.
+constexpr int64_t kManifestVersion = 2;
+constexpr const char* kDecodeMethod = "decode_token";
+
 // ---- options --------------------------------------------------------------------------------------------------
 
 struct Options {
@@ -109,7 +115,8 @@ const char* kUsage = R"(usage: qwen-bench --bundle DIR [options]
        qwen-bench --power-replay TRACE.jsonl [--json OUT] [--current-unit auto|ua|ma]
 
 Runs a qwen-mobile bundle's model.pte with ExecuTorch and the qwen35 kernels: prefill through `forward`, greedy
-(argmax) decode through `decode`, and prints the result as bench-schema JSON (runtime/schemas/bench.schema.json).
+(argmax) decode through `decode_token`, and prints the result as bench-schema JSON
+(runtime/schemas/bench.schema.json).
 
 prompt and generation
   --bundle DIR          bundle folder (manifest.json + model.pte)
@@ -404,8 +411,8 @@ class Program {
     program_ = std::make_unique<et::Program>(std::move(program.get()));
     pte_ = pte;
     shared_ = shared_arenas;
-    // `forward` and `decode` read and write the same state buffers (exported with share_mutable_buffers=True): the
-    // memory plan gives each state buffer the same arena and offset in every method, so the state is shared only
+    // `forward` and `decode_token` read and write the same state buffers (exported with share_mutable_buffers=True):
+    // the memory plan gives each state buffer the same arena and offset in every method, so the state is shared only
     // if every method is handed the same arenas. Size each arena to the largest any method needs, as the Python
     // Program API does (Module without share_memory_arenas gives each method its own, and decode then starts from
     // an empty state). Activations live in the same arenas; methods never run concurrently, and outputs are copied
@@ -570,8 +577,10 @@ Bundle open_bundle(const Options& o) {
   b.manifest = Json::parse(read_file(mpath), mpath);
   const Json& m = b.manifest;
   try {
-    if (m.at("schema_version").as_int() != 1 || m.at("format").as_string() != "qwen-mobile-bundle")
-      throw Failure("schema_version 1 / format 'qwen-mobile-bundle' expected");
+    if (m.at("format").as_string() != "qwen-mobile-bundle") throw Failure("format 'qwen-mobile-bundle' expected");
+    if (const int64_t v = m.at("schema_version").as_int(); v != kManifestVersion)
+      throw Failure("manifest schema_version " + std::to_string(v) + ", this qwen-bench reads version " +
+                    std::to_string(kManifestVersion) + "; re-export the bundle with this version");
     b.pte = b.dir + "/" + m.at("program").at("file").as_string();
     b.vocab = m.at("model").at("config").at("vocab_size").as_int();
     b.max_seq_len = m.at("state").at("max_seq_len").as_int();
@@ -668,7 +677,7 @@ int run_bench(const Options& o) {
   const auto t_load = clock_type::now();
   Program program(b.pte, !o.unshared_arenas);
   LmMethod forward(program.load_method("forward"), "forward", b.vocab);
-  LmMethod decode(program.load_method("decode"), "decode", b.vocab);
+  LmMethod decode(program.load_method(kDecodeMethod), kDecodeMethod, b.vocab);
   const double load_ms = now_s(t_load) * 1e3;
   const int64_t load_rss = rss_bytes();
 

@@ -75,7 +75,10 @@ file "$ARM" | sed 's/, BuildID.*//'
 BUNDLES=("$@")
 if [ ${#BUNDLES[@]} -eq 0 ]; then
   TINY=$BUILD/bundles/tiny-untied-fp32
-  if [ ! -f "$TINY/manifest.json" ]; then
+  # A bundle cached by an earlier run is re-exported when this toolkit no longer reads it (e.g. an older manifest
+  # schema_version, whose program the runner cannot call).
+  if ! QWEN35_RUNTIME_NO_LOAD=1 "$PY" -c 'import sys; from qwen_mobile.runtime.bundle import load_manifest
+load_manifest(sys.argv[1])' "$TINY" 2>/dev/null; then
     step "export a tiny random model (xnnpack-fp32)"
     # The `tiny` preset with its own lm_head: a random model with a tied table greedily repeats one token, which
     # would make the token comparison trivial; this one emits a different token at each of the 12 steps.

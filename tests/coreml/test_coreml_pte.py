@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from qwen_mobile.export.lowering import TOKEN_METHODS
 from qwen_mobile.runtime import bundle
 
 
@@ -15,7 +16,7 @@ def test_fp32_pte_is_one_delegate_and_matches_eager(hf_checkpoint, tmp_path):
     out = tmp_path / "pte"
     manifest = export_coreml_pte(str(folder), out, qlinear="fp32", max_seq_len=64, prefill_chunk=16, progress=False)
     assert bundle.load_manifest(out) == manifest
-    for method in ("forward", "decode"):
+    for method in TOKEN_METHODS:
         graph = manifest["program"]["graph"][method]
         assert graph["delegate_calls"] == 1 and graph["ops_outside_delegates"] == [], graph
         # our delta rule went in through the MIL translation: matmuls of the chunked form / decode step

@@ -121,6 +121,20 @@ def test_tampered_bundle_rejected(fp32_hv1x, tmp_path):
         bundle.load_manifest(copy, check_hashes=False)
 
 
+def test_version_1_bundle_is_refused_with_a_re_export_hint(fp32_hv1x, tmp_path):
+    """Version 1 programs name their one-token method `decode`, which this version does not call: refuse the bundle
+    before the schema's field errors, and say what to do."""
+    out, _, _ = fp32_hv1x
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest["schema_version"] = 1
+    manifest["program"]["methods"]["decode"] = manifest["program"]["methods"].pop("decode_token")
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(bundle.BundleError, match="schema_version 1, this qwen-mobile reads version 2; re-export"):
+        bundle.load_manifest(copy)
+
+
 def test_quantized_bundle_runs_and_records_what_it_did(q_hv2x):
     out, manifest, hf = q_hv2x
     assert manifest["recipe"]["qlinear"] == "8da4w" and manifest["recipe"]["qembedding"] == "4w"

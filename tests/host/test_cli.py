@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from qwen_mobile.export.cli import main
+from qwen_mobile.export.lowering import DECODE_METHOD, TOKEN_METHODS
 from qwen_mobile.runtime.bench import load_results, validate_bench
 from qwen_mobile.runtime.bundle import BundleError
 
@@ -97,11 +98,11 @@ def test_bench_refuses_lengths_that_do_not_fit(nano_bundle, capsys):
 def test_inspect_reads_our_op_from_the_program(nano_bundle, bundle, capsys):
     doc = run_json(capsys, "inspect", str(nano_bundle), "--json")
     delta_layers = sum(t == "linear_attention" for t in bundle.manifest["model"]["config"]["layer_types"])
-    for method in ("forward", "decode"):
+    for method in TOKEN_METHODS:
         info = doc["program"]["methods"][method]
         assert info["ops_outside"].get("qwen35::gated_delta_rule") == delta_layers
         assert info["backends"].get("XnnpackBackend", 0) > 0
-    assert set(doc["program"]["methods"]) >= {"forward", "decode", "state_read", "state_write"}
+    assert set(doc["program"]["methods"]) >= {"forward", DECODE_METHOD, "state_read", "state_write"}
     assert main(["inspect", str(nano_bundle)]) == 0
     assert "qwen35::gated_delta_rule" in capsys.readouterr().out
 

@@ -1,5 +1,6 @@
 """qwen-bench (the native runner) against Python's BundleProgram on small exported bundles: the same greedy tokens
-and logits, `decode` continuing `forward`'s state, schema-valid JSON, and loud failures on a bad bundle or request."""
+and logits, `decode_token` continuing `forward`'s state, schema-valid JSON, and loud failures on a bad bundle or
+request."""
 
 import json
 import shutil
@@ -34,8 +35,8 @@ def test_fp32_matches_python(qwen_bench, fp32_bundle, tmp_path):
 
 
 def test_separate_arenas_break_decode(qwen_bench, fp32_bundle, tmp_path):
-    """The shared-arena claim is what the parity test checks: with one set of arenas per method, `decode` starts from
-    state it never saw `forward` write, and its logits move while the prefill logits stay exact."""
+    """The shared-arena claim is what the parity test checks: with one set of arenas per method, `decode_token`
+    starts from state it never saw `forward` write, and its logits move while the prefill logits stay exact."""
     _, run = native_run(qwen_bench, fp32_bundle, tmp_path, "--unshared-arenas")
     ref = native.reference(fp32_bundle, PROMPT, GEN)
     assert np.abs(run.logits[0] - ref.logits[0]).max() <= native.FP32_LOGIT_TOL
@@ -100,6 +101,17 @@ def test_unknown_kernel_namespace_fails_loudly(qwen_bench, fp32_bundle, tmp_path
     proc = run_bench(qwen_bench, "--bundle", copy, "--prompt-len", 4, "--gen", 2, "--no-power", check=False)
     assert proc.returncode == 1
     assert "kernel_namespaces lists 'llama' but no kernel of that namespace is registered" in proc.stderr
+
+
+def test_version_1_manifest_is_refused_with_a_re_export_hint(qwen_bench, fp32_bundle, tmp_path):
+    copy = tmp_path / "bundle"
+    shutil.copytree(fp32_bundle, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["schema_version"] = 1
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    proc = run_bench(qwen_bench, "--bundle", copy, "--prompt-len", 4, "--gen", 2, "--no-power", check=False)
+    assert proc.returncode == 1
+    assert "schema_version 1, this qwen-bench reads version 2; re-export the bundle" in proc.stderr, proc.stderr
 
 
 @pytest.mark.parametrize("args, message", [

@@ -1,5 +1,6 @@
 """The weight-only kernels' NEON path: cross-compile wq_selftest.cpp with the C++ core for aarch64 and run it under
-qemu; the same self-test built for the host without the AVX2 TU checks the portable path with no torch involved.
+qemu (baseline armv8-a, and armv8.2-a+dotprod, where linear_wq_a8 uses sdot instead of widening multiplies); the same
+self-test built for the host without the AVX2 TU checks the portable path with no torch involved.
 
 The aarch64 case is skipped unless aarch64-linux-gnu-g++ and qemu-aarch64 are installed
 (apt-get install g++-aarch64-linux-gnu qemu-user).
@@ -20,18 +21,29 @@ SOURCES = [KERNELS / f for f in ("wq.cpp", "wq_generic.cpp", "gated_delta_rule.c
 QEMU = shutil.which("qemu-aarch64") or shutil.which("qemu-aarch64-static")
 
 
-def _build_and_run(cxx: str, out: Path, runner: list[str], isa: str) -> None:
-    build = subprocess.run([cxx, "-std=c++17", "-O2", "-static", f"-I{KERNELS}", *map(str, SOURCES), "-o", str(out)],
-                           capture_output=True, text=True, timeout=600)
+def _build_and_run(cxx: str, out: Path, runner: list[str], isa: str, flags: tuple[str, ...] = (),
+                   dotprod: bool = False) -> None:
+    build = subprocess.run([cxx, "-std=c++17", "-O2", "-static", *flags, f"-I{KERNELS}", *map(str, SOURCES), "-o",
+                            str(out)], capture_output=True, text=True, timeout=600)
     assert build.returncode == 0, build.stderr[-3000:]
     proc = subprocess.run([*runner, str(out)], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0 and f"isa={isa}" in proc.stdout and "ALL OK" in proc.stdout, proc.stdout[-3000:]
+    assert f"dotprod={int(dotprod)}" in proc.stdout, proc.stdout[:200]
+    assert proc.stdout.count("a8 ") >= 16, proc.stdout  # the linear_wq_a8 cases ran
 
 
 @pytest.mark.skipif(shutil.which("aarch64-linux-gnu-g++") is None or QEMU is None,
                     reason="needs aarch64-linux-gnu-g++ and qemu-aarch64")
 def test_neon_weight_only_matches_fp64_under_qemu(tmp_path):
     _build_and_run("aarch64-linux-gnu-g++", tmp_path / "wq_selftest", [QEMU], "neon")
+
+
+@pytest.mark.skipif(shutil.which("aarch64-linux-gnu-g++") is None or QEMU is None,
+                    reason="needs aarch64-linux-gnu-g++ and qemu-aarch64")
+def test_neon_dotprod_weight_only_matches_fp64_under_qemu(tmp_path):
+    # qemu's default CPU model ("max") implements the dot-product extension.
+    _build_and_run("aarch64-linux-gnu-g++", tmp_path / "wq_selftest", [QEMU], "neon", ("-march=armv8.2-a+dotprod",),
+                   dotprod=True)
 
 
 @pytest.mark.skipif(shutil.which("g++") is None, reason="needs g++")
