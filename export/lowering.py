@@ -103,19 +103,29 @@ def export_methods(model: Qwen35ForCausalLM, max_prefill_chunk: int) -> dict[str
         state_read = export(StateReadEntry(model), (), strict=False)
         state_write = export(StateWriteEntry(model), tuple(torch.zeros_like(b) for _, b in state_buffers(model)),
                              strict=False)
-    return {"forward": forward, "decode": decode, "state_read": state_read, "state_write": state_write}
+    return {"forward": forward, DECODE_METHOD: decode, "state_read": state_read, "state_write": state_write}
 
 
-def lower_to_executorch(programs: dict, metadata: dict):
-    """XNNPACK-lower every method and emit one program whose methods share their mutable buffers."""
+def lower_to_executorch(programs: dict, metadata: dict, parallel: bool | None = None):
+    """XNNPACK-lower every method and emit one program whose methods share their mutable buffers.
+
+    parallel: preprocess XNNPACK partitions in two processes (parallel_preprocess.py); None = when there are at least
+    two CPUs. The program's bytes are the same either way."""
+    import os
+
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import EdgeCompileConfig, ExecutorchBackendConfig, to_edge_transform_and_lower
     from executorch.exir.passes import MemoryPlanningPass
 
-    edge = to_edge_transform_and_lower(
-        programs, partitioner=[XnnpackPartitioner()], constant_methods=metadata,
-        compile_config=EdgeCompileConfig(_check_ir_validity=False),
-    )
+    from .parallel_preprocess import parallel_preprocess
+
+    if parallel is None:
+        parallel = len(os.sched_getaffinity(0)) >= 2 if hasattr(os, "sched_getaffinity") else os.cpu_count() >= 2
+    with parallel_preprocess(parallel):
+        edge = to_edge_transform_and_lower(
+            programs, partitioner=[XnnpackPartitioner()], constant_methods=metadata,
+            compile_config=EdgeCompileConfig(_check_ir_validity=False),
+        )
     et = edge.to_executorch(ExecutorchBackendConfig(
         memory_planning_pass=MemoryPlanningPass(share_mutable_buffers=True),
         emit_mutable_buffer_names=True,

@@ -1,0 +1,102 @@
+"""XNNPACK's per-partition preprocessing, split between this process and a forked worker.
+
+Lowering a 0.8B model spends about half its time in `XnnpackBackend.preprocess`: every delegated partition of every
+method (hundreds) runs the backend's graph passes and serializes its subgraph, one after another, in Python, on one
+core. The partitions are independent, so `parallel_preprocess` replaces the backend's `preprocess_multimethod` (the
+hook ExecuTorch provides for lowering all partitions of all methods together) for the duration of a `with` block:
+a forked child preprocesses part of the partitions while this process does the rest, and the child's results come
+back pickled. Fork gives the child every partition program without serializing graphs (edge-dialect programs do not
+pickle); only `PreprocessResult`s (bytes and plain data) travel. Results are reassembled in the original order, so
+the emitted program is byte-identical to a sequential lowering (tests/export/test_parallel_preprocess.py).
+
+The child runs torch single-threaded and never enters an OpenMP region, which is what makes fork after torch has
+used its thread pool safe. A failed child fails the export loudly (its traceback is on stderr), never quietly
+degrades to the sequential path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pickle
+import sys
+import tempfile
+import traceback
+
+
+def partition_cost(program) -> int:
+    """Relative cost of preprocessing a partition: its node count (the backend's passes are per node)."""
+    return sum(1 for _ in program.graph_module.graph.nodes)
+
+
+def split_jobs(costs: dict, parts: int) -> list[list]:
+    """Longest-processing-time-first: each job, heaviest first, goes to the part with the least work so far."""
+    loads, assigned = [0] * parts, [[] for _ in range(parts)]
+    for job, cost in sorted(costs.items(), key=lambda kv: (-kv[1], kv[0])):
+        part = loads.index(min(loads))
+        assigned[part].append(job)
+        loads[part] += cost
+    return assigned
+
+
+def _preprocess_in_child(backend_cls, edge_programs, compile_specs, jobs, path) -> None:
+    """Runs in the forked child: never returns."""
+    status = 1
+    try:
+        import torch
+
+        torch.set_num_threads(1)  # no OpenMP region in a forked child (its pool's threads did not survive the fork)
+        results = {(m, i): backend_cls.preprocess(edge_programs[m][i], compile_specs[m][i]) for m, i in jobs}
+        with open(path, "wb") as f:
+            pickle.dump(results, f, protocol=pickle.HIGHEST_PROTOCOL)
+        status = 0
+    except BaseException:  # noqa: BLE001  anything: report it and let the parent fail
+        traceback.print_exc()
+    finally:
+        sys.stderr.flush()
+        os._exit(status)
+
+
+def _multimethod(backend_cls, edge_programs: dict, compile_specs: dict) -> dict:
+    costs = {(m, i): partition_cost(p) for m, programs in edge_programs.items() for i, p in enumerate(programs)}
+    mine, theirs = split_jobs(costs, 2)
+    results = {}
+    with tempfile.TemporaryDirectory(prefix="qwen-mobile-preprocess-") as tmp:
+        path = os.path.join(tmp, "results.pkl")
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = os.fork() if theirs else None
+        if pid == 0:
+            _preprocess_in_child(backend_cls, edge_programs, compile_specs, theirs, path)
+        try:
+            for m, i in mine:
+                results[(m, i)] = backend_cls.preprocess(edge_programs[m][i], compile_specs[m][i])
+        finally:
+            if pid:
+                _, status = os.waitpid(pid, 0)
+        if pid:
+            if status != 0 or not os.path.isfile(path):
+                raise RuntimeError(f"lowering: the forked XNNPACK preprocess worker failed (wait status {status}); "
+                                   "its traceback is above")
+            with open(path, "rb") as f:
+                results.update(pickle.load(f))
+    return {m: [results[(m, i)] for i in range(len(programs))] for m, programs in edge_programs.items()}
+
+
+@contextlib.contextmanager
+def parallel_preprocess(enabled: bool = True):
+    """Within the block, XNNPACK lowers its partitions in two processes (when enabled and fork exists)."""
+    from executorch.backends.xnnpack.xnnpack_preprocess import XnnpackBackend
+
+    if not enabled or not hasattr(os, "fork"):
+        yield
+        return
+    own = XnnpackBackend.__dict__.get("preprocess_multimethod")  # None: inherited from BackendDetails
+    XnnpackBackend.preprocess_multimethod = classmethod(_multimethod)
+    try:
+        yield
+    finally:
+        if own is None:
+            del XnnpackBackend.preprocess_multimethod
+        else:
+            XnnpackBackend.preprocess_multimethod = own
