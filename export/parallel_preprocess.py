@@ -9,6 +9,12 @@ back pickled. Fork gives the child every partition program without serializing g
 pickle); only `PreprocessResult`s (bytes and plain data) travel. Results are reassembled in the original order, so
 the emitted program is byte-identical to a sequential lowering (tests/export/test_parallel_preprocess.py).
 
+`shared_constant_copies` removes a copy of its own: before preprocessing, ExecuTorch deep-copies every partition's
+program "in case backends change graph inside preprocess", weights included, all partitions at once, so a 4B export
+briefly held its quantized weights twice (+5 GB). XNNPACK's preprocess rewrites graphs but only reads the constant
+tensors (it serializes them), so inside that block the copy shares them: graphs are still copied, tensors are not. The
+bytes are unchanged (tests/export/test_parallel_preprocess.py).
+
 The child runs torch single-threaded and never enters an OpenMP region, which is what makes fork after torch has
 used its thread pool safe. A failed child fails the export loudly (its traceback is on stderr), never quietly
 degrades to the sequential path.
@@ -100,3 +106,29 @@ def parallel_preprocess(enabled: bool = True):
             del XnnpackBackend.preprocess_multimethod
         else:
             XnnpackBackend.preprocess_multimethod = own
+
+
+@contextlib.contextmanager
+def shared_constant_copies(enabled: bool = True):
+    """Within the block, XNNPACK's per-partition program copies share the weight tensors of the original."""
+    import copy
+
+    from executorch.backends.xnnpack.xnnpack_preprocess import XnnpackBackend
+
+    if not enabled:
+        yield
+        return
+
+    def copy_sharing_constants(cls, edge_program, compile_specs):
+        tensors = [*edge_program.state_dict.values(), *edge_program.constants.values()]
+        return copy.deepcopy(edge_program, memo={id(t): t for t in tensors})  # deepcopy reuses what memo holds
+
+    own = XnnpackBackend.__dict__.get("copy_exported_program_for_preprocess")
+    XnnpackBackend.copy_exported_program_for_preprocess = classmethod(copy_sharing_constants)
+    try:
+        yield
+    finally:
+        if own is None:
+            del XnnpackBackend.copy_exported_program_for_preprocess
+        else:
+            XnnpackBackend.copy_exported_program_for_preprocess = own

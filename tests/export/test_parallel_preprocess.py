@@ -29,8 +29,9 @@ def programs():
     return model
 
 
-def lower(model, parallel):
-    return lower_to_executorch(export_methods(model, 16), {"get_max_seq_len": 16}, parallel=parallel)[0].buffer
+def lower(model, parallel, share_constants=True):
+    return lower_to_executorch(export_methods(model, 16), {"get_max_seq_len": 16}, parallel=parallel,
+                               share_constants=share_constants)[0].buffer
 
 
 def test_parallel_lowering_is_byte_identical_to_sequential(programs, monkeypatch):
@@ -39,9 +40,22 @@ def test_parallel_lowering_is_byte_identical_to_sequential(programs, monkeypatch
     monkeypatch.setattr(pp.os, "fork", lambda: forks.append(1) or real_fork())
     parallel = lower(programs, True)
     assert forks == [1], "the parallel path did not fork a worker"
-    sequential = lower(programs, False)
+    sequential = lower(programs, False, share_constants=False)  # ExecuTorch's own path, deep copies and all
     assert len(forks) == 1
     assert parallel == sequential
+
+
+def test_preprocess_copies_share_the_weights_and_still_copy_the_graph(programs):
+    from executorch.backends.xnnpack.xnnpack_preprocess import XnnpackBackend
+
+    ep = export_methods(programs, 16)["forward"]
+    with pp.shared_constant_copies():
+        copied = XnnpackBackend.copy_exported_program_for_preprocess(ep, [])
+    assert copied.graph_module is not ep.graph_module
+    assert [n.name for n in copied.graph.nodes] == [n.name for n in ep.graph.nodes]
+    weights = [k for k, v in ep.state_dict.items() if v.numel() > 1]
+    assert weights and all(copied.state_dict[k] is ep.state_dict[k] for k in weights)
+    assert "copy_exported_program_for_preprocess" not in XnnpackBackend.__dict__  # restored on exit
 
 
 def test_a_failing_worker_fails_the_lowering(programs, monkeypatch):
