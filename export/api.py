@@ -263,6 +263,7 @@ def export(source: str, out: str | Path, *, preset: str | None = DEFAULT_PRESET,
     from qwen_mobile.runtime import bundle
     from .lowering import (DECODE_METHOD, TOKEN_METHODS, export_methods, lower_to_executorch, program_op_namespaces,
                            seq_axis, state_buffers)
+    from . import parallel_preprocess
     from .quantize import check_weight_only_nodes, quantize_model
     from .verify import compare_with_reference, eager_reference, fixed_prompt, gate, op_nodes_per_method
 
@@ -396,6 +397,10 @@ def export(source: str, out: str | Path, *, preset: str | None = DEFAULT_PRESET,
             "verification": dict(result.as_dict(), quality_gate=quality_gate, prompt_tokens=len(prompt)),
             "sample_prompt": {"ids": prompt, "text": tokenizer.decode(prompt) if tokenizer is not None else None},
             "export": {"seconds": round(time.perf_counter() - t_all, 1), "peak_rss_bytes": _peak_rss_bytes(),
+                       # The forked XNNPACK worker (export/parallel_preprocess.py) overlaps the exporter only while
+                       # partitions are preprocessed; the sum of the two bounds the export's peak from above (pages
+                       # they share count twice).
+                       "worker_peak_rss_bytes": parallel_preprocess.last_worker_peak_rss_bytes,
                        "stage_seconds": {k: round(v, 1) for k, v in timings.items()},
                        "loaded_dtypes": load_dtypes,
                        "quantization": qreport.__dict__},

@@ -212,7 +212,10 @@ def export_summary(manifest: dict, out: Path) -> str:
                                                             exp["stage_seconds"].items()) + ")"),
     ]
     if exp.get("peak_rss_bytes"):
-        rows.append(("peak RSS", f"{exp['peak_rss_bytes'] / 1e9:.2f} GB"))
+        worker = exp.get("worker_peak_rss_bytes") or 0
+        rows.append(("peak RSS", f"{exp['peak_rss_bytes'] / 1e9:.2f} GB"
+                     + (f" (+ {worker / 1e9:.2f} GB in the forked XNNPACK worker; the sum is an upper bound)"
+                        if worker else "")))
     return _table(rows, title="qwen-mobile export")
 
 

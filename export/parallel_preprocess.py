@@ -63,7 +63,12 @@ def _preprocess_in_child(backend_cls, edge_programs, compile_specs, jobs, path) 
         os._exit(status)
 
 
+# ru_maxrss of the last forked worker, in bytes: the export reports it beside its own peak (RUSAGE_SELF misses it).
+last_worker_peak_rss_bytes = 0
+
+
 def _multimethod(backend_cls, edge_programs: dict, compile_specs: dict) -> dict:
+    global last_worker_peak_rss_bytes
     costs = {(m, i): partition_cost(p) for m, programs in edge_programs.items() for i, p in enumerate(programs)}
     mine, theirs = split_jobs(costs, 2)
     results = {}
@@ -79,7 +84,8 @@ def _multimethod(backend_cls, edge_programs: dict, compile_specs: dict) -> dict:
                 results[(m, i)] = backend_cls.preprocess(edge_programs[m][i], compile_specs[m][i])
         finally:
             if pid:
-                _, status = os.waitpid(pid, 0)
+                _, status, usage = os.wait4(pid, 0)
+                last_worker_peak_rss_bytes = max(last_worker_peak_rss_bytes, usage.ru_maxrss * 1024)
         if pid:
             if status != 0 or not os.path.isfile(path):
                 raise RuntimeError(f"lowering: the forked XNNPACK preprocess worker failed (wait status {status}); "
