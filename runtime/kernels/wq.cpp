@@ -236,11 +236,15 @@ void wq_embedding_rows_avx2(const WqEmbedding& p, int64_t i0, int64_t i1) { wq_e
 
 }  // namespace qwen35
 
-extern "C" {
+namespace {
+using LinearValidator = bool (*)(const qwen35::ArgDesc&, const qwen35::ArgDesc&, const qwen35::ArgDesc&, int64_t,
+                                 int64_t, const qwen35::ArgDesc&, bool, char*, size_t);
 
-int qwen35_linear_wq(const float* x, const void* qweight, const void* scales, float* out, const int64_t* dims,
-                     int32_t bits, int64_t group_size, int32_t scale_dtype, int32_t max_threads, char* err,
-                     size_t err_len) {
+// The C entry points of linear_wq and linear_wq_a8 take the same arguments; only the validator's op name and the
+// runner differ.
+int linear_entry(LinearValidator validate, void (*run)(const qwen35::WqLinear&, int), const float* x,
+                 const void* qweight, const void* scales, float* out, const int64_t* dims, int32_t bits,
+                 int64_t group_size, int32_t scale_dtype, int32_t max_threads, char* err, size_t err_len) {
   using namespace qwen35;
   const int64_t M = dims[0], N = dims[1], K = dims[2];
   const int64_t cols = bits == 4 ? K / 2 : K, G = group_size > 0 ? K / group_size : 0;
@@ -250,25 +254,26 @@ int qwen35_linear_wq(const float* x, const void* qweight, const void* scales, fl
   const ArgDesc aq{"qweight", bits == 8 ? kWqI8 : kWqU8, 2, qs, true, qweight, N * cols};
   const ArgDesc as{"scales", scale_dtype, 2, ss, true, scales, N * G * (scale_dtype == kWqF16 ? 2 : 4)};
   const ArgDesc ao{"out", kWqF32, 2, os, true, out, M * N * 4};
-  if (!validate_linear_wq(ax, aq, as, bits, group_size, ao, false, err, err_len)) return 1;
-  run_linear(WqLinear{x, qweight, scales, out, M, N, K, group_size, bits, scale_dtype}, max_threads);
+  if (!validate(ax, aq, as, bits, group_size, ao, false, err, err_len)) return 1;
+  run(WqLinear{x, qweight, scales, out, M, N, K, group_size, bits, scale_dtype}, max_threads);
   return 0;
+}
+}  // namespace
+
+extern "C" {
+
+int qwen35_linear_wq(const float* x, const void* qweight, const void* scales, float* out, const int64_t* dims,
+                     int32_t bits, int64_t group_size, int32_t scale_dtype, int32_t max_threads, char* err,
+                     size_t err_len) {
+  return linear_entry(qwen35::validate_linear_wq, qwen35::run_linear, x, qweight, scales, out, dims, bits,
+                      group_size, scale_dtype, max_threads, err, err_len);
 }
 
 int qwen35_linear_wq_a8(const float* x, const void* qweight, const void* scales, float* out, const int64_t* dims,
                         int32_t bits, int64_t group_size, int32_t scale_dtype, int32_t max_threads, char* err,
                         size_t err_len) {
-  using namespace qwen35;
-  const int64_t M = dims[0], N = dims[1], K = dims[2];
-  const int64_t cols = bits == 4 ? K / 2 : K, G = group_size > 0 ? K / group_size : 0;
-  const int64_t xs[2] = {M, K}, qs[2] = {N, cols}, ss[2] = {N, G}, os[2] = {M, N};
-  const ArgDesc ax{"x", kWqF32, 2, xs, true, x, M * K * 4};
-  const ArgDesc aq{"qweight", bits == 8 ? kWqI8 : kWqU8, 2, qs, true, qweight, N * cols};
-  const ArgDesc as{"scales", scale_dtype, 2, ss, true, scales, N * G * (scale_dtype == kWqF16 ? 2 : 4)};
-  const ArgDesc ao{"out", kWqF32, 2, os, true, out, M * N * 4};
-  if (!validate_linear_wq_a8(ax, aq, as, bits, group_size, ao, false, err, err_len)) return 1;
-  run_linear_a8(WqLinear{x, qweight, scales, out, M, N, K, group_size, bits, scale_dtype}, max_threads);
-  return 0;
+  return linear_entry(qwen35::validate_linear_wq_a8, qwen35::run_linear_a8, x, qweight, scales, out, dims, bits,
+                      group_size, scale_dtype, max_threads, err, err_len);
 }
 
 int qwen35_embedding_wq(const void* qweight, const void* scales, const int64_t* indices, float* out,

@@ -55,10 +55,9 @@ def test_manifest_and_graph(bundle):
         assert not any("dequantize" in op for op in outside), outside
 
 
-def test_pte_reproduces_the_quantized_eager_model(bundle, source):
-    scheme, out, manifest = bundle
-    eager = Qwen35ForCausalLM.from_pretrained(source, max_seq_len=96)
-    quantize_model(eager, scheme, scheme, 32)
+def pte_and_eager_logits(out, manifest, eager) -> tuple[torch.Tensor, torch.Tensor]:
+    """The bundle fed a 21-token prompt as prefill 13 + prefill 7 + one decode step, and eager's logits at the same
+    three positions (one full forward): both [3, vocab]."""
     program = BundleProgram(out / "model.pte", max_prefill_tokens=16,
                             kernel_namespaces=manifest["program"]["kernel_namespaces"])
     prompt = torch.randint(0, VOCAB, (21,), generator=torch.Generator().manual_seed(5)).tolist()
@@ -66,7 +65,15 @@ def test_pte_reproduces_the_quantized_eager_model(bundle, source):
         eager.reset()
         ref = eager(torch.tensor([prompt]), torch.arange(len(prompt)))[0]  # [T, vocab]
         got = [program.prefill(prompt[:13], 0), program.prefill(prompt[13:20], 13), program.decode(prompt[20], 20)]
-    torch.testing.assert_close(torch.stack(got), ref[[12, 19, 20]], atol=PTE_VS_EAGER_ATOL, rtol=0)
+    return torch.stack(got), ref[[12, 19, 20]]
+
+
+def test_pte_reproduces_the_quantized_eager_model(bundle, source):
+    scheme, out, manifest = bundle
+    eager = Qwen35ForCausalLM.from_pretrained(source, max_seq_len=96)
+    quantize_model(eager, scheme, scheme, 32)
+    got, ref = pte_and_eager_logits(out, manifest, eager)
+    torch.testing.assert_close(got, ref, atol=PTE_VS_EAGER_ATOL, rtol=0)
 
 
 def test_tied_table_is_stored_once(bundle, source):
@@ -212,16 +219,9 @@ def test_8da4w_pte_reproduces_the_quantized_eager_model(bundle_8da4w, source):
     eager = Qwen35ForCausalLM.from_pretrained(source, max_seq_len=96)
     quantize_model(eager, "8da4w", "4w", 32)
     assert isinstance(eager.lm_head, LinearWQA8)
-    program = BundleProgram(out / "model.pte", max_prefill_tokens=16,
-                            kernel_namespaces=manifest["program"]["kernel_namespaces"])
-    prompt = torch.randint(0, VOCAB, (21,), generator=torch.Generator().manual_seed(5)).tolist()
-    with torch.no_grad():
-        eager.reset()
-        ref = eager(torch.tensor([prompt]), torch.arange(len(prompt)))[0]  # [T, vocab]
-        got = [program.prefill(prompt[:13], 0), program.prefill(prompt[13:20], 13), program.decode(prompt[20], 20)]
-    got = torch.stack(got)
-    torch.testing.assert_close(got, ref[[12, 19, 20]], atol=PTE_VS_EAGER_ATOL_8DA, rtol=0)
-    assert float((got - ref[[12, 19, 20]]).abs().mean()) <= PTE_VS_EAGER_MEAN_8DA
-    assert (got.argmax(-1) == ref[[12, 19, 20]].argmax(-1)).all()
+    got, ref = pte_and_eager_logits(out, manifest, eager)
+    torch.testing.assert_close(got, ref, atol=PTE_VS_EAGER_ATOL_8DA, rtol=0)
+    assert float((got - ref).abs().mean()) <= PTE_VS_EAGER_MEAN_8DA
+    assert (got.argmax(-1) == ref.argmax(-1)).all()
     table = eager.lm_head.qweight.numpy().tobytes()
     assert (out / "model.pte").read_bytes().count(table) == 1
