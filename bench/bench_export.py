@@ -91,8 +91,9 @@ def export_row(source: str, entry: str, args, workdir: Path) -> tuple[dict, Path
     row = {
         "peer": "qwen_mobile", "variant": entry, "artifact": str(out), "size_bytes": (out / "model.pte").stat().st_size,
         "export_s": m["export"]["seconds"], "export_peak_rss_bytes": m["export"]["peak_rss_bytes"],
-        # The forked XNNPACK worker's own peak (export/parallel_preprocess.py); goals use the sum, an upper bound.
+        # The forked XNNPACK worker's own peak (export/parallel_preprocess.py) and the pair's sampled PSS peak.
         "export_worker_peak_rss_bytes": m["export"].get("worker_peak_rss_bytes", 0),
+        "export_peak_memory_bytes": m["export"].get("peak_memory_bytes"),
         "export_steps": {"stages": m["export"].get("stage_seconds")},
         "tied_table_copies": m["recipe"].get("tied_table_copies"), "head": m["recipe"].get("head"),
         "verification": m["verification"], "notes": [], "prefill_mode": "batched",
@@ -136,7 +137,10 @@ def native_run(out: Path, args) -> dict:
 
 def check_goals(rows: list[dict], main_variant: str) -> list[tuple[str, bool | None, str]]:
     """The issue's goals for 8da4w on the 0.8B shape, each against the rows measured in this run."""
-    export_rss = lambda r: r["export_peak_rss_bytes"] + r.get("export_worker_peak_rss_bytes", 0)  # noqa: E731
+    # The export's peak use with the forked worker counted once (PSS, sampled; export/api.py `_memory_record`);
+    # the RSS sum, which counts the pages the two share after fork twice, is printed beside it as an upper bound.
+    export_peak = lambda r: r.get("export_peak_memory_bytes") or r["export_peak_rss_bytes"]  # noqa: E731
+    rss_sum = lambda r: r["export_peak_rss_bytes"] + r.get("export_worker_peak_rss_bytes", 0)  # noqa: E731
     by = {f"{r['peer']}:{r['variant']}": r for r in rows if not r.get("error")}
     ours = by.get(f"qwen_mobile:{main_variant}")
     if ours is None:
@@ -144,8 +148,8 @@ def check_goals(rows: list[dict], main_variant: str) -> list[tuple[str, bool | N
     up, lc = by.get("upstream_executorch:8da4w_emb4"), by.get("llama_cpp:q4_0")
     goals = [("size <= 520 MB", ours["size_bytes"] <= 520e6, f"{ours['size_bytes'] / 1e6:.0f} MB"),
              ("export < 5 min", ours["export_s"] < 300, f"{ours['export_s']:.0f} s"),
-             ("export peak RSS <= 6 GB (exporter + forked worker, summed)", export_rss(ours) <= 6e9,
-              f"{export_rss(ours) / 1e9:.2f} GB"),
+             ("export peak memory <= 6 GB (exporter + forked worker, PSS sampled)", export_peak(ours) <= 6e9,
+              f"{export_peak(ours) / 1e9:.2f} GB (RSS sum, an upper bound: {rss_sum(ours) / 1e9:.2f} GB)"),
              ("run peak RSS <= 1.0 GB (Python process)", ours["run_peak_rss_bytes"] <= 1e9,
               f"{ours['run_peak_rss_bytes'] / 1e9:.2f} GB")]
     peers_decode = [r["decode_tok_s"] for r in (up, lc) if r and r.get("decode_tok_s")]
@@ -222,7 +226,8 @@ def main() -> int:
         pp = r.get("prefill_tok_s") or {}
         nat = (r.get("native") or {}).get("peak_rss_bytes")
         print(f"{r['peer'] + ':' + str(r['variant']):<34}{(r.get('size_bytes') or 0) / 1e6:>9.0f}"
-              f"{r.get('export_s') or 0:>10.0f}{(r.get('export_peak_rss_bytes') or 0) / 1e9:>10.2f}"
+              f"{r.get('export_s') or 0:>10.0f}"
+              f"{(r.get('export_peak_memory_bytes') or r.get('export_peak_rss_bytes') or 0) / 1e9:>10.2f}"
               + "".join(f"{pp.get(n, float('nan')):>9.1f}" for n in lens)
               + f"{r.get('decode_tok_s') or float('nan'):>9.2f}{(r.get('run_peak_rss_bytes') or 0) / 1e9:>8.2f}"
               + (f"{nat / 1e9:>10.2f}" if nat else f"{'-':>10}")

@@ -249,6 +249,21 @@ def _peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
+def _memory_record(parallel_preprocess) -> dict:
+    """The export's memory figures for the manifest (export/README.md, "Manifest").
+
+    `peak_rss_bytes` is this process's ru_maxrss. The forked XNNPACK worker (export/parallel_preprocess.py) overlaps
+    it only while partitions are preprocessed: `worker_peak_rss_bytes` is its ru_maxrss and
+    `pair_peak_pss_bytes` the highest sampled PSS sum of the two while it ran. `peak_memory_bytes`, the larger of
+    this process's peak and that sum, is the export's peak use (a sampled lower bound, tight to the sampling
+    interval); exporter + worker RSS is an upper bound that counts the pages they share after fork twice.
+    """
+    own = _peak_rss_bytes()
+    pair = parallel_preprocess.last_pair_peak_pss_bytes
+    return {"peak_rss_bytes": own, "worker_peak_rss_bytes": parallel_preprocess.last_worker_peak_rss_bytes,
+            "pair_peak_pss_bytes": pair, "peak_memory_bytes": max(own, pair)}
+
+
 def export(source: str, out: str | Path, *, preset: str | None = DEFAULT_PRESET, force: bool = False,
            quality_gate: bool | None = None, progress: bool = True, **overrides) -> dict:
     """Export `source` to a verified bundle folder at `out`; returns the manifest. Nothing is left on failure."""
@@ -285,6 +300,7 @@ def export(source: str, out: str | Path, *, preset: str | None = DEFAULT_PRESET,
     bar = tqdm(total=len(stages), desc="export", unit="stage", disable=not progress, leave=False)
     timings: dict[str, float] = {}
     t_all = time.perf_counter()
+    parallel_preprocess.reset_memory_records()
 
     def stage(name):
         bar.set_postfix_str(name)
@@ -396,11 +412,7 @@ def export(source: str, out: str | Path, *, preset: str | None = DEFAULT_PRESET,
                           "thinking_default": thinking_default(_size_name(config), _chat_template(source_dir))},
             "verification": dict(result.as_dict(), quality_gate=quality_gate, prompt_tokens=len(prompt)),
             "sample_prompt": {"ids": prompt, "text": tokenizer.decode(prompt) if tokenizer is not None else None},
-            "export": {"seconds": round(time.perf_counter() - t_all, 1), "peak_rss_bytes": _peak_rss_bytes(),
-                       # The forked XNNPACK worker (export/parallel_preprocess.py) overlaps the exporter only while
-                       # partitions are preprocessed; the sum of the two bounds the export's peak from above (pages
-                       # they share count twice).
-                       "worker_peak_rss_bytes": parallel_preprocess.last_worker_peak_rss_bytes,
+            "export": {"seconds": round(time.perf_counter() - t_all, 1), **_memory_record(parallel_preprocess),
                        "stage_seconds": {k: round(v, 1) for k, v in timings.items()},
                        "loaded_dtypes": load_dtypes,
                        "quantization": qreport.__dict__},

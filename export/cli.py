@@ -212,11 +212,19 @@ def export_summary(manifest: dict, out: Path) -> str:
                                                             exp["stage_seconds"].items()) + ")"),
     ]
     if exp.get("peak_rss_bytes"):
-        worker = exp.get("worker_peak_rss_bytes") or 0
-        rows.append(("peak RSS", f"{exp['peak_rss_bytes'] / 1e9:.2f} GB"
-                     + (f" (+ {worker / 1e9:.2f} GB in the forked XNNPACK worker; the sum is an upper bound)"
-                        if worker else "")))
+        rows.append(("peak memory", _export_memory_text(exp)))
     return _table(rows, title="qwen-mobile export")
+
+
+def _export_memory_text(exp: dict) -> str:
+    """One line for the summary: the export's peak, and how it was obtained when a forked worker took part."""
+    own, worker, pair = exp["peak_rss_bytes"], exp.get("worker_peak_rss_bytes") or 0, exp.get("pair_peak_pss_bytes") or 0
+    if not worker:
+        return f"{own / 1e9:.2f} GB (RSS)"
+    peak = max(own, pair)
+    return (f"{peak / 1e9:.2f} GB (exporter RSS {own / 1e9:.2f} GB; with the forked XNNPACK worker "
+            + (f"{pair / 1e9:.2f} GB PSS, sampled" if pair else "not sampled")
+            + f"; RSS sum {(own + worker) / 1e9:.2f} GB counts shared pages twice)")
 
 
 def cmd_demo(args) -> int:

@@ -27,6 +27,7 @@ import os
 import pickle
 import sys
 import tempfile
+import threading
 import traceback
 
 
@@ -65,10 +66,68 @@ def _preprocess_in_child(backend_cls, edge_programs, compile_specs, jobs, path) 
 
 # ru_maxrss of the last forked worker, in bytes: the export reports it beside its own peak (RUSAGE_SELF misses it).
 last_worker_peak_rss_bytes = 0
+# The highest sampled sum of this process's and the worker's proportional set sizes while the worker ran, in bytes.
+# Neither RSS answers "how much memory did the export use at once": right after fork the worker's RSS is its
+# parent's (page tables are copied, pages are not), so the RSS sum counts every shared page twice. PSS charges a
+# page shared by k processes 1/k to each, so the two PSS values add up to the pages the pair holds.
+last_pair_peak_pss_bytes = 0
+PSS_SAMPLE_SECONDS = 0.25
+
+
+def reset_memory_records() -> None:
+    """Forget earlier workers' figures: an export reports only the workers it forked itself."""
+    global last_worker_peak_rss_bytes, last_pair_peak_pss_bytes
+    last_worker_peak_rss_bytes = last_pair_peak_pss_bytes = 0
+
+
+def pss_bytes(pid: int | str = "self") -> int | None:
+    """Proportional set size of a process (Linux /proc/PID/smaps_rollup), or None where it cannot be read."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1]) * 1024  # "Pss:  123456 kB"
+    except OSError:
+        pass
+    return None
+
+
+class PairPssSampler:
+    """Samples PSS(self) + PSS(child) every `interval` seconds on a thread until stopped; `peak` is the highest sum.
+
+    A sample is only taken when both values could be read, so a peak of 0 means "not measured" (no /proc, or the
+    child was too short-lived), never "no memory". Spikes shorter than the interval can be missed: the peak is a
+    lower bound of the true one, as the RSS sum is an upper bound.
+    """
+
+    def __init__(self, child_pid: int, interval: float = PSS_SAMPLE_SECONDS):
+        self.child_pid, self.interval, self.peak = child_pid, interval, 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="pss-sampler", daemon=True)
+
+    def _sample(self) -> None:
+        mine, theirs = pss_bytes(), pss_bytes(self.child_pid)
+        if mine is not None and theirs is not None:
+            self.peak = max(self.peak, mine + theirs)
+
+    def _run(self) -> None:
+        while True:
+            self._sample()
+            if self._stop.wait(self.interval):
+                return
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        return False
 
 
 def _multimethod(backend_cls, edge_programs: dict, compile_specs: dict) -> dict:
-    global last_worker_peak_rss_bytes
+    global last_worker_peak_rss_bytes, last_pair_peak_pss_bytes
     costs = {(m, i): partition_cost(p) for m, programs in edge_programs.items() for i, p in enumerate(programs)}
     mine, theirs = split_jobs(costs, 2)
     results = {}
@@ -79,14 +138,17 @@ def _multimethod(backend_cls, edge_programs: dict, compile_specs: dict) -> dict:
         pid = os.fork() if theirs else None
         if pid == 0:
             _preprocess_in_child(backend_cls, edge_programs, compile_specs, theirs, path)
-        try:
-            for m, i in mine:
-                results[(m, i)] = backend_cls.preprocess(edge_programs[m][i], compile_specs[m][i])
-        finally:
-            if pid:
-                _, status, usage = os.wait4(pid, 0)
-                last_worker_peak_rss_bytes = max(last_worker_peak_rss_bytes, usage.ru_maxrss * 1024)
+        sampler = PairPssSampler(pid) if pid else contextlib.nullcontext()
+        with sampler:  # sampling until the worker is reaped: it may outlast this process's share
+            try:
+                for m, i in mine:
+                    results[(m, i)] = backend_cls.preprocess(edge_programs[m][i], compile_specs[m][i])
+            finally:
+                if pid:
+                    _, status, usage = os.wait4(pid, 0)
         if pid:
+            last_worker_peak_rss_bytes = max(last_worker_peak_rss_bytes, usage.ru_maxrss * 1024)
+            last_pair_peak_pss_bytes = max(last_pair_peak_pss_bytes, sampler.peak)
             if status != 0 or not os.path.isfile(path):
                 raise RuntimeError(f"lowering: the forked XNNPACK preprocess worker failed (wait status {status}); "
                                    "its traceback is above")

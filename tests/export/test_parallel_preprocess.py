@@ -72,3 +72,31 @@ def test_a_failing_worker_fails_the_lowering(programs, monkeypatch):
     monkeypatch.setattr(XnnpackBackend, "preprocess", staticmethod(preprocess))
     with pytest.raises(RuntimeError, match="forked XNNPACK preprocess worker failed"):
         lower(programs, True)
+
+
+@pytest.mark.skipif(pp.pss_bytes() is None, reason="needs Linux /proc/PID/smaps_rollup")
+def test_the_pair_sampler_counts_pages_shared_after_fork_once():
+    """The reference is what the two processes allocate: a buffer touched before fork is shared (counted once in
+    the physical peak, twice in the RSS sum), and the child's own allocation is counted once."""
+    import time
+
+    mb = 1 << 20
+    shared = b"\x01" * (256 * mb)  # touched by the parent before fork
+    base = pp.pss_bytes()
+    pid = os.fork()
+    if pid == 0:
+        own = b"\x02" * (128 * mb)  # the child's private pages
+        time.sleep(2.0)
+        os._exit(0 if own and shared else 1)
+    with pp.PairPssSampler(pid, interval=0.05) as sampler:
+        _, status, usage = os.wait4(pid, 0)
+    assert status == 0
+    assert sampler.peak == pytest.approx(base + 128 * mb, abs=48 * mb)  # the shared buffer once, the child's once
+    assert usage.ru_maxrss * 1024 > (256 + 128) * mb  # ... where the child's RSS holds the shared buffer too
+    del shared
+
+
+def test_an_export_reports_only_its_own_workers():
+    pp.last_worker_peak_rss_bytes, pp.last_pair_peak_pss_bytes = 7, 9
+    pp.reset_memory_records()
+    assert (pp.last_worker_peak_rss_bytes, pp.last_pair_peak_pss_bytes) == (0, 0)
