@@ -106,23 +106,26 @@ def export_methods(model: Qwen35ForCausalLM, max_prefill_chunk: int) -> dict[str
     return {"forward": forward, DECODE_METHOD: decode, "state_read": state_read, "state_write": state_write}
 
 
-def lower_to_executorch(programs: dict, metadata: dict, parallel: bool | None = None, share_constants: bool = True):
+def lower_to_executorch(programs: dict, metadata: dict, parallel: bool | None = None, share_constants: bool = True,
+                        lean: bool = True):
     """XNNPACK-lower every method and emit one program whose methods share their mutable buffers.
 
     parallel: preprocess XNNPACK partitions in two processes (parallel_preprocess.py); None = when there are at least
     two CPUs. share_constants: the per-partition copies ExecuTorch makes for preprocessing share the weight tensors
-    (parallel_preprocess.shared_constant_copies). The program's bytes are the same either way."""
+    (parallel_preprocess.shared_constant_copies). lean: skip the edge lowering's two retraces that change nothing
+    (lean_decompositions.py). The program's bytes are the same either way."""
     import os
 
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import EdgeCompileConfig, ExecutorchBackendConfig, to_edge_transform_and_lower
     from executorch.exir.passes import MemoryPlanningPass
 
+    from .lean_decompositions import lean_decompositions
     from .parallel_preprocess import parallel_preprocess, shared_constant_copies
 
     if parallel is None:
         parallel = len(os.sched_getaffinity(0)) >= 2 if hasattr(os, "sched_getaffinity") else os.cpu_count() >= 2
-    with parallel_preprocess(parallel), shared_constant_copies(share_constants):
+    with parallel_preprocess(parallel), shared_constant_copies(share_constants), lean_decompositions(programs, lean):
         edge = to_edge_transform_and_lower(
             programs, partitioner=[XnnpackPartitioner()], constant_methods=metadata,
             compile_config=EdgeCompileConfig(_check_ir_validity=False),

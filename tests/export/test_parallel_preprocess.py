@@ -1,4 +1,5 @@
-"""XNNPACK partitions preprocessed in a forked worker give the very program a sequential lowering gives."""
+"""XNNPACK partitions preprocessed in a forked worker (and the other lowering shortcuts) give the very program
+ExecuTorch's own sequential lowering gives."""
 
 import os
 
@@ -29,20 +30,35 @@ def programs():
     return model
 
 
-def lower(model, parallel, share_constants=True):
+def lower(model, parallel, share_constants=True, lean=True):
     return lower_to_executorch(export_methods(model, 16), {"get_max_seq_len": 16}, parallel=parallel,
-                               share_constants=share_constants)[0].buffer
+                               share_constants=share_constants, lean=lean)[0].buffer
 
 
-def test_parallel_lowering_is_byte_identical_to_sequential(programs, monkeypatch):
-    forks = []
-    real_fork = os.fork
+def test_our_lowering_is_byte_identical_to_executorchs_own_path(programs, monkeypatch):
+    """Ours: a forked preprocess worker, shared constant copies, two retraces skipped (lean_decompositions.py).
+    ExecuTorch's: sequential, deep copies, every retrace."""
+    from torch.export import ExportedProgram
+
+    forks, retraces = [], []
+    real_fork, real_decompose = os.fork, ExportedProgram.run_decompositions
     monkeypatch.setattr(pp.os, "fork", lambda: forks.append(1) or real_fork())
-    parallel = lower(programs, True)
+
+    def counting(self, *args, **kwargs):
+        if sum(1 for _ in self.graph.nodes) > 50:  # our methods, not the partitioner's few-node pattern graphs
+            retraces.append(1)
+        return real_decompose(self, *args, **kwargs)
+
+    monkeypatch.setattr(ExportedProgram, "run_decompositions", counting)
+    ours = lower(programs, True)
     assert forks == [1], "the parallel path did not fork a worker"
-    sequential = lower(programs, False, share_constants=False)  # ExecuTorch's own path, deep copies and all
+    ours_retraces = len(retraces)
+    upstream = lower(programs, False, share_constants=False, lean=False)
     assert len(forks) == 1
-    assert parallel == sequential
+    assert ours == upstream
+    # Three retraces of forward and of decode_token upstream; lean keeps one of each (nothing for step 3 to do).
+    upstream_retraces = len(retraces) - ours_retraces
+    assert upstream_retraces >= 6 and ours_retraces <= upstream_retraces - 4, (ours_retraces, upstream_retraces)
 
 
 def test_preprocess_copies_share_the_weights_and_still_copy_the_graph(programs):
