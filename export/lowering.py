@@ -121,11 +121,12 @@ def lower_to_executorch(programs: dict, metadata: dict, parallel: bool | None = 
     from executorch.exir.passes import MemoryPlanningPass
 
     from .lean_decompositions import lean_decompositions
-    from .parallel_preprocess import parallel_preprocess, shared_constant_copies
+    from .parallel_preprocess import parallel_preprocess, quiet_pytree_spec_warnings, shared_constant_copies
 
     if parallel is None:
         parallel = len(os.sched_getaffinity(0)) >= 2 if hasattr(os, "sched_getaffinity") else os.cpu_count() >= 2
-    with parallel_preprocess(parallel), shared_constant_copies(share_constants), lean_decompositions(programs, lean):
+    with (parallel_preprocess(parallel), shared_constant_copies(share_constants), lean_decompositions(programs, lean),
+          quiet_pytree_spec_warnings()):
         edge = to_edge_transform_and_lower(
             programs, partitioner=[XnnpackPartitioner()], constant_methods=metadata,
             compile_config=EdgeCompileConfig(_check_ir_validity=False),

@@ -47,9 +47,10 @@ def split_jobs(costs: dict, parts: int) -> list[list]:
 
 
 @contextlib.contextmanager
-def _quiet_pickling():
-    """torch warns once per pickled pytree spec that `LeafSpec` is deprecated: hundreds of lines per export that say
-    nothing about the user's model."""
+def quiet_pytree_spec_warnings():
+    """torch warns each time a pytree spec is copied or unpickled that `LeafSpec` is deprecated (ExecuTorch deep-copies
+    every partition's program, and the worker's results are pickled): hundreds of lines per export that say nothing
+    about the user's model."""
     import warnings
 
     with warnings.catch_warnings():
@@ -65,7 +66,7 @@ def _preprocess_in_child(backend_cls, edge_programs, compile_specs, jobs, path) 
 
         torch.set_num_threads(1)  # no OpenMP region in a forked child (its pool's threads did not survive the fork)
         results = {(m, i): backend_cls.preprocess(edge_programs[m][i], compile_specs[m][i]) for m, i in jobs}
-        with open(path, "wb") as f, _quiet_pickling():
+        with open(path, "wb") as f:
             pickle.dump(results, f, protocol=pickle.HIGHEST_PROTOCOL)
         status = 0
     except BaseException:  # noqa: BLE001  anything: report it and let the parent fail
@@ -163,7 +164,7 @@ def _multimethod(backend_cls, edge_programs: dict, compile_specs: dict) -> dict:
             if status != 0 or not os.path.isfile(path):
                 raise RuntimeError(f"lowering: the forked XNNPACK preprocess worker failed (wait status {status}); "
                                    "its traceback is above")
-            with open(path, "rb") as f, _quiet_pickling():
+            with open(path, "rb") as f:
                 results.update(pickle.load(f))
     return {m: [results[(m, i)] for i in range(len(programs))] for m, programs in edge_programs.items()}
 
