@@ -58,9 +58,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"round {r} {runs[-1]['path']:<11}{seconds:8.1f} s  sha256 {digest[:16]}", flush=True)
             del et, programs
     identical = len({run["sha256"] for run in runs}) == 1
-    ratios = [a["seconds"] / b["seconds"] for a, b in
-              ((next(x for x in runs if x["round"] == r and x["path"] == "executorch"),
-                next(x for x in runs if x["round"] == r and x["path"] == "ours")) for r in range(args.rounds))]
+    seconds_of = {(run["round"], run["path"]): run["seconds"] for run in runs}
+    ratios = [seconds_of[(r, "executorch")] / seconds_of[(r, "ours")] for r in range(args.rounds)]
     print(f"executorch / ours per round: {', '.join(f'{x:.2f}x' for x in ratios)}; bytes identical: {identical}")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -221,8 +221,7 @@ def _export_memory_text(exp: dict) -> str:
     own, worker, pair = exp["peak_rss_bytes"], exp.get("worker_peak_rss_bytes") or 0, exp.get("pair_peak_pss_bytes") or 0
     if not worker:
         return f"{own / 1e9:.2f} GB (RSS)"
-    peak = max(own, pair)
-    return (f"{peak / 1e9:.2f} GB (exporter RSS {own / 1e9:.2f} GB; with the forked XNNPACK worker "
+    return (f"{exp['peak_memory_bytes'] / 1e9:.2f} GB (exporter RSS {own / 1e9:.2f} GB; with the forked XNNPACK worker "
             + (f"{pair / 1e9:.2f} GB PSS, sampled" if pair else "not sampled")
             + f"; RSS sum {(own + worker) / 1e9:.2f} GB counts shared pages twice)")
 

@@ -4,12 +4,9 @@ ExecuTorch's own sequential lowering gives."""
 import os
 
 import pytest
-import torch
 
 from qwen_mobile.export import parallel_preprocess as pp
 from qwen_mobile.export.lowering import export_methods, lower_to_executorch
-from qwen_mobile.export.quantize import quantize_model
-from qwen_mobile.models import Qwen35ForCausalLM
 
 
 def test_split_jobs_gives_every_job_once_and_balances_the_load():
@@ -21,21 +18,12 @@ def test_split_jobs_gives_every_job_once_and_balances_the_load():
     assert sorted(loads) == [64, 64]  # this set splits evenly; LPT finds it
 
 
-@pytest.fixture(scope="module")
-def programs():
-    torch.manual_seed(0)
-    model = Qwen35ForCausalLM.from_preset("tiny", max_seq_len=64).eval().requires_grad_(False)
-    model.fuse_projections()
-    quantize_model(model, "8da4w", "4w", 32)
-    return model
-
-
 def lower(model, parallel, share_constants=True, lean=True):
     return lower_to_executorch(export_methods(model, 16), {"get_max_seq_len": 16}, parallel=parallel,
                                share_constants=share_constants, lean=lean)[0].buffer
 
 
-def test_our_lowering_is_byte_identical_to_executorchs_own_path(programs, monkeypatch):
+def test_our_lowering_is_byte_identical_to_executorchs_own_path(tiny_8da4w_model, monkeypatch):
     """Ours: a forked preprocess worker, shared constant copies, two retraces skipped (lean_decompositions.py).
     ExecuTorch's: sequential, deep copies, every retrace."""
     from torch.export import ExportedProgram
@@ -50,10 +38,10 @@ def test_our_lowering_is_byte_identical_to_executorchs_own_path(programs, monkey
         return real_decompose(self, *args, **kwargs)
 
     monkeypatch.setattr(ExportedProgram, "run_decompositions", counting)
-    ours = lower(programs, True)
+    ours = lower(tiny_8da4w_model, True)
     assert forks == [1], "the parallel path did not fork a worker"
     ours_retraces = len(retraces)
-    upstream = lower(programs, False, share_constants=False, lean=False)
+    upstream = lower(tiny_8da4w_model, False, share_constants=False, lean=False)
     assert len(forks) == 1
     assert ours == upstream
     # Three retraces of forward and of decode_token upstream; lean keeps one of each (nothing for step 3 to do).
@@ -61,10 +49,10 @@ def test_our_lowering_is_byte_identical_to_executorchs_own_path(programs, monkey
     assert upstream_retraces >= 6 and ours_retraces <= upstream_retraces - 4, (ours_retraces, upstream_retraces)
 
 
-def test_preprocess_copies_share_the_weights_and_still_copy_the_graph(programs):
+def test_preprocess_copies_share_the_weights_and_still_copy_the_graph(tiny_8da4w_model):
     from executorch.backends.xnnpack.xnnpack_preprocess import XnnpackBackend
 
-    ep = export_methods(programs, 16)["forward"]
+    ep = export_methods(tiny_8da4w_model, 16)["forward"]
     with pp.shared_constant_copies():
         copied = XnnpackBackend.copy_exported_program_for_preprocess(ep, [])
     assert copied.graph_module is not ep.graph_module
@@ -74,7 +62,7 @@ def test_preprocess_copies_share_the_weights_and_still_copy_the_graph(programs):
     assert "copy_exported_program_for_preprocess" not in XnnpackBackend.__dict__  # restored on exit
 
 
-def test_a_failing_worker_fails_the_lowering(programs, monkeypatch):
+def test_a_failing_worker_fails_the_lowering(tiny_8da4w_model, monkeypatch):
     from executorch.backends.xnnpack.xnnpack_preprocess import XnnpackBackend
 
     parent = os.getpid()
@@ -87,7 +75,7 @@ def test_a_failing_worker_fails_the_lowering(programs, monkeypatch):
 
     monkeypatch.setattr(XnnpackBackend, "preprocess", staticmethod(preprocess))
     with pytest.raises(RuntimeError, match="forked XNNPACK preprocess worker failed"):
-        lower(programs, True)
+        lower(tiny_8da4w_model, True)
 
 
 @pytest.mark.skipif(pp.pss_bytes() is None, reason="needs Linux /proc/PID/smaps_rollup")
