@@ -25,7 +25,8 @@ def lower(model, parallel, share_constants=True, lean=True):
 
 def test_our_lowering_is_byte_identical_to_executorchs_own_path(tiny_8da4w_model, monkeypatch):
     """Ours: a forked preprocess worker, shared constant copies, two retraces skipped (lean_decompositions.py), the
-    XNNPACK passes without work skipped (lean_xnnpack_passes.py). ExecuTorch's: sequential, deep copies, everything."""
+    edge and XNNPACK passes without work skipped (lean_edge_passes.py, lean_xnnpack_passes.py). ExecuTorch's:
+    sequential, deep copies, everything."""
     from torch.export import ExportedProgram
 
     forks, retraces = [], []
