@@ -113,8 +113,9 @@ def lower_to_executorch(programs: dict, metadata: dict, parallel: bool | None = 
     parallel: preprocess XNNPACK partitions in two processes (parallel_preprocess.py); None = when there are at least
     two CPUs. share_constants: the per-partition copies ExecuTorch makes for preprocessing share the weight tensors
     (parallel_preprocess.shared_constant_copies). lean: skip the edge lowering's two retraces that change nothing
-    (lean_decompositions.py) and the edge and XNNPACK passes with nothing to act on (lean_edge_passes.py,
-    lean_xnnpack_passes.py). The program's bytes are the same either way."""
+    (lean_decompositions.py), the edge and XNNPACK passes with nothing to act on (lean_edge_passes.py,
+    lean_xnnpack_passes.py) and the per-partition code generation (lean_partitioning.py). The program's bytes are the
+    same either way."""
     import os
 
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
@@ -123,6 +124,7 @@ def lower_to_executorch(programs: dict, metadata: dict, parallel: bool | None = 
 
     from .lean_decompositions import lean_decompositions
     from .lean_edge_passes import lean_edge_passes
+    from .lean_partitioning import lean_partitioning
     from .lean_xnnpack_passes import lean_xnnpack_passes
     from .parallel_preprocess import parallel_preprocess, quiet_pytree_spec_warnings, shared_constant_copies
 
@@ -130,7 +132,8 @@ def lower_to_executorch(programs: dict, metadata: dict, parallel: bool | None = 
         parallel = len(os.sched_getaffinity(0)) >= 2 if hasattr(os, "sched_getaffinity") else os.cpu_count() >= 2
     # The warnings filter first: building XNNPACK's pattern graphs (lean_xnnpack_passes) warns too.
     with (quiet_pytree_spec_warnings(), parallel_preprocess(parallel), shared_constant_copies(share_constants),
-          lean_decompositions(programs, lean), lean_edge_passes(lean), lean_xnnpack_passes(lean)):
+          lean_decompositions(programs, lean), lean_edge_passes(lean), lean_partitioning(lean),
+          lean_xnnpack_passes(lean)):
         edge = to_edge_transform_and_lower(
             programs, partitioner=[XnnpackPartitioner()], constant_methods=metadata,
             compile_config=EdgeCompileConfig(_check_ir_validity=False),
