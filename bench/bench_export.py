@@ -150,9 +150,8 @@ def retime_in_rounds(rows: list[dict], args) -> None:
             row["rounds"].append({k: again.get(k) for k in RUN_FIGURES} | {"error": again.get("error")})
     for row in timed:
         good = [r for r in row["rounds"] if not r.get("error") and r.get("decode_tok_s")]
-        row["decode_tok_s"] = statistics.median(r["decode_tok_s"] for r in good)
-        row["decode_tok_s_p10"] = statistics.median(r["decode_tok_s_p10"] for r in good)
-        row["decode_tok_s_p90"] = statistics.median(r["decode_tok_s_p90"] for r in good)
+        for key in ("decode_tok_s", "decode_tok_s_p10", "decode_tok_s_p90"):
+            row[key] = statistics.median(r[key] for r in good)
         row["prefill_tok_s"] = {n: statistics.median(r["prefill_tok_s"][n] for r in good) for n in good[0]["prefill_tok_s"]}
         row["run_peak_rss_bytes"] = max(r["run_peak_rss_bytes"] for r in good)
         row.setdefault("notes", []).append(f"run figures: median of {len(good)} interleaved rounds (RSS: maximum)")

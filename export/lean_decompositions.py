@@ -45,6 +45,8 @@ def lean_decompositions(programs: dict, enabled: bool = True):
     """Within the block, `run_decompositions` skips the two retraces above for `programs` and what derives from them."""
     from torch.export import ExportedProgram
 
+    from .patching import patched
+
     if not enabled:
         yield
         return
@@ -62,8 +64,5 @@ def lean_decompositions(programs: dict, enabled: bool = True):
             functional.add(out)
         return out
 
-    ExportedProgram.run_decompositions = run_decompositions
-    try:
+    with patched(ExportedProgram, "run_decompositions", run_decompositions):
         yield
-    finally:
-        ExportedProgram.run_decompositions = original

@@ -103,6 +103,8 @@ def lean_edge_passes(enabled: bool = True):
     """Within the block, the ATen-to-edge conversion skips the four passes above when they have nothing to act on."""
     import executorch.exir.program._program as program_module
 
+    from .patching import patched
+
     if not enabled:
         yield
         return
@@ -112,8 +114,5 @@ def lean_edge_passes(enabled: bool = True):
         pre_op_replace, post_op_replace = original(config)
         return [_skipping_when_idle(p) for p in pre_op_replace], post_op_replace
 
-    program_module._get_aten_to_edge_passes = aten_to_edge_passes
-    try:
+    with patched(program_module, "_get_aten_to_edge_passes", aten_to_edge_passes):
         yield
-    finally:
-        program_module._get_aten_to_edge_passes = original

@@ -24,6 +24,8 @@ def lean_partitioning(enabled: bool = True):
     import executorch.exir.backend.backend_api as backend_api
     import executorch.exir.lowered_backend_module as lowered_backend_module
 
+    from .patching import patched
+
     if not enabled:
         yield
         return
@@ -48,10 +50,6 @@ def lean_partitioning(enabled: bool = True):
             cutting.pop()
             tagged_graph_module.recompile()
 
-    lowered_backend_module.legalize_graph = legalize_graph
-    backend_api._create_partitions_in_graph_module = create_partitions_in_graph_module
-    try:
+    with (patched(lowered_backend_module, "legalize_graph", legalize_graph),
+          patched(backend_api, "_create_partitions_in_graph_module", create_partitions_in_graph_module)):
         yield
-    finally:
-        lowered_backend_module.legalize_graph = original_legalize
-        backend_api._create_partitions_in_graph_module = original_create

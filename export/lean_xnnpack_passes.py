@@ -8,7 +8,7 @@ rewrite. They retrace whether or not they found anything: on our partitions, whi
 0.8B-width model).
 
 `lean_xnnpack_passes()` skips a pass only when the partition, as it is when that pass's turn comes, has none of the ops
-the pass acts on (`IDLE_UNLESS_PRESENT`), or, for the pattern passes, lacks at least one op of every pattern (a
+the pass acts on (`_trigger_ops`), or, for the pattern passes, lacks at least one op of every pattern (a
 subgraph match needs every op of the pattern). Anything else runs as before, in the same order. The emitted program
 is byte-identical to ExecuTorch's own path (tests/export/test_parallel_preprocess.py), and each predicate is tested
 against a graph that holds its op (tests/export/test_lean_xnnpack_passes.py); if a future ExecuTorch changes what
@@ -96,11 +96,12 @@ def lean_xnnpack_passes(enabled: bool = True):
     from executorch.exir.pass_base import ExportPass
     from executorch.exir.program._program import _transform
 
+    from .patching import patched
+
     if not enabled:
         yield
         return
     _trigger_ops()  # build the pattern sets before a worker forks, once
-    original = XNNPACKPassManager.transform
 
     def transform(self):
         # XNNPACKPassManager.transform's own loop (executorch 1.5.1), with the has_work check in front of each pass.
@@ -118,8 +119,5 @@ def lean_xnnpack_passes(enabled: bool = True):
             program = _transform(program, instance)
         return program
 
-    XNNPACKPassManager.transform = transform
-    try:
+    with patched(XNNPACKPassManager, "transform", transform):
         yield
-    finally:
-        XNNPACKPassManager.transform = original

@@ -30,6 +30,8 @@ import tempfile
 import threading
 import traceback
 
+from .patching import patched
+
 
 def partition_cost(program) -> int:
     """Relative cost of preprocessing a partition: its node count (the backend's passes are per node)."""
@@ -177,15 +179,8 @@ def parallel_preprocess(enabled: bool = True):
     if not enabled or not hasattr(os, "fork"):
         yield
         return
-    own = XnnpackBackend.__dict__.get("preprocess_multimethod")  # None: inherited from BackendDetails
-    XnnpackBackend.preprocess_multimethod = classmethod(_multimethod)
-    try:
+    with patched(XnnpackBackend, "preprocess_multimethod", classmethod(_multimethod)):
         yield
-    finally:
-        if own is None:
-            del XnnpackBackend.preprocess_multimethod
-        else:
-            XnnpackBackend.preprocess_multimethod = own
 
 
 @contextlib.contextmanager
@@ -203,12 +198,5 @@ def shared_constant_copies(enabled: bool = True):
         tensors = [*edge_program.state_dict.values(), *edge_program.constants.values()]
         return copy.deepcopy(edge_program, memo={id(t): t for t in tensors})  # deepcopy reuses what memo holds
 
-    own = XnnpackBackend.__dict__.get("copy_exported_program_for_preprocess")
-    XnnpackBackend.copy_exported_program_for_preprocess = classmethod(copy_sharing_constants)
-    try:
+    with patched(XnnpackBackend, "copy_exported_program_for_preprocess", classmethod(copy_sharing_constants)):
         yield
-    finally:
-        if own is None:
-            del XnnpackBackend.copy_exported_program_for_preprocess
-        else:
-            XnnpackBackend.copy_exported_program_for_preprocess = own
