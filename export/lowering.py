@@ -89,12 +89,30 @@ def seq_axis(name: str) -> int | None:
 
 
 def export_methods(model: Qwen35ForCausalLM, max_prefill_chunk: int) -> dict[str, torch.export.ExportedProgram]:
-    from torch.export import Dim, export
+    from torch.export import Dim
 
     model.logits_to_keep = 1
     model.reset()
     seq = Dim("seq", min=1, max=max_prefill_chunk)
     example_t = min(8, max_prefill_chunk)
+    # KV writes through qwen35::kv_cache_update, which the program runs in place (index_copy_ would export as a
+    # whole-cache index_put plus a whole-cache copy back, per layer and token: runtime/kv_cache.py).
+    kv_write = _kv_write_of(model)
+    model.set_kv_write("op")
+    try:
+        return _export_methods(model, seq, example_t)
+    finally:
+        model.set_kv_write(kv_write)
+
+
+def _kv_write_of(model: Qwen35ForCausalLM) -> str:
+    writes = {m.kv_write for m in model.modules() if hasattr(m, "kv_write")}
+    return writes.pop() if len(writes) == 1 else "index_copy"
+
+
+def _export_methods(model: Qwen35ForCausalLM, seq, example_t: int) -> dict[str, torch.export.ExportedProgram]:
+    from torch.export import export
+
     with torch.no_grad():  # buffer-mutating graphs cannot be lowered with autograd state
         forward = export(PrefillEntry(model), (torch.zeros(1, example_t, dtype=torch.long), torch.arange(example_t)),
                          dynamic_shapes=({1: seq}, {0: seq}), strict=False)

@@ -27,6 +27,9 @@ from .gated_delta import IMPLS, gated_delta_rule
 
 
 DEFAULT_MAX_SEQ_LEN = 2048
+# How attention layers write new keys and values into their caches: "index_copy" (cache.index_copy_, eager and Core
+# ML) or "op" (qwen35::kv_cache_update, which ExecuTorch runs in place; runtime/kv_cache.py says why).
+KV_WRITES = ("index_copy", "op")
 
 
 def default_max_seq_len(config: Qwen35Config) -> int:
@@ -181,6 +184,12 @@ class Qwen35GatedDeltaNet(nn.Module):
         return self.out_proj(out.reshape(b, t, self.value_dim))  # [B,T,h]
 
 
+def _kv_cache_update_op():
+    import qwen_mobile.runtime  # noqa: F401  (importing defines the op and loads its kernel library)
+
+    return torch.ops.qwen35.kv_cache_update.default
+
+
 class Qwen35Attention(nn.Module):
     """Gated full attention: q/k norms, partial NeoX RoPE, GQA over a static KV cache, sigmoid output gate."""
 
@@ -199,6 +208,7 @@ class Qwen35Attention(nn.Module):
         self.q_norm = Qwen35RMSNorm(self.head_dim, eps=config.rms_norm_eps)
         self.k_norm = Qwen35RMSNorm(self.head_dim, eps=config.rms_norm_eps)
         self.qkv_proj = None  # q|k|v fused by fuse_projections()
+        self.kv_write = "index_copy"
 
     def fuse_projections(self) -> None:
         self.qkv_proj = fuse_linears(self.q_proj, self.k_proj, self.v_proj)
@@ -235,8 +245,13 @@ class Qwen35Attention(nn.Module):
         v = v.reshape(b, t, self.num_kv_heads, self.head_dim).transpose(1, 2)  # [B,Hkv,T,D]
         q, k = self._rope(q, cos, sin), self._rope(k, cos, sin)
 
-        self.k_cache.index_copy_(2, input_pos, k.to(self.k_cache.dtype))
-        self.v_cache.index_copy_(2, input_pos, v.to(self.v_cache.dtype))
+        if self.kv_write == "op":
+            update = _kv_cache_update_op()
+            update(self.k_cache, k.to(self.k_cache.dtype), input_pos)
+            update(self.v_cache, v.to(self.v_cache.dtype), input_pos)
+        else:
+            self.k_cache.index_copy_(2, input_pos, k.to(self.k_cache.dtype))
+            self.v_cache.index_copy_(2, input_pos, v.to(self.v_cache.dtype))
         # GQA without repeating the cache: query head i reads kv head i // G, so the G query heads of one kv head
         # are folded into its rows (t-major: row t*G + g) and attend to that kv head together. Batched 3-D matmuls
         # and t-major folding keep every shape guard provable under a dynamic T.
@@ -319,6 +334,15 @@ class Qwen35ForCausalLM(nn.Module):
         for m in self.modules():
             if isinstance(m, Qwen35GatedDeltaNet):
                 m.gdn_impl = impl
+        return self
+
+    def set_kv_write(self, kv_write: str) -> "Qwen35ForCausalLM":
+        """How every attention layer writes its KV cache (KV_WRITES); the exporter picks "op"."""
+        if kv_write not in KV_WRITES:
+            raise ValueError(f"kv_write={kv_write!r}; expected one of {KV_WRITES}")
+        for m in self.modules():
+            if isinstance(m, Qwen35Attention):
+                m.kv_write = kv_write
         return self
 
     def setup_caches(self, max_batch_size: int, max_seq_len: int, dtype: torch.dtype | None = None) -> None:

@@ -1,0 +1,96 @@
+// ExecuTorch registration of qwen35::kv_cache_update.out as a boxed kernel.
+//
+// Schema (runtime/kv_cache.py):
+//   kv_cache_update.out(Tensor(a!) cache, Tensor values, Tensor input_pos, *, Tensor(b!) out) -> Tensor(b!)
+// The emitter passes 3 arguments, `out`, and a slot for the returned value. `cache` is the program's mutable buffer
+// itself (ExecuTorch removes the functionalization around the op), so the rows land in place.
+#include <executorch/runtime/core/evalue.h>
+#include <executorch/runtime/core/event_tracer_hooks.h>
+#include <executorch/runtime/core/exec_aten/util/tensor_util.h>
+#include <executorch/runtime/kernel/kernel_runtime_context.h>
+#include <executorch/runtime/kernel/operator_registry.h>
+#include <executorch/runtime/platform/log.h>
+
+#include <cstring>
+
+#include "et_register.h"
+#include "kv_cache.h"
+
+namespace qwen35 {
+namespace {
+
+using ::executorch::aten::ScalarType;
+using ::executorch::aten::SizesType;
+using ::executorch::aten::Tensor;
+using ::executorch::runtime::Error;
+using ::executorch::runtime::EValue;
+using ::executorch::runtime::Kernel;
+using ::executorch::runtime::KernelRuntimeContext;
+using ::executorch::runtime::Span;
+
+constexpr const char* kOpName = "qwen35::kv_cache_update.out";
+constexpr size_t kStackSize = 5;
+constexpr int kMaxDim = 8;
+
+int32_t to_dtype(ScalarType s) {
+  switch (s) {
+    case ScalarType::Float: return kFloat32;
+    case ScalarType::Half: return kFloat16;
+    case ScalarType::BFloat16: return kBFloat16;
+    case ScalarType::Long: return kKvInt64;
+    default: return kUnsupported;
+  }
+}
+
+struct Desc {
+  int64_t sizes[kMaxDim];
+  ArgDesc d;
+  Desc(const char* name, const Tensor& t) {
+    const int64_t n = t.dim() < kMaxDim ? t.dim() : kMaxDim;
+    for (int64_t i = 0; i < n; ++i) sizes[i] = t.size(i);
+    d = ArgDesc{name, to_dtype(t.scalar_type()), n, sizes, ::executorch::runtime::tensor_is_default_dim_order(t),
+                t.const_data_ptr(), static_cast<int64_t>(t.nbytes())};
+  }
+};
+
+void kv_cache_update_out_boxed(KernelRuntimeContext& ctx, Span<EValue*> stack) {
+  // A profiling event named after this kernel: an ETDump that contains it proves the in-place write ran.
+  ::executorch::runtime::internal::EventTracerProfileOpScope scope(ctx.internal_event_tracer(), kOpName);
+  if (stack.size() != kStackSize) {
+    ET_LOG(Error, "%s: expected %zu stack values (3 arguments, out, return), got %zu", kOpName, kStackSize,
+           static_cast<size_t>(stack.size()));
+    ctx.fail(Error::InvalidArgument);
+    return;
+  }
+  Tensor& cache = stack[0]->toTensor();
+  const Tensor& values = stack[1]->toTensor();
+  const Tensor& input_pos = stack[2]->toTensor();
+  Tensor& out = stack[3]->toTensor();
+  const Desc dc("cache", cache), dv("values", values), dp("input_pos", input_pos);
+  char err[512];
+  if (!validate_kv_cache_update(dc.d, dv.d, dp.d, err, sizeof err)) {
+    ET_LOG(Error, "%s", err);
+    ctx.fail(Error::InvalidArgument);
+    return;
+  }
+  const SizesType one[1] = {1};
+  if (out.scalar_type() != cache.scalar_type() ||
+      ::executorch::runtime::resize_tensor(out, {one, 1}) != Error::Ok) {
+    ET_LOG(Error, "qwen35::kv_cache_update: argument 'out' must be a [1] tensor of cache's dtype");
+    ctx.fail(Error::InvalidArgument);
+    return;
+  }
+  run_kv_cache_update(KvCacheUpdate{cache.mutable_data_ptr(), values.const_data_ptr(),
+                                    input_pos.const_data_ptr<int64_t>(), cache.size(0), cache.size(1), cache.size(2),
+                                    values.size(2), cache.size(3), static_cast<int64_t>(cache.element_size())});
+  std::memset(out.mutable_data_ptr(), 0, out.nbytes());
+}
+
+const Kernel kKernels[] = {Kernel(kOpName, kv_cache_update_out_boxed)};
+
+const bool kRegistered = register_kernels_once(kKernels, 1);
+
+}  // namespace
+}  // namespace qwen35
+
+extern "C" QWEN35_API int32_t qwen35_kv_et_kernel_registered(void) { return qwen35::kRegistered ? 1 : 0; }
