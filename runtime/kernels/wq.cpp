@@ -171,7 +171,7 @@ void run_linear(const WqLinear& p, int max_threads) {
 }
 
 namespace detail {
-void quantize_act_q8(const float* x, int64_t M, int64_t K, int64_t gs, int32_t bits, int8_t* q, float* sx,
+void quantize_act_q8(const float* x, int64_t M, int64_t K, int64_t gs, int32_t bits, bool paired, int8_t* q, float* sx,
                      int32_t* qsum) {
   const int64_t G = K / gs, body = gs - gs % kA8Block;
   for (int64_t m = 0; m < M; ++m)
@@ -193,7 +193,10 @@ void quantize_act_q8(const float* x, int64_t M, int64_t K, int64_t gs, int32_t b
         const float v = s > 0.f ? std::nearbyint(xg[k] / s) : 0.f;  // s NaN or 0: code 0
         const int8_t c = static_cast<int8_t>(std::min(127.f, std::max(-127.f, v)));
         int64_t pos = k;
-        if (bits == 4 && k < body) {  // nibble order inside each block: even elements, then odd ones
+        if (paired) {  // group g is block g; its pair holds [even g0 | even g1 | odd g0 | odd g1], 16 codes each
+          const int64_t first = (g & 1) ? -kA8Block : 0;  // this group's offset from its pair's start
+          pos = first + ((k & 1) ? kA8Block : 0) + ((g & 1) ? kA8Block / 2 : 0) + k / 2;
+        } else if (bits == 4 && k < body) {  // nibble order inside each block: even elements, then odd ones
           const int64_t i = k % kA8Block;
           pos = k - i + ((i & 1) ? kA8Block / 2 + i / 2 : i / 2);
         }
@@ -206,14 +209,19 @@ void quantize_act_q8(const float* x, int64_t M, int64_t K, int64_t gs, int32_t b
 }
 }  // namespace detail
 
+bool a8_paired_layout(const WqLinear& p) {
+  return avx2_active() && p.bits == 4 && p.group_size == kA8Block && (p.K / p.group_size) % 8 == 0;
+}
+
 void run_linear_a8(const WqLinear& p, int max_threads) {
   if (p.M == 0 || p.N == 0) return;
   const int64_t G = p.K / p.group_size;
   std::vector<int8_t> q(static_cast<size_t>(p.M * p.K));
   std::vector<float> sx(static_cast<size_t>(p.M * G));
   std::vector<int32_t> qsum(static_cast<size_t>(p.M * G));
-  detail::quantize_act_q8(p.x, p.M, p.K, p.group_size, p.bits, q.data(), sx.data(), qsum.data());
-  const WqActQ8 a{q.data(), sx.data(), qsum.data()};
+  const bool paired = a8_paired_layout(p);
+  detail::quantize_act_q8(p.x, p.M, p.K, p.group_size, p.bits, paired, q.data(), sx.data(), qsum.data());
+  const WqActQ8 a{q.data(), sx.data(), qsum.data(), paired};
   auto rows = avx2_active() ? &detail::wq_linear_a8_rows_avx2 : &detail::wq_linear_a8_rows_generic;
   parallel_rows(p.N, p.M * p.N * p.K, max_threads, [&](int64_t n0, int64_t n1) { rows(p, a, n0, n1); });
 }

@@ -78,11 +78,19 @@ constexpr int64_t kA8Block = 32;
 //   sx   [M, K/group_size] activation scales
 //   qsum [M, K/group_size] sum of each group's block codes (the AVX2 int4 body multiplies raw nibbles 0..15 and takes
 //        off 8 * qsum once per group)
+//   paired: bits=4 with group_size == kA8Block and a multiple of 8 groups per row, on the AVX2 path (a8_paired_layout):
+//        the blocks go in pairs and each pair stores both blocks' even elements, then both blocks' odd ones (64 codes:
+//        even of block j, even of block j+1, odd of block j, odd of block j+1), so one 32-byte load of weights (two
+//        blocks) meets its activations in two 32-byte loads.
 struct WqActQ8 {
   const int8_t* q;
   const float* sx;
   const int32_t* qsum;
+  bool paired;
 };
+
+// Whether linear_wq_a8 takes the paired layout and the 8-groups-at-a-time AVX2 body for this problem.
+bool a8_paired_layout(const WqLinear& p);
 
 // Validate every argument before anything is written. On failure write a message that starts with
 // "qwen35::<op>: argument '<name>'" into err and return false. `out` may have any shape when
@@ -109,8 +117,8 @@ void wq_linear_rows_avx2(const WqLinear& p, int64_t n0, int64_t n1);
 void wq_linear_a8_rows_generic(const WqLinear& p, const WqActQ8& a, int64_t n0, int64_t n1);
 void wq_linear_a8_rows_avx2(const WqLinear& p, const WqActQ8& a, int64_t n0, int64_t n1);
 // x [M, K] -> q, sx, qsum as WqActQ8 describes them (portable C++: M * K divisions, noise next to the M * N * K dot).
-void quantize_act_q8(const float* x, int64_t M, int64_t K, int64_t group_size, int32_t bits, int8_t* q, float* sx,
-                     int32_t* qsum);
+void quantize_act_q8(const float* x, int64_t M, int64_t K, int64_t group_size, int32_t bits, bool paired, int8_t* q,
+                     float* sx, int32_t* qsum);
 void wq_embedding_rows_generic(const WqEmbedding& p, int64_t i0, int64_t i1);
 void wq_embedding_rows_avx2(const WqEmbedding& p, int64_t i0, int64_t i1);
 }  // namespace detail

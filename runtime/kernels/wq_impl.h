@@ -436,10 +436,68 @@ static float dot_row_a8(const uint8_t* row, const float* sc, const int8_t* qx, c
 #endif
 }
 
+#if defined(QWEN35_ISA_AVX2)
+// int4, group 32, 8 groups at a time over the paired activation layout (WqActQ8::paired). Per pair of groups: one
+// 32-byte weight load, its low and high nibbles as maddubs' unsigned operand against the pair's even and odd codes,
+// the two int16 products added (|sum| <= 4 * 15 * 127, no saturation) and widened by madd: 8 int32 lanes, 4 per group.
+// Four such vectors (8 groups) are reduced with three hadds to the 8 exact group sums (in the order 0 2 4 6 1 3 5 7,
+// put back by one permute), the -8 offsets (-8 * qsum) are added as integers, and one FMA applies the 8 scale
+// products. The per-group body (dot_row_a8) spent ~15 instructions per group on the reduction, the offset and the
+// scale, and kept its two float accumulators on the stack (indexed by g & 1); this spends ~6.
+template <bool F16>
+static float dot_row_a8_q4_g32x8(const uint8_t* row, const void* scales_row, const int8_t* qx, const float* sx,
+                                 const int32_t* qsum, int64_t G) {
+  const __m256i low4 = _mm256_set1_epi8(0x0f), ones = _mm256_set1_epi16(1);
+  const __m256i natural = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);  // lane i of the hadd result holds group order[i]
+  __m256 acc = _mm256_setzero_ps();
+  for (int64_t g = 0; g < G; g += 8) {
+    const uint8_t* w8 = row + g * 16;  // 8 groups x 16 bytes
+    const int8_t* q8 = qx + g * 32;   // 8 groups x 32 codes, paired
+    __builtin_prefetch(w8 + kPrefetchBytes);
+    __builtin_prefetch(w8 + kPrefetchBytes + 64);
+    __m256i pairs[4];
+    for (int j = 0; j < 4; ++j) {
+      const __m256i w = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w8 + 32 * j));
+      const __m256i lo = _mm256_and_si256(w, low4), hi = _mm256_and_si256(_mm256_srli_epi16(w, 4), low4);
+      const __m256i even = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q8 + 64 * j));
+      const __m256i odd = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q8 + 64 * j + 32));
+      const __m256i prod = _mm256_add_epi16(_mm256_maddubs_epi16(lo, even), _mm256_maddubs_epi16(hi, odd));
+      pairs[j] = _mm256_madd_epi16(prod, ones);  // lanes 0-3: group g + 2j, lanes 4-7: group g + 2j + 1
+    }
+    const __m256i ab = _mm256_hadd_epi32(pairs[0], pairs[1]), cd = _mm256_hadd_epi32(pairs[2], pairs[3]);
+    __m256i sums = _mm256_permutevar8x32_epi32(_mm256_hadd_epi32(ab, cd), natural);  // groups g .. g + 7
+    const __m256i qs = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(qsum + g));
+    sums = _mm256_sub_epi32(sums, _mm256_slli_epi32(qs, 3));  // nibble - 8: exact, still integer
+    __m256 sc;
+    if (F16)
+      sc = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(static_cast<const uint16_t*>(scales_row) + g)));
+    else
+      sc = _mm256_loadu_ps(static_cast<const float*>(scales_row) + g);
+    acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums), _mm256_mul_ps(sc, _mm256_loadu_ps(sx + g)), acc);
+  }
+  return vhsum(Vec{acc});
+}
+#endif
+
 template <int BITS>
 static void linear_a8_rows(const WqLinear& p, const WqActQ8& a, int64_t n0, int64_t n1) {
   const int64_t G = p.K / p.group_size, row_bytes = BITS == 4 ? p.K / 2 : p.K;
   const uint8_t* qw = static_cast<const uint8_t*>(p.qweight);
+#if defined(QWEN35_ISA_AVX2)
+  if (BITS == 4 && a.paired) {
+    const int64_t scale_bytes = p.scale_dtype == kWqF16 ? 2 : 4;
+    const char* scales = static_cast<const char*>(p.scales);
+    for (int64_t n = n0; n < n1; ++n)
+      for (int64_t m = 0; m < p.M; ++m)
+        p.out[m * p.N + n] =
+            p.scale_dtype == kWqF16
+                ? dot_row_a8_q4_g32x8<true>(qw + n * row_bytes, scales + n * G * scale_bytes, a.q + m * p.K,
+                                            a.sx + m * G, a.qsum + m * G, G)
+                : dot_row_a8_q4_g32x8<false>(qw + n * row_bytes, scales + n * G * scale_bytes, a.q + m * p.K,
+                                             a.sx + m * G, a.qsum + m * G, G);
+    return;
+  }
+#endif
   std::vector<float> sc(static_cast<size_t>(G));  // row n's scales in fp32, converted once for all M rows of x
   for (int64_t n = n0; n < n1; ++n) {
     int64_t g = 0;

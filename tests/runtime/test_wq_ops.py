@@ -197,6 +197,10 @@ A8_SHAPES = [
     ("4w-threads-M1-N4099-K256-g32", 4, (1,), 4099, 256, 32),
     ("4w-threads-B1T9-N515-K1024-g32", 4, (1, 9), 515, 1024, 32),
     ("8w-threads-M1-N2053-K512-perchannel", 8, (1,), 2053, 512, 512),
+    # int4 g32 takes the paired 8-groups-at-a-time AVX2 body when the groups per row are a multiple of 8 (K % 256 == 0)
+    # and the per-group one otherwise
+    ("4w-g32-paired-M2-N65-K512", 4, (2,), 65, 512, 32),
+    ("4w-g32-unpaired-G10-M2-N33-K320", 4, (2,), 33, 320, 32),
 ]
 
 
@@ -207,15 +211,16 @@ def test_linear_a8_shapes(isa, bits, lead, N, K, gs):
     check_linear_a8(x, qweight, scales, bits, gs)
 
 
+@pytest.mark.parametrize("K", [64, 256], ids=["K64", "K256-paired"])
 @pytest.mark.parametrize("bits", [4, 8])
-def test_linear_a8_rounds_half_to_even_per_group(isa, bits):
+def test_linear_a8_rounds_half_to_even_per_group(isa, bits, K):
     """Exact ties, and groups with different ranges: per-token scaling, round half away from zero, or multiplying by
     127 / amax instead of dividing would each give other codes here, and the output shows them.
 
     Group 0 has amax 127 (sx = 1): x = 2.5, -3.5, 0.5 sit on ties (even: 2, -4, 0; away: 3, -4, 1). Group 1's amax is
     254 (sx = 2): 5.0 -> 2.5 -> 2, 1.0 -> 0.5 -> 0. All weight codes 1, scale 1, so y is the sum of the codes.
     """
-    K, gs = 64, 32
+    gs = 32
     x = torch.zeros(1, K)
     x[0, :4] = torch.tensor([127.0, 2.5, -3.5, 0.5])
     x[0, 32:35] = torch.tensor([254.0, 5.0, 1.0])
@@ -229,9 +234,10 @@ def test_linear_a8_rounds_half_to_even_per_group(isa, bits):
     assert ref.tolist() == y.double().tolist()
 
 
-def test_linear_a8_zero_and_non_finite_groups(isa):
-    qweight, scales = random_table(5, 64, 4, 32, seed=4)
-    x = torch.randn(3, 64)
+@pytest.mark.parametrize("K", [64, 256], ids=["K64", "K256-paired"])
+def test_linear_a8_zero_and_non_finite_groups(isa, K):
+    qweight, scales = random_table(5, K, 4, 32, seed=4)
+    x = torch.randn(3, K)
     x[0, :32] = 0  # all-zero group: sx = 0, no 0/0
     x[1] = 0
     y = torch.ops.qwen35.linear_wq_a8(x, qweight, scales, 4, 32)
