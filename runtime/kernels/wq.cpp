@@ -193,9 +193,10 @@ void quantize_act_q8(const float* x, int64_t M, int64_t K, int64_t gs, int32_t b
         const float v = s > 0.f ? std::nearbyint(xg[k] / s) : 0.f;  // s NaN or 0: code 0
         const int8_t c = static_cast<int8_t>(std::min(127.f, std::max(-127.f, v)));
         int64_t pos = k;
-        if (paired) {  // group g is block g; its pair holds [even g0 | even g1 | odd g0 | odd g1], 16 codes each
-          const int64_t first = (g & 1) ? -kA8Block : 0;  // this group's offset from its pair's start
-          pos = first + ((k & 1) ? kA8Block : 0) + ((g & 1) ? kA8Block / 2 : 0) + k / 2;
+        if (paired) {  // a pair of 32-blocks holds [even b0 | even b1 | odd b0 | odd b1], 16 codes each
+          const int64_t b = (g * gs + k) / kA8Block, i = k % kA8Block;  // block along the row, index in it
+          const int64_t pair_start = (b & ~int64_t{1}) * kA8Block - g * gs;  // relative to this group's start
+          pos = pair_start + ((i & 1) ? kA8Block : 0) + ((b & 1) ? kA8Block / 2 : 0) + i / 2;
         } else if (bits == 4 && k < body) {  // nibble order inside each block: even elements, then odd ones
           const int64_t i = k % kA8Block;
           pos = k - i + ((i & 1) ? kA8Block / 2 + i / 2 : i / 2);
@@ -210,7 +211,8 @@ void quantize_act_q8(const float* x, int64_t M, int64_t K, int64_t gs, int32_t b
 }  // namespace detail
 
 bool a8_paired_layout(const WqLinear& p) {
-  return avx2_active() && p.bits == 4 && p.group_size == kA8Block && (p.K / p.group_size) % 8 == 0;
+  const int64_t gs = p.group_size;
+  return avx2_active() && p.bits == 4 && (gs == 32 || gs == 64 || gs == 128) && p.K % (8 * kA8Block) == 0;
 }
 
 void run_linear_a8(const WqLinear& p, int max_threads) {

@@ -78,10 +78,10 @@ constexpr int64_t kA8Block = 32;
 //   sx   [M, K/group_size] activation scales
 //   qsum [M, K/group_size] sum of each group's block codes (the AVX2 int4 body multiplies raw nibbles 0..15 and takes
 //        off 8 * qsum once per group)
-//   paired: bits=4 with group_size == kA8Block and a multiple of 8 groups per row, on the AVX2 path (a8_paired_layout):
-//        the blocks go in pairs and each pair stores both blocks' even elements, then both blocks' odd ones (64 codes:
-//        even of block j, even of block j+1, odd of block j, odd of block j+1), so one 32-byte load of weights (two
-//        blocks) meets its activations in two 32-byte loads.
+//   paired: bits=4, group_size 32, 64 or 128 and K a multiple of 256, on the AVX2 path (a8_paired_layout): the
+//        32-blocks of a row go in pairs and each pair stores both blocks' even elements, then both blocks' odd ones
+//        (64 codes: even of block j, even of block j+1, odd of block j, odd of block j+1), so one 32-byte load of
+//        weights (two blocks) meets its activations in two 32-byte loads.
 struct WqActQ8 {
   const int8_t* q;
   const float* sx;

@@ -437,22 +437,25 @@ static float dot_row_a8(const uint8_t* row, const float* sc, const int8_t* qx, c
 }
 
 #if defined(QWEN35_ISA_AVX2)
-// int4, group 32, 8 groups at a time over the paired activation layout (WqActQ8::paired). Per pair of groups: one
-// 32-byte weight load, its low and high nibbles as maddubs' unsigned operand against the pair's even and odd codes,
-// the two int16 products added (|sum| <= 4 * 15 * 127, no saturation) and widened by madd: 8 int32 lanes, 4 per group.
-// Four such vectors (8 groups) are reduced with three hadds to the 8 exact group sums (in the order 0 2 4 6 1 3 5 7,
-// put back by one permute), the -8 offsets (-8 * qsum) are added as integers, and one FMA applies the 8 scale
-// products. The per-group body (dot_row_a8) spent ~15 instructions per group on the reduction, the offset and the
-// scale, and kept its two float accumulators on the stack (indexed by g & 1); this spends ~6.
-template <bool F16>
-static float dot_row_a8_q4_g32x8(const uint8_t* row, const void* scales_row, const int8_t* qx, const float* sx,
-                                 const int32_t* qsum, int64_t G) {
+// int4 over the paired activation layout (WqActQ8::paired), 8 blocks of 32 (256 codes) at a time. Per pair of blocks:
+// one 32-byte weight load, its low and high nibbles as maddubs' unsigned operand against the pair's even and odd
+// codes, the two int16 products added (|sum| <= 4 * 15 * 127, no saturation) and widened by madd: 8 int32 lanes, 4
+// per block. Three hadds reduce the four pair vectors to the 8 exact block sums in the order 0 2 4 6 | 1 3 5 7; for
+// group 32 one permute puts them in order, for group 64 the two 128-bit halves add to 4 group sums, for group 128 one
+// more hadd gives 2. The -8 offsets (-8 * qsum) are taken off as integers and one FMA applies the scale products, so
+// each group is still one exact int32 sum times sx * scale. The per-group body (dot_row_a8) spent ~15 instructions
+// per group outside the dot product and kept its float accumulators on the stack (indexed by g & 1).
+template <int GS, bool F16>
+static float dot_row_a8_q4_paired(const uint8_t* row, const void* scales_row, const int8_t* qx, const float* sx,
+                                  const int32_t* qsum, int64_t G) {
+  constexpr int kGroups = 256 / GS;  // groups per step of 8 blocks
   const __m256i low4 = _mm256_set1_epi8(0x0f), ones = _mm256_set1_epi16(1);
-  const __m256i natural = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);  // lane i of the hadd result holds group order[i]
-  __m256 acc = _mm256_setzero_ps();
-  for (int64_t g = 0; g < G; g += 8) {
-    const uint8_t* w8 = row + g * 16;  // 8 groups x 16 bytes
-    const int8_t* q8 = qx + g * 32;   // 8 groups x 32 codes, paired
+  const __m256i natural = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);  // lane i of the hadd result holds block order[i]
+  __m256 acc8 = _mm256_setzero_ps();
+  __m128 acc4 = _mm_setzero_ps();
+  for (int64_t g = 0; g < G; g += kGroups) {
+    const uint8_t* w8 = row + g * (GS / 2);  // 8 blocks x 16 bytes
+    const int8_t* q8 = qx + g * GS;          // 8 blocks x 32 codes, paired
     __builtin_prefetch(w8 + kPrefetchBytes);
     __builtin_prefetch(w8 + kPrefetchBytes + 64);
     __m256i pairs[4];
@@ -462,20 +465,57 @@ static float dot_row_a8_q4_g32x8(const uint8_t* row, const void* scales_row, con
       const __m256i even = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q8 + 64 * j));
       const __m256i odd = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q8 + 64 * j + 32));
       const __m256i prod = _mm256_add_epi16(_mm256_maddubs_epi16(lo, even), _mm256_maddubs_epi16(hi, odd));
-      pairs[j] = _mm256_madd_epi16(prod, ones);  // lanes 0-3: group g + 2j, lanes 4-7: group g + 2j + 1
+      pairs[j] = _mm256_madd_epi16(prod, ones);  // lanes 0-3: block 2j, lanes 4-7: block 2j + 1
     }
     const __m256i ab = _mm256_hadd_epi32(pairs[0], pairs[1]), cd = _mm256_hadd_epi32(pairs[2], pairs[3]);
-    __m256i sums = _mm256_permutevar8x32_epi32(_mm256_hadd_epi32(ab, cd), natural);  // groups g .. g + 7
-    const __m256i qs = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(qsum + g));
-    sums = _mm256_sub_epi32(sums, _mm256_slli_epi32(qs, 3));  // nibble - 8: exact, still integer
-    __m256 sc;
-    if (F16)
-      sc = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(static_cast<const uint16_t*>(scales_row) + g)));
-    else
-      sc = _mm256_loadu_ps(static_cast<const float*>(scales_row) + g);
-    acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums), _mm256_mul_ps(sc, _mm256_loadu_ps(sx + g)), acc);
+    const __m256i blocks = _mm256_hadd_epi32(ab, cd);  // blocks 0 2 4 6 | 1 3 5 7
+    if (GS == 32) {
+      const __m256i qs = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(qsum + g));
+      const __m256i sums = _mm256_sub_epi32(_mm256_permutevar8x32_epi32(blocks, natural), _mm256_slli_epi32(qs, 3));
+      const __m256 sc = F16 ? _mm256_cvtph_ps(_mm_loadu_si128(
+                                  reinterpret_cast<const __m128i*>(static_cast<const uint16_t*>(scales_row) + g)))
+                            : _mm256_loadu_ps(static_cast<const float*>(scales_row) + g);
+      acc8 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums), _mm256_mul_ps(sc, _mm256_loadu_ps(sx + g)), acc8);
+    } else {
+      // group 64: blocks (0,1) (2,3) (4,5) (6,7) are the halves' lanes added; group 128: then (01,23) and (45,67)
+      __m128i sums = _mm_add_epi32(_mm256_castsi256_si128(blocks), _mm256_extracti128_si256(blocks, 1));
+      if (GS == 128) sums = _mm_hadd_epi32(sums, sums);  // lanes 0, 1 (2, 3 repeat them)
+      __m128i qs;
+      __m128 sc, sxv;
+      if (GS == 64) {
+        qs = _mm_loadu_si128(reinterpret_cast<const __m128i*>(qsum + g));
+        sxv = _mm_loadu_ps(sx + g);
+        sc = F16 ? _mm_cvtph_ps(_mm_loadl_epi64(
+                       reinterpret_cast<const __m128i*>(static_cast<const uint16_t*>(scales_row) + g)))
+                 : _mm_loadu_ps(static_cast<const float*>(scales_row) + g);
+      } else {  // two groups: the upper lanes get zero scales so their repeated sums add nothing
+        qs = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(qsum + g));
+        sxv = _mm_castpd_ps(_mm_load_sd(reinterpret_cast<const double*>(sx + g)));
+        if (F16) {
+          uint32_t two;
+          std::memcpy(&two, static_cast<const uint16_t*>(scales_row) + g, 4);
+          sc = _mm_cvtph_ps(_mm_cvtsi32_si128(static_cast<int>(two)));
+        } else {
+          sc = _mm_castpd_ps(_mm_load_sd(reinterpret_cast<const double*>(static_cast<const float*>(scales_row) + g)));
+        }
+      }
+      sums = _mm_sub_epi32(sums, _mm_slli_epi32(qs, 3));
+      acc4 = _mm_fmadd_ps(_mm_cvtepi32_ps(sums), _mm_mul_ps(sc, sxv), acc4);
+    }
   }
-  return vhsum(Vec{acc});
+  if (GS == 32) return vhsum(Vec{acc8});
+  __m128 s = _mm_add_ps(acc4, _mm_movehl_ps(acc4, acc4));
+  return _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)));
+}
+
+template <bool F16>
+static float dot_row_a8_q4_paired_gs(int64_t gs, const uint8_t* row, const void* scales_row, const int8_t* qx,
+                                     const float* sx, const int32_t* qsum, int64_t G) {
+  switch (gs) {
+    case 32: return dot_row_a8_q4_paired<32, F16>(row, scales_row, qx, sx, qsum, G);
+    case 64: return dot_row_a8_q4_paired<64, F16>(row, scales_row, qx, sx, qsum, G);
+    default: return dot_row_a8_q4_paired<128, F16>(row, scales_row, qx, sx, qsum, G);
+  }
 }
 #endif
 
@@ -491,10 +531,10 @@ static void linear_a8_rows(const WqLinear& p, const WqActQ8& a, int64_t n0, int6
       for (int64_t m = 0; m < p.M; ++m)
         p.out[m * p.N + n] =
             p.scale_dtype == kWqF16
-                ? dot_row_a8_q4_g32x8<true>(qw + n * row_bytes, scales + n * G * scale_bytes, a.q + m * p.K,
-                                            a.sx + m * G, a.qsum + m * G, G)
-                : dot_row_a8_q4_g32x8<false>(qw + n * row_bytes, scales + n * G * scale_bytes, a.q + m * p.K,
-                                             a.sx + m * G, a.qsum + m * G, G);
+                ? dot_row_a8_q4_paired_gs<true>(p.group_size, qw + n * row_bytes, scales + n * G * scale_bytes,
+                                                a.q + m * p.K, a.sx + m * G, a.qsum + m * G, G)
+                : dot_row_a8_q4_paired_gs<false>(p.group_size, qw + n * row_bytes, scales + n * G * scale_bytes,
+                                                 a.q + m * p.K, a.sx + m * G, a.qsum + m * G, G);
     return;
   }
 #endif

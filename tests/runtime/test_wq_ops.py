@@ -197,10 +197,12 @@ A8_SHAPES = [
     ("4w-threads-M1-N4099-K256-g32", 4, (1,), 4099, 256, 32),
     ("4w-threads-B1T9-N515-K1024-g32", 4, (1, 9), 515, 1024, 32),
     ("8w-threads-M1-N2053-K512-perchannel", 8, (1,), 2053, 512, 512),
-    # int4 g32 takes the paired 8-groups-at-a-time AVX2 body when the groups per row are a multiple of 8 (K % 256 == 0)
-    # and the per-group one otherwise
+    # int4 with group 32, 64 or 128 takes the paired 8-blocks-at-a-time AVX2 body when K % 256 == 0 (the grid above
+    # runs it at K = 256) and the per-group one otherwise
     ("4w-g32-paired-M2-N65-K512", 4, (2,), 65, 512, 32),
     ("4w-g32-unpaired-G10-M2-N33-K320", 4, (2,), 33, 320, 32),
+    ("4w-g64-unpaired-M1-N17-K192", 4, (1,), 17, 192, 64),
+    ("4w-g128-paired-M3-N9-K768", 4, (3,), 9, 768, 128),
 ]
 
 
