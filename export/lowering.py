@@ -42,10 +42,19 @@ class PrefillEntry(nn.Module):
         self.model = model
 
     def forward(self, tokens: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
-        fresh = input_pos[:1] == 0  # [1] bool, broadcast over each buffer
+        # qwen35::reset_state zeroes a buffer in place only when input_pos[0] == 0 (NaN-safe: a memset). The in-graph
+        # form, buf.copy_(torch.where(input_pos[:1] == 0, 0, buf)), ran a broadcasting portable `where` over all 49
+        # buffers of the 0.8B model into new tensors, plus copies back, on every prefill chunk (runtime/state_ops.py).
+        reset = _reset_state_op()
         for _, buf in state_buffers(self.model):
-            buf.copy_(torch.where(fresh, torch.zeros((), dtype=buf.dtype), buf))
+            reset(buf, input_pos)
         return self.model(tokens, input_pos)
+
+
+def _reset_state_op():
+    import qwen_mobile.runtime  # noqa: F401  (importing defines the op and loads its kernel library)
+
+    return torch.ops.qwen35.reset_state.default
 
 
 class DecodeEntry(nn.Module):
@@ -96,7 +105,7 @@ def export_methods(model: Qwen35ForCausalLM, max_prefill_chunk: int) -> dict[str
     seq = Dim("seq", min=1, max=max_prefill_chunk)
     example_t = min(8, max_prefill_chunk)
     # KV writes through qwen35::kv_cache_update, which the program runs in place (index_copy_ would export as a
-    # whole-cache index_put plus a whole-cache copy back, per layer and token: runtime/kv_cache.py).
+    # whole-cache index_put plus a whole-cache copy back, per layer and token: runtime/state_ops.py).
     kv_write = _kv_write_of(model)
     model.set_kv_write("op")
     try:

@@ -28,7 +28,7 @@ from .gated_delta import IMPLS, gated_delta_rule
 
 DEFAULT_MAX_SEQ_LEN = 2048
 # How attention layers write new keys and values into their caches: "index_copy" (cache.index_copy_, eager and Core
-# ML) or "op" (qwen35::kv_cache_update, which ExecuTorch runs in place; runtime/kv_cache.py says why).
+# ML) or "op" (qwen35::kv_cache_update, which ExecuTorch runs in place; runtime/state_ops.py says why).
 KV_WRITES = ("index_copy", "op")
 
 

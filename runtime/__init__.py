@@ -24,7 +24,7 @@ from .ops import (  # noqa: F401
 )
 
 from . import wq  # noqa: E402,F401  qwen35::linear_wq / embedding_wq (same native library)
-from . import kv_cache  # noqa: E402,F401  qwen35::kv_cache_update (same native library)
+from . import state_ops  # noqa: E402,F401  qwen35::kv_cache_update, reset_state (same native library)
 
 if not _os.environ.get("QWEN35_RUNTIME_NO_LOAD"):
     load_library()

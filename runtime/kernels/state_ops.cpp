@@ -1,5 +1,5 @@
-// Validation, the row copy and the C ABI of qwen35::kv_cache_update (contract: kv_cache.h).
-#include "kv_cache.h"
+// Validation, the work and the C ABI of qwen35::kv_cache_update and qwen35::reset_state (contract: state_ops.h).
+#include "state_ops.h"
 
 #include <cstring>
 #include <initializer_list>
@@ -10,6 +10,7 @@ namespace qwen35 {
 namespace {
 
 constexpr const char* kOp = "kv_cache_update";
+constexpr const char* kResetOp = "reset_state";
 using check::fail;
 using check::overlaps;
 using check::shape_str;
@@ -74,6 +75,27 @@ bool validate_kv_cache_update(const ArgDesc& cache, const ArgDesc& values, const
   return true;
 }
 
+bool validate_reset_state(const ArgDesc& state, const ArgDesc& input_pos, char* err, size_t len) {
+  char sb[128];
+  if (element_bytes(state.dtype) == 0)
+    return fail(kResetOp, err, len, "argument 'state' must be float32, float16 or bfloat16, got %s",
+                dtype_name(state.dtype));
+  if (!state.contiguous) return fail(kResetOp, err, len, "argument 'state' must be contiguous");
+  if (input_pos.dtype != kKvInt64)
+    return fail(kResetOp, err, len, "argument 'input_pos' must be int64, got %s", dtype_name(input_pos.dtype));
+  if (input_pos.ndim != 1 || input_pos.sizes[0] < 1) {
+    shape_str(input_pos, sb, sizeof sb);
+    return fail(kResetOp, err, len, "argument 'input_pos' has shape %s, must be [T] with T >= 1", sb);
+  }
+  return true;
+}
+
+bool run_reset_state(void* state, int64_t nbytes, const int64_t* input_pos) {
+  if (input_pos[0] != 0) return false;
+  std::memset(state, 0, static_cast<size_t>(nbytes));  // all-zero bytes are +0.0 in every float format here
+  return true;
+}
+
 void run_kv_cache_update(const KvCacheUpdate& p) {
   const int64_t row = p.D * p.element_bytes;
   char* cache = static_cast<char*>(p.cache);
@@ -84,6 +106,20 @@ void run_kv_cache_update(const KvCacheUpdate& p) {
 }
 
 }  // namespace qwen35
+
+extern "C" int qwen35_reset_state(void* state, const int64_t* input_pos, const int64_t* dims, int32_t dtype,
+                                  int32_t* reset, char* err, size_t err_len) {
+  using namespace qwen35;
+  const int64_t n = dims[0], T = dims[1];
+  const int64_t ss[1] = {n}, ps[1] = {T};
+  const int64_t eb = dtype == kFloat32 ? 4 : 2;
+  const ArgDesc as{"state", dtype, 1, ss, true, state, n * eb};
+  const ArgDesc ap{"input_pos", kKvInt64, 1, ps, true, input_pos, T * 8};
+  if (!validate_reset_state(as, ap, err, err_len)) return 1;
+  const bool did = run_reset_state(state, n * eb, input_pos);
+  if (reset) *reset = did ? 1 : 0;
+  return 0;
+}
 
 extern "C" int qwen35_kv_cache_update(void* cache, const void* values, const int64_t* input_pos, const int64_t* dims,
                                       int32_t dtype, char* err, size_t err_len) {

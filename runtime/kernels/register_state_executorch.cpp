@@ -1,9 +1,10 @@
-// ExecuTorch registration of qwen35::kv_cache_update.out as a boxed kernel.
+// ExecuTorch registration of qwen35::kv_cache_update.out and qwen35::reset_state.out as boxed kernels.
 //
-// Schema (runtime/kv_cache.py):
+// Schemas (runtime/state_ops.py):
 //   kv_cache_update.out(Tensor(a!) cache, Tensor values, Tensor input_pos, *, Tensor(b!) out) -> Tensor(b!)
-// The emitter passes 3 arguments, `out`, and a slot for the returned value. `cache` is the program's mutable buffer
-// itself (ExecuTorch removes the functionalization around the op), so the rows land in place.
+//   reset_state.out(Tensor(a!) state, Tensor input_pos, *, Tensor(b!) out) -> Tensor(b!)
+// The emitter passes the arguments, `out`, and a slot for the returned value. `cache` / `state` is the program's
+// mutable buffer itself (ExecuTorch removes the functionalization around the op), so the writes land in place.
 #include <executorch/runtime/core/evalue.h>
 #include <executorch/runtime/core/event_tracer_hooks.h>
 #include <executorch/runtime/core/exec_aten/util/tensor_util.h>
@@ -14,7 +15,7 @@
 #include <cstring>
 
 #include "et_register.h"
-#include "kv_cache.h"
+#include "state_ops.h"
 
 namespace qwen35 {
 namespace {
@@ -29,7 +30,9 @@ using ::executorch::runtime::KernelRuntimeContext;
 using ::executorch::runtime::Span;
 
 constexpr const char* kOpName = "qwen35::kv_cache_update.out";
+constexpr const char* kResetName = "qwen35::reset_state.out";
 constexpr size_t kStackSize = 5;
+constexpr size_t kResetStackSize = 4;
 constexpr int kMaxDim = 8;
 
 int32_t to_dtype(ScalarType s) {
@@ -86,11 +89,44 @@ void kv_cache_update_out_boxed(KernelRuntimeContext& ctx, Span<EValue*> stack) {
   std::memset(out.mutable_data_ptr(), 0, out.nbytes());
 }
 
-const Kernel kKernels[] = {Kernel(kOpName, kv_cache_update_out_boxed)};
+bool set_dummy(KernelRuntimeContext& ctx, const Tensor& like, Tensor& out, const char* op) {
+  const SizesType one[1] = {1};
+  if (out.scalar_type() != like.scalar_type() || ::executorch::runtime::resize_tensor(out, {one, 1}) != Error::Ok) {
+    ET_LOG(Error, "%s: argument 'out' must be a [1] tensor of the state's dtype", op);
+    ctx.fail(Error::InvalidArgument);
+    return false;
+  }
+  std::memset(out.mutable_data_ptr(), 0, out.nbytes());
+  return true;
+}
 
-const bool kRegistered = register_kernels_once(kKernels, 1);
+void reset_state_out_boxed(KernelRuntimeContext& ctx, Span<EValue*> stack) {
+  ::executorch::runtime::internal::EventTracerProfileOpScope scope(ctx.internal_event_tracer(), kResetName);
+  if (stack.size() != kResetStackSize) {
+    ET_LOG(Error, "%s: expected %zu stack values (2 arguments, out, return), got %zu", kResetName, kResetStackSize,
+           static_cast<size_t>(stack.size()));
+    ctx.fail(Error::InvalidArgument);
+    return;
+  }
+  Tensor& state = stack[0]->toTensor();
+  const Tensor& input_pos = stack[1]->toTensor();
+  Tensor& out = stack[2]->toTensor();
+  const Desc ds("state", state), dp("input_pos", input_pos);
+  char err[512];
+  if (!validate_reset_state(ds.d, dp.d, err, sizeof err)) {
+    ET_LOG(Error, "%s", err);
+    ctx.fail(Error::InvalidArgument);
+    return;
+  }
+  if (!set_dummy(ctx, state, out, "qwen35::reset_state")) return;
+  run_reset_state(state.mutable_data_ptr(), static_cast<int64_t>(state.nbytes()), input_pos.const_data_ptr<int64_t>());
+}
+
+const Kernel kKernels[] = {Kernel(kOpName, kv_cache_update_out_boxed), Kernel(kResetName, reset_state_out_boxed)};
+
+const bool kRegistered = register_kernels_once(kKernels, sizeof kKernels / sizeof kKernels[0]);
 
 }  // namespace
 }  // namespace qwen35
 
-extern "C" QWEN35_API int32_t qwen35_kv_et_kernel_registered(void) { return qwen35::kRegistered ? 1 : 0; }
+extern "C" QWEN35_API int32_t qwen35_state_et_kernels_registered(void) { return qwen35::kRegistered ? 1 : 0; }

@@ -1,10 +1,14 @@
-"""qwen35::kv_cache_update: the in-place KV cache write.
+"""The state ops: qwen35::kv_cache_update (the in-place KV cache write) and qwen35::reset_state (zero a state buffer in
+place when a chunk starts a sequence).
 
 The eager op (the C++ core through ctypes) is checked against a Python loop over the contract and against torch's
 index_copy_; arguments are checked to be named in errors (the Python validator and the C++ one, which also rejects
 positions outside the cache before writing anything); and an exported program is checked to write its caches in place:
 no whole-cache index_put or copy back in the decode method, the native kernel in its ETDump, and the same logits as the
 eager model that writes with index_copy_ (the independent reference) over a prefill and several decode steps.
+reset_state is checked against its contract (zeroes NaN and inf too, leaves the buffer alone unless input_pos[0] is 0)
+and in the exported `forward`: one reset per state buffer, no `where` left, and a second sequence prefilled into a
+program whose state holds the first one gives a fresh eager model's logits.
 """
 
 from __future__ import annotations
@@ -70,7 +74,7 @@ def test_non_contiguous_values_and_repeated_positions(qrt):
 ], ids=["cache-dtype", "cache-3d", "values-dtype", "values-heads", "pos-dtype", "pos-length", "pos-past-end",
         "pos-negative"])
 def test_errors_name_the_argument(qrt, args, arg):
-    from qwen_mobile.runtime.kv_cache import KvCacheArgumentError
+    from qwen_mobile.runtime.state_ops import KvCacheArgumentError
 
     cache, values, input_pos = args()
     before = cache.clone()
@@ -81,7 +85,7 @@ def test_errors_name_the_argument(qrt, args, arg):
 
 def test_cpp_core_rejects_positions_before_writing(qrt):
     """The C entry point (what the ExecuTorch kernel also runs) checks every position before it copies any row."""
-    from qwen_mobile.runtime.kv_cache import _lib
+    from qwen_mobile.runtime.state_ops import _lib
 
     cache, values = torch.zeros(1, 1, 4, 2), torch.ones(1, 1, 2, 2)
     input_pos = torch.tensor([1, 4])  # the first row is valid, the second is not
@@ -90,6 +94,47 @@ def test_cpp_core_rejects_positions_before_writing(qrt):
                                        (ctypes.c_int64 * 5)(1, 1, 4, 2, 2), 0, err, len(err))
     assert rc == 1 and "argument 'input_pos' holds 4 at index 1" in err.value.decode(), err.value
     assert (cache == 0).all()
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=[str(d)[6:] for d in DTYPES])
+def test_reset_state_zeroes_only_at_a_sequence_start(qrt, dtype):
+    state = torch.randn(2, 3, 5).to(dtype)
+    state[0, 0, 0], state[1, 2, 4] = float("nan"), float("inf")
+    before = state.clone()
+    ret = torch.ops.qwen35.reset_state(state, torch.tensor([7, 8, 9]))  # a later chunk: untouched
+    assert torch.equal(state.isnan(), before.isnan()) and torch.equal(state.nan_to_num(), before.nan_to_num())
+    assert ret.shape == (1,) and ret.item() == 0
+    torch.ops.qwen35.reset_state(state, torch.tensor([0, 1]))
+    assert (state == 0).all() and not torch.signbit(state).any()  # +0.0 everywhere, NaN and inf included
+
+
+@pytest.mark.parametrize("args,arg", [
+    (lambda: (torch.zeros(4, dtype=torch.int64), torch.tensor([0])), "'state' must be float32"),
+    (lambda: (torch.zeros(4, 4).t(), torch.tensor([0])), "'state' must be contiguous"),
+    (lambda: (torch.zeros(4), torch.tensor([0], dtype=torch.int32)), "'input_pos' must be int64"),
+    (lambda: (torch.zeros(4), torch.zeros(0, dtype=torch.int64)), "'input_pos' has shape [0]"),
+], ids=["state-dtype", "state-strided", "pos-dtype", "pos-empty"])
+def test_reset_state_errors_name_the_argument(qrt, args, arg):
+    from qwen_mobile.runtime.state_ops import StateArgumentError
+
+    state, input_pos = args()
+    with pytest.raises(StateArgumentError, match=r"^qwen35::reset_state: argument " + _escape(arg)):
+        torch.ops.qwen35.reset_state(state, input_pos)
+
+
+def test_reset_state_cpp_core_checks_input_pos(qrt):
+    from qwen_mobile.runtime.state_ops import _lib
+
+    state, input_pos = torch.ones(6), torch.zeros(0, dtype=torch.int64)
+    err, did = ctypes.create_string_buffer(256), ctypes.c_int32(-1)
+    rc = _lib().qwen35_reset_state(state.data_ptr(), input_pos.data_ptr(), (ctypes.c_int64 * 2)(6, 0), 0,
+                                   ctypes.byref(did), err, len(err))
+    assert rc == 1 and "qwen35::reset_state: argument 'input_pos' has shape [0]" in err.value.decode(), err.value
+    assert (state == 1).all()
+    pos = torch.tensor([0])
+    rc = _lib().qwen35_reset_state(state.data_ptr(), pos.data_ptr(), (ctypes.c_int64 * 2)(6, 1), 0, ctypes.byref(did),
+                                   err, len(err))
+    assert rc == 0 and did.value == 1 and (state == 0).all()
 
 
 def _escape(s: str) -> str:
@@ -165,6 +210,46 @@ def test_pte_matches_eager_index_copy_and_runs_the_kernel(tiny_program, tmp_path
     mod.write_etdump_result_to_file(str(dump))
     names = {ev.name for blk in Inspector(etdump_path=str(dump)).event_blocks for ev in blk.events}
     assert "qwen35::kv_cache_update.out" in names, names
+
+
+def test_forward_resets_state_in_place(tiny_program):
+    """forward: one reset_state.out per state buffer, on the buffer itself, and no `where` over the state."""
+    model, et, _ = tiny_program
+    ep = et.exported_program("forward")
+    from qwen_mobile.export.lowering import state_buffers
+
+    n_state = len(state_buffers(model))
+    placeholders = {n.name for n in ep.graph.nodes if n.op == "placeholder"}
+    resets = [n for n in ep.graph.nodes if n.op == "call_function" and str(n.target) == "qwen35.reset_state.out"]
+    assert len(resets) == n_state and all(n.args[0].name in placeholders for n in resets)
+    state_inputs = {arg for arg, buf in ep.graph_signature.inputs_to_buffers.items()
+                    if buf.endswith(("k_cache", "v_cache", "conv_state", "recurrent_state"))}
+    assert len(state_inputs) == n_state
+    wheres_on_state = [n.name for n in ep.graph.nodes if n.op == "call_function" and "where" in str(n.target)
+                       and any(getattr(a, "name", None) in state_inputs for a in n.args)]
+    assert not wheres_on_state  # (the attention mask's where stays)
+
+
+def test_a_second_sequence_starts_from_zero_state(tiny_program):
+    """Prefill sequence A and decode a step, then prefill sequence B at position 0 in the same program: B's logits
+    equal a freshly reset eager model's (the reset ran), and differ from B run over A's leftover state (the check has
+    teeth)."""
+    from qwen_mobile.runtime.program import BundleProgram
+
+    model, _, path = tiny_program
+    program = BundleProgram(path, max_prefill_tokens=16)
+    a, b = [5, 9, 200, 31, 77, 8, 140], [300, 12, 44, 9, 61]
+    program.prefill(a)
+    program.decode(3, len(a))
+    got = program.prefill(b)
+    with torch.no_grad():
+        model.reset()
+        want = model(torch.tensor([b]), torch.arange(len(b)))[0, -1]
+        model.reset()
+        model(torch.tensor([a]), torch.arange(len(a)))
+        stale = model(torch.tensor([b]), torch.arange(len(b)))[0, -1]  # what skipping the reset would give
+    torch.testing.assert_close(got, want, atol=_tol(want), rtol=0)
+    assert float((got - stale).abs().max()) > 100 * _tol(want)
 
 
 def _tol(logits: torch.Tensor) -> float:
