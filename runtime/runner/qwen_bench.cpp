@@ -18,6 +18,9 @@
 #include <executorch/runtime/executor/program.h>
 #include <executorch/runtime/kernel/operator_registry.h>
 #include <executorch/runtime/platform/runtime.h>
+#if QWEN_BENCH_HAVE_ETDUMP
+#include <executorch/devtools/etdump/etdump_flatcc.h>
+#endif
 #include <sys/resource.h>
 #include <sys/utsname.h>
 #include <sys/wait.h>
@@ -100,6 +103,7 @@ struct Options {
   bool verify = true;
   std::string json_out;
   std::string dump_logits;
+  std::string etdump;
   std::string power_root = "/";
   double power_hz = 10;
   double idle_seconds = 5;
@@ -133,6 +137,9 @@ prompt and generation
 output
   --json OUT            write the JSON there (default: stdout)
   --dump-logits OUT     raw float32 logits [gen, vocab] of the first measured run of the first prompt
+  --etdump OUT          also record an ETDump: the time of every operator and delegate call of every method call
+                        (warmups included), for `python bench/etdump_summary.py OUT` or ExecuTorch's Inspector.
+                        Profiling adds a little time per call, so compare speeds from runs without it
 power (Android adb shell, Linux phones)
   --power-root DIR      sysfs root to sample (default /; tests use a fake tree)
   --power-hz HZ         sampling rate (default 10)
@@ -196,6 +203,13 @@ Options parse_args(int argc, char** argv) {
     else if (a == "--no-verify") o.verify = false;
     else if (a == "--json") o.json_out = value();
     else if (a == "--dump-logits") o.dump_logits = value();
+    else if (a == "--etdump") {
+      o.etdump = value();
+#if !QWEN_BENCH_HAVE_ETDUMP
+      throw Failure("--etdump: this qwen-bench was built without ExecuTorch's etdump library "
+                    "(executorch::etdump was not found at configure time)");
+#endif
+    }
     else if (a == "--power-root") o.power_root = value();
     else if (a == "--power-hz") o.power_hz = parse_double(a, value(), 0.1);
     else if (a == "--idle-seconds") o.idle_seconds = parse_double(a, value(), 0);
@@ -436,7 +450,7 @@ class Program {
     return m.get();
   }
 
-  et::Method& load_method(const char* name) {
+  et::Method& load_method(const char* name, et::EventTracer* tracer = nullptr) {
     const et::MethodMeta mm = meta(name);
     for (size_t b = 0; b < mm.num_backends(); ++b) {
       const char* backend = mm.get_backend_name(b).get();
@@ -451,7 +465,7 @@ class Program {
     slot->planned = std::make_unique<et::HierarchicalAllocator>(
         et::Span<et::Span<uint8_t>>(slot->spans.data(), slot->spans.size()));
     slot->memory = std::make_unique<et::MemoryManager>(&slot->method_allocator, slot->planned.get(), &temp_allocator_);
-    auto method = program_->load_method(name, slot->memory.get());
+    auto method = program_->load_method(name, slot->memory.get(), tracer);
     if (!method.ok()) {
       if (method.error() == et::Error::OperatorMissing)
         throw Failure(pte_ + ": method '" + name + "' needs an operator that no linked kernel library provides "
@@ -676,8 +690,17 @@ int run_bench(const Options& o) {
 
   const auto t_load = clock_type::now();
   Program program(b.pte, !o.unshared_arenas);
-  LmMethod forward(program.load_method("forward"), "forward", b.vocab);
-  LmMethod decode(program.load_method(kDecodeMethod), kDecodeMethod, b.vocab);
+  et::EventTracer* tracer = nullptr;
+#if QWEN_BENCH_HAVE_ETDUMP
+  // One generator for both methods: each execute() opens its own event block, in call order.
+  std::unique_ptr<::executorch::etdump::ETDumpGen> etdump;
+  if (!o.etdump.empty()) {
+    etdump = std::make_unique<::executorch::etdump::ETDumpGen>();
+    tracer = etdump.get();
+  }
+#endif
+  LmMethod forward(program.load_method("forward", tracer), "forward", b.vocab);
+  LmMethod decode(program.load_method(kDecodeMethod, tracer), kDecodeMethod, b.vocab);
   const double load_ms = now_s(t_load) * 1e3;
   const int64_t load_rss = rss_bytes();
 
@@ -786,6 +809,22 @@ int run_bench(const Options& o) {
   } else if (!o.no_power) {
     notes.push("energy not sampled: " + power_why);
   }
+
+#if QWEN_BENCH_HAVE_ETDUMP
+  if (etdump) {
+    const ::executorch::etdump::ETDumpResult dump = etdump->get_etdump_data();
+    if (dump.buf == nullptr || dump.size == 0) throw Failure(o.etdump + ": the ETDump is empty");
+    const std::string tmp = o.etdump + ".partial";
+    {
+      std::ofstream f(tmp, std::ios::binary);
+      f.write(static_cast<const char*>(dump.buf), static_cast<std::streamsize>(dump.size));
+      if (!f) throw Failure(o.etdump + ": cannot write the ETDump");
+    }
+    free(dump.buf);
+    if (std::rename(tmp.c_str(), o.etdump.c_str()) != 0) throw Failure(o.etdump + ": cannot rename " + tmp);
+    notes.push("ETDump recorded (" + o.etdump + "): timings include the profiler's overhead");
+  }
+#endif
 
   if (dumping) {
     std::ofstream f(o.dump_logits, std::ios::binary);

@@ -158,3 +158,39 @@ def test_without_a_prompt_the_runner_uses_the_manifests_sample_prompt(qwen_bench
     assert out["results"][0]["prompt_ids"] == sample
     assert out["settings"]["prompt_source"] == "the manifest's sample_prompt"
     assert out["results"][0]["generated_ids"] == native.reference(fp32_bundle, sample, 6).tokens
+
+
+def test_etdump_profiles_both_methods(qwen_bench, q_bundle, tmp_path):
+    """--etdump records every method call; bench/etdump_summary.py finds forward's and decode_token's calls (counts
+    known from the run's shape), our kernels among their events, and shares of the method time that add up."""
+    import sys
+
+    sys.path.insert(0, str(native.RUNTIME_DIR.parent / "bench"))
+    from etdump_summary import summarize
+
+    dump = tmp_path / "run.etdp"
+    out = bench_json(qwen_bench, tmp_path, "--bundle", q_bundle, "--prompt-ids", ",".join(map(str, PROMPT)), "--gen",
+                     6, "--runs", 2, "--warmup", 1, "--no-power", "--threads", 1, "--etdump", dump)
+    assert dump.is_file() and not (tmp_path / "run.etdp.partial").exists()
+    assert any("ETDump recorded" in n for n in out["notes"])
+    forward, decode = summarize(dump)
+    assert forward["calls"] == 3 * 2  # (warmup + 2 runs) x two 16-token chunks of the 21-token prompt
+    assert decode["calls"] == 3 * 5  # --gen 6: the first token comes from prefill
+    for method in (forward, decode):
+        names = {e["name"] for e in method["events"]}
+        assert {"qwen35::gated_delta_rule.out", "qwen35::kv_cache_update.out", "DELEGATE_CALL"} <= names, names
+        totals = sum(e["share"] for e in method["events"] if e["name"] in ("OPERATOR_CALL", "DELEGATE_CALL"))
+        assert 0.5 < totals <= 1.0 + 1e-6, totals  # both kinds of call inside Method::execute, nothing counted twice
+    caches = [b for b in json.loads((q_bundle / "manifest.json").read_text())["state"]["buffers"]
+              if b["name"].endswith(("k_cache", "v_cache"))]
+    by_name = {e["name"]: e for e in decode["events"]}
+    assert caches and by_name["qwen35::kv_cache_update.out"]["calls_per_method_call"] == len(caches)
+
+
+def test_etdump_summary_names_a_missing_file(tmp_path):
+    import subprocess
+    import sys
+
+    script = native.RUNTIME_DIR.parent / "bench" / "etdump_summary.py"
+    proc = subprocess.run([sys.executable, str(script), str(tmp_path / "none.etdp")], capture_output=True, text=True)
+    assert proc.returncode != 0 and "none.etdp: no such ETDump" in proc.stderr
