@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from qwen_mobile.models import Qwen35ForCausalLM
+from qwen_mobile.models.gated_delta import native_op
 
 STATE_SUFFIXES = ("k_cache", "v_cache", "conv_state", "recurrent_state")
 # Not "decode": ExecuTorch 1.5's stock LLM runner (create_text_llm_runner) runs every token after the first through a
@@ -45,16 +46,10 @@ class PrefillEntry(nn.Module):
         # qwen35::reset_state zeroes a buffer in place only when input_pos[0] == 0 (NaN-safe: a memset). The in-graph
         # form, buf.copy_(torch.where(input_pos[:1] == 0, 0, buf)), ran a broadcasting portable `where` over all 49
         # buffers of the 0.8B model into new tensors, plus copies back, on every prefill chunk (runtime/state_ops.py).
-        reset = _reset_state_op()
+        reset = native_op("reset_state", "which every exported forward needs")
         for _, buf in state_buffers(self.model):
             reset(buf, input_pos)
         return self.model(tokens, input_pos)
-
-
-def _reset_state_op():
-    import qwen_mobile.runtime  # noqa: F401  (importing defines the op and loads its kernel library)
-
-    return torch.ops.qwen35.reset_state.default
 
 
 class DecodeEntry(nn.Module):

@@ -169,7 +169,7 @@ def gated_delta_rule(q, k, v, g, beta, state: torch.Tensor, *, impl: str = "op",
     Shapes: q, k [B,T,Hk,K]; v [B,T,Hv,V]; g, beta [B,T,Hv]; state [B,Hv,K,V] float32 -> out [B,T,Hv,V]
     """
     if impl == "op":
-        op = _native_op()
+        op = native_op("gated_delta_rule", "or pass impl='reference' explicitly for an eager-only run")
         return op(q, k, v, g, beta, state, use_qk_l2norm)
     if impl == "reference":
         impl = "recurrent" if q.shape[1] == 1 else "chunked"
@@ -183,14 +183,15 @@ def gated_delta_rule(q, k, v, g, beta, state: torch.Tensor, *, impl: str = "op",
     return out
 
 
-def _native_op():
+def native_op(name: str, alternative: str):
+    """torch.ops.qwen35.<name>.default, importing qwen_mobile.runtime (which defines the op and loads its kernel
+    library) on first use; a clear error naming the op, and `alternative` (what the caller can do instead), if not."""
     try:
-        import qwen_mobile.runtime  # noqa: F401  (importing registers the op and loads its kernel library)
+        import qwen_mobile.runtime  # noqa: F401
 
-        return torch.ops.qwen35.gated_delta_rule.default
+        return getattr(torch.ops.qwen35, name).default
     except (ImportError, AttributeError, RuntimeError) as err:
         raise RuntimeError(
-            "gated_delta_rule(impl='op'): torch.ops.qwen35.gated_delta_rule is not available "
-            f"({type(err).__name__}: {err}). Build/load it with `import qwen_mobile.runtime`, or pass "
-            "impl='reference' explicitly for an eager-only run."
+            f"torch.ops.qwen35.{name} is not available ({type(err).__name__}: {err}). Build/load it with "
+            f"`import qwen_mobile.runtime`, {alternative}."
         ) from err

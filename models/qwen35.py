@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import Qwen35Config
-from .gated_delta import IMPLS, gated_delta_rule
+from .gated_delta import IMPLS, gated_delta_rule, native_op
 
 
 DEFAULT_MAX_SEQ_LEN = 2048
@@ -184,12 +184,6 @@ class Qwen35GatedDeltaNet(nn.Module):
         return self.out_proj(out.reshape(b, t, self.value_dim))  # [B,T,h]
 
 
-def _kv_cache_update_op():
-    import qwen_mobile.runtime  # noqa: F401  (importing defines the op and loads its kernel library)
-
-    return torch.ops.qwen35.kv_cache_update.default
-
-
 class Qwen35Attention(nn.Module):
     """Gated full attention: q/k norms, partial NeoX RoPE, GQA over a static KV cache, sigmoid output gate."""
 
@@ -246,7 +240,7 @@ class Qwen35Attention(nn.Module):
         q, k = self._rope(q, cos, sin), self._rope(k, cos, sin)
 
         if self.kv_write == "op":
-            update = _kv_cache_update_op()
+            update = native_op("kv_cache_update", "or set_kv_write('index_copy') for an eager-only run")
             update(self.k_cache, k.to(self.k_cache.dtype), input_pos)
             update(self.v_cache, v.to(self.v_cache.dtype), input_pos)
         else:

@@ -56,16 +56,26 @@ class StateArgumentError(ValueError):
 KvCacheArgumentError = StateArgumentError  # the name the KV op's callers know
 
 
-def validate_reset_state(state, input_pos) -> tuple[int, int]:
-    """Checks reset_state's contract (shapes and dtypes); returns (numel, T). Works on real, fake and meta tensors."""
+def _failer(op: str):
     def fail(msg):
-        raise StateArgumentError(f"{RESET_OP_NAME}: {msg}")
+        raise StateArgumentError(f"{op}: {msg}")
 
-    for name, t in (("state", state), ("input_pos", input_pos)):
+    return fail
+
+
+def _check_cpu_tensors(fail, **tensors) -> None:
+    """Every argument is a Tensor on the CPU (or meta, under export)."""
+    for name, t in tensors.items():
         if not isinstance(t, torch.Tensor):
             fail(f"argument '{name}' must be a Tensor, got {type(t).__name__}")
         if t.device.type not in ("cpu", "meta"):
             fail(f"argument '{name}' must be on the CPU, got {t.device}")
+
+
+def validate_reset_state(state, input_pos) -> tuple[int, int]:
+    """Checks reset_state's contract (shapes and dtypes); returns (numel, T). Works on real, fake and meta tensors."""
+    fail = _failer(RESET_OP_NAME)
+    _check_cpu_tensors(fail, state=state, input_pos=input_pos)
     if state.dtype not in _DTYPE_CODES:
         fail(f"argument 'state' must be float32, float16 or bfloat16, got {state.dtype}")
     if not state.is_contiguous():
@@ -80,14 +90,8 @@ def validate_reset_state(state, input_pos) -> tuple[int, int]:
 def validate_kv_cache_update(cache, values, input_pos) -> tuple[int, int, int, int, int]:
     """Checks the contract's shapes and dtypes (not input_pos' values, which fake tensors do not have); returns
     (B, H, S, T, D). Works on real, fake and meta tensors."""
-    def fail(msg):
-        raise StateArgumentError(f"{OP_NAME}: {msg}")
-
-    for name, t in (("cache", cache), ("values", values), ("input_pos", input_pos)):
-        if not isinstance(t, torch.Tensor):
-            fail(f"argument '{name}' must be a Tensor, got {type(t).__name__}")
-        if t.device.type not in ("cpu", "meta"):
-            fail(f"argument '{name}' must be on the CPU, got {t.device}")
+    fail = _failer(OP_NAME)
+    _check_cpu_tensors(fail, cache=cache, values=values, input_pos=input_pos)
     if cache.dtype not in _DTYPE_CODES:
         fail(f"argument 'cache' must be float32, float16 or bfloat16, got {cache.dtype}")
     if cache.dim() != 4:

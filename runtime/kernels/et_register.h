@@ -1,11 +1,14 @@
 // Registering our boxed kernels with ExecuTorch exactly once (register_executorch.cpp, register_wq_executorch.cpp).
 #pragma once
 
+#include <executorch/runtime/core/exec_aten/util/tensor_util.h>
 #include <executorch/runtime/kernel/operator_registry.h>
 #include <executorch/runtime/platform/log.h>
 
 #include <cstddef>
 #include <cstring>
+
+#include "gated_delta_rule.h"  // ArgDesc
 
 namespace qwen35 {
 
@@ -26,5 +29,19 @@ inline bool register_kernels_once(const ::executorch::runtime::Kernel* kernels, 
   return ::executorch::runtime::register_kernels(::executorch::runtime::Span<const ::executorch::runtime::Kernel>(
              kernels, n)) == ::executorch::runtime::Error::Ok;
 }
+
+// An ExecuTorch tensor as the framework-free validators see it (ArgDesc), with the op's own code for its dtype.
+// At most kMaxDim dims are described; a kernel that may see more checks that first.
+struct TensorArg {
+  static constexpr int64_t kMaxDim = 8;
+  int64_t sizes[kMaxDim];
+  ArgDesc d;
+  TensorArg(const char* name, const ::executorch::aten::Tensor& t, int32_t dtype) {
+    const int64_t n = t.dim() < kMaxDim ? t.dim() : kMaxDim;
+    for (int64_t i = 0; i < n; ++i) sizes[i] = t.size(i);
+    d = ArgDesc{name, dtype, n, sizes, ::executorch::runtime::tensor_is_default_dim_order(t), t.const_data_ptr(),
+                static_cast<int64_t>(t.nbytes())};
+  }
+};
 
 }  // namespace qwen35

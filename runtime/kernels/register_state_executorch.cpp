@@ -31,9 +31,8 @@ using ::executorch::runtime::Span;
 
 constexpr const char* kOpName = "qwen35::kv_cache_update.out";
 constexpr const char* kResetName = "qwen35::reset_state.out";
-constexpr size_t kStackSize = 5;
-constexpr size_t kResetStackSize = 4;
-constexpr int kMaxDim = 8;
+constexpr size_t kStackSize = 5;       // 3 arguments, out, return
+constexpr size_t kResetStackSize = 4;  // 2 arguments, out, return
 
 int32_t to_dtype(ScalarType s) {
   switch (s) {
@@ -45,50 +44,19 @@ int32_t to_dtype(ScalarType s) {
   }
 }
 
-struct Desc {
-  int64_t sizes[kMaxDim];
-  ArgDesc d;
-  Desc(const char* name, const Tensor& t) {
-    const int64_t n = t.dim() < kMaxDim ? t.dim() : kMaxDim;
-    for (int64_t i = 0; i < n; ++i) sizes[i] = t.size(i);
-    d = ArgDesc{name, to_dtype(t.scalar_type()), n, sizes, ::executorch::runtime::tensor_is_default_dim_order(t),
-                t.const_data_ptr(), static_cast<int64_t>(t.nbytes())};
-  }
+struct Desc : TensorArg {
+  Desc(const char* name, const Tensor& t) : TensorArg(name, t, to_dtype(t.scalar_type())) {}
 };
 
-void kv_cache_update_out_boxed(KernelRuntimeContext& ctx, Span<EValue*> stack) {
-  // A profiling event named after this kernel: an ETDump that contains it proves the in-place write ran.
-  ::executorch::runtime::internal::EventTracerProfileOpScope scope(ctx.internal_event_tracer(), kOpName);
-  if (stack.size() != kStackSize) {
-    ET_LOG(Error, "%s: expected %zu stack values (3 arguments, out, return), got %zu", kOpName, kStackSize,
-           static_cast<size_t>(stack.size()));
-    ctx.fail(Error::InvalidArgument);
-    return;
-  }
-  Tensor& cache = stack[0]->toTensor();
-  const Tensor& values = stack[1]->toTensor();
-  const Tensor& input_pos = stack[2]->toTensor();
-  Tensor& out = stack[3]->toTensor();
-  const Desc dc("cache", cache), dv("values", values), dp("input_pos", input_pos);
-  char err[512];
-  if (!validate_kv_cache_update(dc.d, dv.d, dp.d, err, sizeof err)) {
-    ET_LOG(Error, "%s", err);
-    ctx.fail(Error::InvalidArgument);
-    return;
-  }
-  const SizesType one[1] = {1};
-  if (out.scalar_type() != cache.scalar_type() ||
-      ::executorch::runtime::resize_tensor(out, {one, 1}) != Error::Ok) {
-    ET_LOG(Error, "qwen35::kv_cache_update: argument 'out' must be a [1] tensor of cache's dtype");
-    ctx.fail(Error::InvalidArgument);
-    return;
-  }
-  run_kv_cache_update(KvCacheUpdate{cache.mutable_data_ptr(), values.const_data_ptr(),
-                                    input_pos.const_data_ptr<int64_t>(), cache.size(0), cache.size(1), cache.size(2),
-                                    values.size(2), cache.size(3), static_cast<int64_t>(cache.element_size())});
-  std::memset(out.mutable_data_ptr(), 0, out.nbytes());
+bool check_stack(KernelRuntimeContext& ctx, Span<EValue*> stack, const char* name, size_t expected) {
+  if (stack.size() == expected) return true;
+  ET_LOG(Error, "%s: expected %zu stack values (the arguments, out, return), got %zu", name, expected,
+         static_cast<size_t>(stack.size()));
+  ctx.fail(Error::InvalidArgument);
+  return false;
 }
 
+// The ops' [1] result: resized and zeroed, or a failure naming `out`, before the state is touched.
 bool set_dummy(KernelRuntimeContext& ctx, const Tensor& like, Tensor& out, const char* op) {
   const SizesType one[1] = {1};
   if (out.scalar_type() != like.scalar_type() || ::executorch::runtime::resize_tensor(out, {one, 1}) != Error::Ok) {
@@ -100,14 +68,30 @@ bool set_dummy(KernelRuntimeContext& ctx, const Tensor& like, Tensor& out, const
   return true;
 }
 
-void reset_state_out_boxed(KernelRuntimeContext& ctx, Span<EValue*> stack) {
-  ::executorch::runtime::internal::EventTracerProfileOpScope scope(ctx.internal_event_tracer(), kResetName);
-  if (stack.size() != kResetStackSize) {
-    ET_LOG(Error, "%s: expected %zu stack values (2 arguments, out, return), got %zu", kResetName, kResetStackSize,
-           static_cast<size_t>(stack.size()));
+void kv_cache_update_out_boxed(KernelRuntimeContext& ctx, Span<EValue*> stack) {
+  // A profiling event named after this kernel: an ETDump that contains it proves the in-place write ran.
+  ::executorch::runtime::internal::EventTracerProfileOpScope scope(ctx.internal_event_tracer(), kOpName);
+  if (!check_stack(ctx, stack, kOpName, kStackSize)) return;
+  Tensor& cache = stack[0]->toTensor();
+  const Tensor& values = stack[1]->toTensor();
+  const Tensor& input_pos = stack[2]->toTensor();
+  Tensor& out = stack[3]->toTensor();
+  const Desc dc("cache", cache), dv("values", values), dp("input_pos", input_pos);
+  char err[512];
+  if (!validate_kv_cache_update(dc.d, dv.d, dp.d, err, sizeof err)) {
+    ET_LOG(Error, "%s", err);
     ctx.fail(Error::InvalidArgument);
     return;
   }
+  if (!set_dummy(ctx, cache, out, "qwen35::kv_cache_update")) return;
+  run_kv_cache_update(KvCacheUpdate{cache.mutable_data_ptr(), values.const_data_ptr(),
+                                    input_pos.const_data_ptr<int64_t>(), cache.size(0), cache.size(1), cache.size(2),
+                                    values.size(2), cache.size(3), static_cast<int64_t>(cache.element_size())});
+}
+
+void reset_state_out_boxed(KernelRuntimeContext& ctx, Span<EValue*> stack) {
+  ::executorch::runtime::internal::EventTracerProfileOpScope scope(ctx.internal_event_tracer(), kResetName);
+  if (!check_stack(ctx, stack, kResetName, kResetStackSize)) return;
   Tensor& state = stack[0]->toTensor();
   const Tensor& input_pos = stack[1]->toTensor();
   Tensor& out = stack[2]->toTensor();

@@ -33,7 +33,7 @@ constexpr const char* kLinearName = "qwen35::linear_wq.out";
 constexpr const char* kLinearA8Name = "qwen35::linear_wq_a8.out";
 constexpr const char* kEmbeddingName = "qwen35::embedding_wq.out";
 constexpr size_t kStackSize = 7;
-constexpr int kMaxDim = 8;
+constexpr int kMaxDim = TensorArg::kMaxDim;
 
 int32_t to_dtype(ScalarType s) {
   switch (s) {
@@ -46,15 +46,8 @@ int32_t to_dtype(ScalarType s) {
   }
 }
 
-struct Desc {
-  int64_t sizes[kMaxDim];
-  ArgDesc d;
-  Desc(const char* name, const Tensor& t) {
-    const int64_t n = t.dim() < kMaxDim ? t.dim() : kMaxDim;
-    for (int64_t i = 0; i < n; ++i) sizes[i] = t.size(i);
-    d = ArgDesc{name, to_dtype(t.scalar_type()), n, sizes, ::executorch::runtime::tensor_is_default_dim_order(t),
-                t.const_data_ptr(), static_cast<int64_t>(t.nbytes())};
-  }
+struct Desc : TensorArg {
+  Desc(const char* name, const Tensor& t) : TensorArg(name, t, to_dtype(t.scalar_type())) {}
 };
 
 bool check_stack(KernelRuntimeContext& ctx, Span<EValue*> stack, const char* name) {

@@ -112,7 +112,7 @@ extern "C" int qwen35_reset_state(void* state, const int64_t* input_pos, const i
   using namespace qwen35;
   const int64_t n = dims[0], T = dims[1];
   const int64_t ss[1] = {n}, ps[1] = {T};
-  const int64_t eb = dtype == kFloat32 ? 4 : 2;
+  const int64_t eb = element_bytes(dtype);  // 0 for a bad dtype, which the validator rejects
   const ArgDesc as{"state", dtype, 1, ss, true, state, n * eb};
   const ArgDesc ap{"input_pos", kKvInt64, 1, ps, true, input_pos, T * 8};
   if (!validate_reset_state(as, ap, err, err_len)) return 1;
@@ -126,7 +126,7 @@ extern "C" int qwen35_kv_cache_update(void* cache, const void* values, const int
   using namespace qwen35;
   const int64_t B = dims[0], H = dims[1], S = dims[2], T = dims[3], D = dims[4];
   const int64_t cs[4] = {B, H, S, D}, vs[4] = {B, H, T, D}, ps[1] = {T};
-  const int64_t eb = dtype == kFloat32 ? 4 : 2;
+  const int64_t eb = element_bytes(dtype);  // 0 for a bad dtype, which the validator rejects
   const ArgDesc ac{"cache", dtype, 4, cs, true, cache, B * H * S * D * eb};
   const ArgDesc av{"values", dtype, 4, vs, true, values, B * H * T * D * eb};
   const ArgDesc ap{"input_pos", kKvInt64, 1, ps, true, input_pos, T * 8};
