@@ -1,0 +1,198 @@
+package org.qwenmobile.core;
+
+import static org.junit.Assert.assertArrayEquals;
+import static org.junit.Assert.assertEquals;
+import static org.junit.Assert.assertTrue;
+import static org.junit.Assert.fail;
+
+import java.io.BufferedReader;
+import java.io.File;
+import java.io.InputStreamReader;
+import java.io.PipedInputStream;
+import java.io.PipedOutputStream;
+import java.io.PrintStream;
+import java.util.ArrayList;
+import java.util.List;
+import java.util.Map;
+import org.junit.Test;
+
+/**
+ * The client and chat logic against a scripted runner speaking the protocol over pipes: the ids a two-turn chat
+ * feeds must be exactly the nano ids of the same conversation rendered by runtime/chat.py (shared vector).
+ */
+public class ChatSessionTest {
+    /** A scripted runner: answers generate with the next canned reply; keeps its position like the spec says. */
+    static final class FakeRunner extends Thread {
+        final PipedInputStream toApp = new PipedInputStream(1 << 16);
+        final PipedOutputStream fromApp = new PipedOutputStream();
+        final List<int[]> replies = new ArrayList<int[]>();
+        final List<Map<String, Object>> requests = new ArrayList<Map<String, Object>>();
+        final boolean lastTokenPending;
+        int position;
+        PrintStream out;
+        BufferedReader in;
+
+        FakeRunner(boolean lastTokenPending) throws Exception {
+            this.lastTokenPending = lastTokenPending;
+            out = new PrintStream(new PipedOutputStream(toApp), true, "UTF-8");
+            in = new BufferedReader(new InputStreamReader(new PipedInputStream(fromApp, 1 << 16), "UTF-8"));
+            setDaemon(true);
+        }
+
+        @Override
+        public void run() {
+            try {
+                out.println("{\"event\":\"ready\",\"protocol\":1,\"bundle\":\"/b\",\"model\":\"nano\",\"recipe\":\"x\","
+                        + "\"vocab_size\":8192,\"max_seq_len\":512,\"max_prefill_tokens\":64,\"stop_ids\":[8168],"
+                        + "\"threads\":2}");
+                String line;
+                int turn = 0;
+                while ((line = in.readLine()) != null) {
+                    Map<String, Object> r = Json.parseObject(line);
+                    requests.add(r);
+                    Object id = r.get("id");
+                    String op = (String) r.get("op");
+                    if (op.equals("generate")) {
+                        if (!Boolean.TRUE.equals(r.get("continue"))) position = 0;
+                        int[] prompt = Json.intArray(r.get("prompt_ids"), "p");
+                        if (prompt.length > 0 && prompt[0] == 999999) {
+                            out.println("{\"event\":\"error\",\"id\":" + id + ",\"message\":\"prompt_ids: token 999999"
+                                    + " is outside the vocabulary 0..8191\"}");
+                            continue;
+                        }
+                        int[] reply = replies.get(turn++);
+                        for (int i = 0; i < reply.length; i++) {
+                            out.println("{\"event\":\"token\",\"id\":" + id + ",\"token\":" + reply[i] + ",\"index\":" + i
+                                    + ",\"ms\":" + (i == 0 ? 40 : 10) + "}");
+                        }
+                        position += prompt.length + reply.length - (lastTokenPending ? 1 : 0);
+                        out.println("{\"event\":\"done\",\"id\":" + id + ",\"tokens\":" + Json.write(Json.list(reply))
+                                + ",\"stop_reason\":\"stop_id\",\"prompt_tokens\":" + prompt.length + ",\"position\":"
+                                + position + ",\"ttft_ms\":40,\"prefill_tok_s\":100,\"decode_tok_s\":100}");
+                    } else if (op.equals("reset")) {
+                        position = 0;
+                        out.println("{\"event\":\"ok\",\"id\":" + id + ",\"op\":\"reset\",\"position\":0}");
+                    } else if (op.equals("save")) {
+                        out.println("{\"event\":\"ok\",\"id\":" + id + ",\"op\":\"save\",\"path\":\"p\",\"bytes\":10}");
+                    } else if (op.equals("load")) {
+                        out.println("{\"event\":\"ok\",\"id\":" + id + ",\"op\":\"load\",\"position\":" + position + "}");
+                    } else if (op.equals("quit")) {
+                        out.println("{\"event\":\"bye\",\"id\":" + id + "}");
+                        out.close();
+                        return;
+                    } else {
+                        out.println("{\"event\":\"error\",\"id\":" + id + ",\"message\":\"op: unknown '" + op + "'\"}");
+                    }
+                }
+            } catch (Exception e) {
+                e.printStackTrace();
+            }
+        }
+    }
+
+    private static int[] concat(int[]... parts) {
+        int n = 0;
+        for (int[] p : parts) n += p.length;
+        int[] out = new int[n];
+        int k = 0;
+        for (int[] p : parts) {
+            System.arraycopy(p, 0, out, k, p.length);
+            k += p.length;
+        }
+        return out;
+    }
+
+    private void twoTurns(boolean lastTokenPending) throws Exception {
+        BpeTokenizer nano = BpeTokenizer.fromFile(TestFiles.file("models/nano/tokenizer.json"));
+        // Vector case 3: system, user "Hi", assistant "Hello.", user "Name a colour.", thinking off.
+        Map<String, Object> vec = Json.obj(Json.arr(TestFiles.json("tests/apps/vectors/chat_template.json").get("cases"),
+                "cases").get(3), "case");
+        int[] want = Json.intArray(vec.get("ids_nano"), "ids_nano");
+        int imEnd = nano.tokenToId("<|im_end|>");
+        FakeRunner runner = new FakeRunner(lastTokenPending);
+        int[] reply1 = concat(nano.encode("Hello."), new int[] {imEnd});
+        runner.replies.add(reply1);
+        int[] reply2 = concat(nano.encode("Blue."), new int[] {imEnd});
+        runner.replies.add(reply2);
+        ServeClient client = new ServeClient(runner.toApp, runner.fromApp);
+        runner.start();
+        ServeProtocol.Ready ready = client.awaitReady();
+        ChatSession chat = new ChatSession(client, nano, ready.stopIds, false);
+        chat.systemPrompt = "You are terse.";
+        final StringBuilder streamed = new StringBuilder();
+        ChatSession.Reply r1 = chat.send("Hi", new ChatSession.Listener() {
+            @Override
+            public void onText(String text) {
+                streamed.append(text);
+            }
+        });
+        assertEquals("Hello.", r1.text);
+        assertEquals("Hello.", streamed.toString());
+        ChatSession.Reply r2 = chat.send("Name a colour.", null);
+        assertEquals("Blue.", r2.text);
+        int[] p1 = Json.intArray(runner.requests.get(0).get("prompt_ids"), "p");
+        int[] p2 = Json.intArray(runner.requests.get(1).get("prompt_ids"), "p");
+        assertEquals(Boolean.FALSE, runner.requests.get(0).get("continue"));
+        assertEquals(Boolean.TRUE, runner.requests.get(1).get("continue"));
+        // What the model state holds after turn 2's prefill = the whole conversation's ids from the Python template.
+        int[] fed = lastTokenPending
+                ? concat(p1, java.util.Arrays.copyOf(reply1, reply1.length - 1), p2)
+                : concat(p1, reply1, p2);
+        assertArrayEquals(want, fed);
+        assertEquals(want.length + reply2.length - (lastTokenPending ? 1 : 0), chat.position());
+
+        File snap = File.createTempFile("chat", ".state");
+        chat.save(snap.getPath());
+        chat.reset();
+        assertEquals(0, chat.position());
+        client.quit();
+    }
+
+    @Test
+    public void twoTurnsFeedThePythonTemplatesIdsWhenTheRunnerFeedsEveryToken() throws Exception {
+        twoTurns(false);
+    }
+
+    @Test
+    public void twoTurnsFeedThePythonTemplatesIdsWhenTheLastTokenIsPending() throws Exception {
+        twoTurns(true);
+    }
+
+    @Test
+    public void runnerErrorKeepsTheSessionAndEofIsAnError() throws Exception {
+        FakeRunner runner = new FakeRunner(false);
+        runner.replies.add(new int[] {5, 8168});
+        ServeClient client = new ServeClient(runner.toApp, runner.fromApp);
+        runner.start();
+        client.awaitReady();
+        try {
+            client.generate(new int[] {999999}, 4, ServeProtocol.Sampling.greedy(), true, false, null);
+            fail();
+        } catch (ServeClient.RunnerError e) {
+            assertEquals("prompt_ids: token 999999 is outside the vocabulary 0..8191", e.getMessage());
+        }
+        final List<Integer> seen = new ArrayList<Integer>();
+        ServeProtocol.Done d = client.generate(new int[] {1, 2}, 4, ServeProtocol.Sampling.greedy(), true, false,
+                new ServeClient.TokenListener() {
+                    @Override
+                    public void onToken(int token, int index, double ms) {
+                        seen.add(token);
+                    }
+                });
+        assertArrayEquals(new int[] {5, 8168}, d.tokens);
+        assertEquals(2, seen.size());
+        try {
+            client.info();  // the fake runner does not know "info"
+            fail();
+        } catch (ServeClient.RunnerError e) {
+            assertEquals("op: unknown 'info'", e.getMessage());
+        }
+        client.quit();
+        try {
+            client.reset();
+            fail();
+        } catch (java.io.IOException expected) {
+            // the runner is gone: its pipe is closed (the app restarts it)
+        }
+    }
+}
