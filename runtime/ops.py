@@ -382,6 +382,13 @@ def set_chunk_size(c: int) -> None:
     load_library().qwen35_set_chunk_size(int(c))
 
 
+def last_run_slabs() -> int:
+    """How many parallel slabs the last gated_delta_rule call was split into (1: the calling thread alone). Tests."""
+    fn = load_library().qwen35_last_run_slabs  # bound here, so a library built before this hook still loads
+    fn.restype = ctypes.c_int64
+    return int(fn())
+
+
 def force_portable(flag: bool) -> None:
     """Use the portable/NEON path even where AVX2 is available (tests and benchmarks)."""
     load_library().qwen35_set_isa(1 if flag else 0)

@@ -24,6 +24,9 @@ namespace {
 constexpr int64_t kDefaultChunk = 16;
 std::atomic<int64_t> g_chunk{0};
 std::atomic<int32_t> g_force_portable{-1};  // -1: read QWEN35_GDR_ISA once
+// Slabs the last run() split its tasks into: lets a test see that the thread count reached the kernel (one relaxed
+// add per slab, not per task). Meaningful only when calls do not overlap.
+std::atomic<int64_t> g_last_run_slabs{0};
 
 const char* dtype_name(int32_t dt) {
   switch (dt) {
@@ -148,11 +151,13 @@ const char* isa_name() {
 }
 
 void run(const GdrProblem& p, int max_threads) {
+  g_last_run_slabs.store(0, std::memory_order_relaxed);
   const int64_t ntasks = p.B * p.Hv;
   if (ntasks == 0 || p.T == 0) return;
   const int64_t chunk = chunk_size();
   auto task_fn = (has_avx2() && !force_portable()) ? &detail::run_task_avx2 : &detail::run_task_generic;
   auto body = [&](int64_t begin, int64_t end) {
+    g_last_run_slabs.fetch_add(1, std::memory_order_relaxed);
     for (int64_t t = begin; t < end; ++t) task_fn(p, t, chunk);
   };
 #ifdef ET_USE_THREADPOOL
@@ -213,4 +218,5 @@ int64_t qwen35_chunk_size(void) { return qwen35::chunk_size(); }
 void qwen35_set_chunk_size(int64_t c) { qwen35::set_chunk_size(c); }
 int32_t qwen35_abi_version(void) { return 1; }
 void qwen35_set_isa(int32_t portable) { qwen35::set_force_portable(portable); }
+int64_t qwen35_last_run_slabs(void) { return qwen35::g_last_run_slabs.load(); }
 }

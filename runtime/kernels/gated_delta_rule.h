@@ -101,4 +101,6 @@ QWEN35_API int64_t qwen35_chunk_size(void);
 QWEN35_API void qwen35_set_chunk_size(int64_t c);
 QWEN35_API int32_t qwen35_abi_version(void);
 QWEN35_API void qwen35_set_isa(int32_t portable);
+// Tests: how many slabs (parallel parts) the last call was split into; 1 when it ran on the calling thread alone.
+QWEN35_API int64_t qwen35_last_run_slabs(void);
 }

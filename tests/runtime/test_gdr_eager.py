@@ -129,15 +129,30 @@ def test_out_variant_and_strided_inputs(qrt):
 
 
 def test_respects_torch_thread_count(qrt):
-    """Threads only split (batch, head) tasks; results are identical for 1 and 2 threads."""
-    q, k, v, g, beta, state0 = make_inputs(2, 65, 2, 4, 32, 32, seed=7)
-    outs = []
+    """torch.get_num_threads() caps how many slabs the (batch, head) tasks are split into (the native library counts
+    them), and the split changes no bit of the results."""
+    from executorch.extension.pybindings.portable_lib import _threadpool_get_thread_count
+
+    from qwen_mobile.runtime import ops
+
+    q, k, v, g, beta, state0 = make_inputs(2, 65, 2, 4, 32, 32, seed=7)  # 2 x 4 = 8 (batch, head) tasks
+    outs, slabs = {}, {}
     prev = torch.get_num_threads()
     try:
-        for n in (1, 2):
+        for n in (1, 2, 8):
             torch.set_num_threads(n)
             s = state0.clone()
-            outs.append((torch.ops.qwen35.gated_delta_rule(q, k, v, g, beta, s), s))
+            outs[n] = (torch.ops.qwen35.gated_delta_rule(q, k, v, g, beta, s), s)
+            slabs[n] = ops.last_run_slabs()
     finally:
         torch.set_num_threads(prev)
-    assert torch.equal(outs[0][0], outs[1][0]) and torch.equal(outs[0][1], outs[1][1])
+    pool = _threadpool_get_thread_count()  # ExecuTorch's pool, the kernel's threads
+    if pool < 2:
+        pytest.skip(f"ExecuTorch's thread pool has {pool} thread here: nothing to split")
+    for n in (1, 2, 8):
+        threads = min(n, pool)
+        per_slab = -(-8 // threads)  # ceil: the kernel's grain
+        want = -(-8 // per_slab)  # 1, 2, 2 with this machine's pool of 2; 1, 2, 8 with a pool of 8
+        assert slabs[n] == want, f"{n} torch threads, pool {pool}: {slabs[n]} slabs, expected {want}"
+    for n in (2, 8):
+        assert torch.equal(outs[1][0], outs[n][0]) and torch.equal(outs[1][1], outs[n][1]), f"{n} threads"
