@@ -111,7 +111,7 @@ PRETOKENIZE_ONLY = [
     "x\u00a0\u00a0y",
     "x\u3000\u3000\u3000y \u2003\u2003",
     "tab\t\u0085next\u2028line\u2029para",
-    "IT'S 'ſ 'K 'Ｓ",
+    "IT'S 'ſ 'K 'Ｓ it'ſx we'ſt",
 ]
 
 CHAT_CASES = [

@@ -195,9 +195,39 @@ public final class BpeTokenizer {
         throw new IllegalArgumentException(source + ": normalizer.type " + type + ": only NFC is supported");
     }
 
-    private static Pattern compile(String regex) {
-        // tokenizers' regexes (Oniguruma) treat \s, \w and case folding as Unicode; Java needs the flag for that.
-        return Pattern.compile(regex, Pattern.UNICODE_CHARACTER_CLASS);
+    /** Unicode's White_Space property, which Oniguruma's \\s matches in tokenizers. */
+    static final String WHITE_SPACE = "\\t\\n\\x0B\\f\\r\\x20\\x85\\xA0\\u1680\\u2000-\\u200A\\u2028\\u2029\\u202F\\u205F\\u3000";
+
+    /**
+     * tokenizers' regexes (Oniguruma) read \\s and (?i) as Unicode. The desktop JDK's \\s is ASCII unless
+     * UNICODE_CHARACTER_CLASS is set, a flag Android's ICU-backed regex does not have; so \\s is spelled out as the
+     * White_Space set and case folding asked for with UNICODE_CASE, which both platforms read the same way.
+     */
+    static Pattern compile(String regex) {
+        StringBuilder out = new StringBuilder(regex.length() + 64);
+        boolean inClass = false;
+        for (int i = 0; i < regex.length(); i++) {
+            char c = regex.charAt(i);
+            if (c == '\\' && i + 1 < regex.length()) {
+                char n = regex.charAt(++i);
+                if (n == 's') {
+                    out.append(inClass ? WHITE_SPACE : "[" + WHITE_SPACE + "]");
+                } else if (n == 'S') {
+                    if (inClass) throw new IllegalArgumentException("pre-tokenizer regex: \\S inside [...] is not supported");
+                    out.append("[^").append(WHITE_SPACE).append(']');
+                } else if ("wWdDbB".indexOf(n) >= 0) {
+                    throw new IllegalArgumentException("pre-tokenizer regex: \\" + n + " differs between Oniguruma and"
+                            + " Java and is not supported");
+                } else {
+                    out.append(c).append(n);
+                }
+                continue;
+            }
+            if (c == '[' && !inClass) inClass = true;
+            else if (c == ']' && inClass) inClass = false;
+            out.append(c);
+        }
+        return Pattern.compile(out.toString(), Pattern.UNICODE_CASE);
     }
 
     private static Pattern readPreTokenizer(Object p, String source) {
