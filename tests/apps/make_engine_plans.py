@@ -1,0 +1,224 @@
+"""Write the engine-plan vectors the iOS app's planner must reproduce: tests/apps/vectors/engine_plan_*.json.
+
+    .venv/bin/python tests/apps/make_engine_plans.py [--out tests/apps/vectors] [--work DIR] [--recipes pte coreml ...]
+
+Each vector is what Python's own runtime does with a real bundle exported here from the shipped nano model (small
+context so the export takes about a minute): the manifest, then for a few conversations (turns of prompt ids with the
+number of tokens generated greedily) the exact calls the runtime made into the program, in order, with every input's
+name, shape, dtype and, for token ids and positions, the values. Nothing here is derived from the Swift code:
+
+- `.pte` (recipe xnnpack, fp32): `runtime.session.Session` over `runtime.program.BundleProgram`, its two ExecuTorch
+  methods wrapped so every `execute` is recorded on the way to the real program.
+- Core ML (recipe coreml, one package and a model split over three): the same `Session` driving
+  `export.coreml.runner.CoreMLRunner` (the runner the export gate and scripts/verify_coreml_on_mac.py use) over the
+  numpy MIL evaluator of the saved packages, every package call recorded.
+
+The same `Session` for both means the turn bookkeeping (the sampled last token of a turn is fed first in the next
+one) is the runtime's, not a re-implementation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[2]
+VECTORS = Path(__file__).resolve().parent / "vectors"
+CONTEXT = 64  # max_seq_len of every bundle here: exports stay small and fast
+PREFILL_CHUNK = 8
+# The conversations every recipe is driven through: [(prompt ids, tokens to generate)] per turn. They cover a prompt
+# shorter than a chunk, exact chunks, chunks with a remainder, one generated token (no decode call), and a second
+# turn that starts with the first turn's pending token at a non-zero position.
+CONVERSATIONS = {
+    "one_turn_ragged": [(list(range(40, 59)), 4)],          # 19 tokens: 8 + 8 + 3
+    "exact_chunk_one_token": [(list(range(100, 108)), 1)],  # 8 tokens, nothing decoded
+    "short_prompt": [([7, 11, 13], 3)],
+    "two_turns": [([300, 301, 302, 303, 304], 3), ([400, 401, 402, 403, 404, 405, 406, 407, 408, 409], 2)],
+}
+# Manifest parts that are reports, not contracts (op histograms, timings); dropped to keep the vectors readable.
+DROPPED = {("program", "graph"), ("export", None), ("verification", None)}
+
+
+def _slim_manifest(manifest: dict) -> dict:
+    m = json.loads(json.dumps(manifest))
+    for top, sub in DROPPED:
+        if sub is None:
+            m.pop(top, None)
+        elif top in m:
+            m[top].pop(sub, None)
+    return m
+
+
+def _tensor_record(name: str, value, with_values: bool) -> dict:
+    arr = np.asarray(value)
+    rec = {"name": name, "shape": list(arr.shape), "dtype": str(arr.dtype)}
+    if with_values:
+        rec["values"] = [int(v) for v in arr.reshape(-1)]
+    return rec
+
+
+class _FakeBundle:
+    """What runtime.session.Session reads from a bundle, over any program with prefill/decode."""
+
+    def __init__(self, manifest: dict, program):
+        self.manifest, self.program = manifest, program
+        self.max_seq_len = manifest["state"]["max_seq_len"]
+        self.vocab_size = manifest["model"]["config"]["vocab_size"]
+        self.stop_ids = set(manifest["tokenizer"]["stop_ids"])
+
+
+def _drive(session_factory, calls: list, conversation) -> dict:
+    """Run one conversation greedily through a fresh Session; returns the case with the recorded calls."""
+    from qwen_mobile.runtime.sampling import Sampler, SamplingConfig
+
+    calls.clear()
+    session = session_factory()
+    turns = []
+    for prompt, n_new in conversation:
+        out = session.generate(list(prompt), n_new, Sampler(SamplingConfig(temperature=0.0)), stop_ids=set())
+        turns.append({"prompt_ids": list(prompt), "generated_ids": list(out.ids)})
+    return {"turns": turns, "calls": list(calls)}
+
+
+# -- .pte ---------------------------------------------------------------------------------------------------------
+
+class _RecordingMethod:
+    def __init__(self, method, name: str, input_names: list[str], calls: list):
+        self.method, self.name, self.input_names, self.calls = method, name, input_names, calls
+
+    def execute(self, inputs):
+        self.calls.append({"method": self.name, "inputs": [
+            _tensor_record(n, t.numpy(), with_values=True) for n, t in zip(self.input_names, inputs, strict=True)]})
+        return self.method.execute(inputs)
+
+
+def pte_vector(work: Path) -> dict:
+    from qwen_mobile.export.api import export
+    from qwen_mobile.export.lowering import DECODE_METHOD
+    from qwen_mobile.runtime.session import Bundle, Session
+
+    out = work / "nano-xnnpack-fp32"
+    if not (out / "manifest.json").is_file():
+        export("nano", out, preset="xnnpack-fp32", max_seq_len=CONTEXT, max_prefill_chunk=PREFILL_CHUNK,
+               progress=False)
+    bundle = Bundle(out)
+    methods = bundle.manifest["program"]["methods"]
+    calls: list = []
+    program = bundle.program
+    program._forward = _RecordingMethod(program._forward, "forward",
+                                        [t["name"] for t in methods["forward"]["inputs"]], calls)
+    program._decode = _RecordingMethod(program._decode, DECODE_METHOD,
+                                       [t["name"] for t in methods[DECODE_METHOD]["inputs"]], calls)
+    cases = {name: _drive(lambda: Session(bundle), calls, conv) for name, conv in CONVERSATIONS.items()}
+    return {"recipe": "xnnpack", "driver": "runtime.session.Session over runtime.program.BundleProgram",
+            "manifest": _slim_manifest(bundle.manifest), "cases": cases}
+
+
+# -- Core ML -------------------------------------------------------------------------------------------------------
+
+def coreml_vector(work: Path, split: bool) -> dict:
+    from qwen_mobile.export.coreml import export_coreml
+    from qwen_mobile.export.coreml.evaluator import MILModel
+    from qwen_mobile.export.coreml.runner import CoreMLRunner, evaluator_call
+    from qwen_mobile.runtime.bundle import load_manifest
+    from qwen_mobile.runtime.session import Session
+
+    name = "nano-coreml-split" if split else "nano-coreml"
+    out = work / name
+    if not (out / "manifest.json").is_file():
+        # nano fp16 is about 20 MB: an 8 MB limit splits it into three packages (first, middle, last).
+        export_coreml("nano", out, qlinear="fp16", max_seq_len=CONTEXT, prefill_chunk=PREFILL_CHUNK,
+                      max_package_bytes=8_000_000 if split else 1_400_000_000, progress=False)
+    manifest = load_manifest(out)
+    packages = [p["file"] for p in manifest["program"]["packages"]]
+    buffers = manifest["state"]["buffers"]
+    calls: list = []
+
+    def recording(call, package):
+        def run(function, inputs):
+            calls.append({"package": package, "function": function, "inputs": [
+                _tensor_record(k, v, with_values=k in ("tokens", "input_pos")) for k, v in inputs.items()]})
+            outputs = call(function, inputs)
+            calls[-1]["outputs"] = sorted(outputs)
+            return outputs
+        return run
+
+    def factory():
+        parts = []
+        for file in packages:
+            io = {b["name"]: tuple(b["shape"]) for b in buffers
+                  if b["storage"] == "host_io" and b.get("package") == file}
+            parts.append((recording(evaluator_call(MILModel(out / file)), file), io))
+        runner = CoreMLRunner(prefill_chunk=manifest["program"]["methods"]["forward"]["max_tokens"], parts=parts)
+        return Session(_FakeBundle(manifest, _SessionAdapter(runner)))
+
+    cases = {cname: _drive(factory, calls, conv) for cname, conv in CONVERSATIONS.items()}
+    return {"recipe": "coreml", "driver": "runtime.session.Session over export.coreml.runner.CoreMLRunner "
+            "(numpy MIL evaluator)", "manifest": _slim_manifest(manifest), "cases": cases}
+
+
+class _SessionAdapter:
+    """Session calls program.prefill(ids, start_pos=...); CoreMLRunner names the argument `start`."""
+
+    def __init__(self, runner):
+        self.runner = runner
+
+    def prefill(self, ids, start_pos=0):
+        return self.runner.prefill(ids, start_pos)
+
+    def decode(self, token, pos):
+        return self.runner.decode(token, pos)
+
+
+RECIPES = {
+    "pte": lambda work: pte_vector(work),
+    "coreml": lambda work: coreml_vector(work, split=False),
+    "coreml_split": lambda work: coreml_vector(work, split=True),
+}
+
+
+def bundle_hash(manifest: dict) -> str:
+    from qwen_mobile.runtime.bundle import bundle_hash as runtime_bundle_hash
+
+    return runtime_bundle_hash(manifest)
+
+
+def write_json(path: Path, doc: dict) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", type=Path, default=VECTORS, help="folder for engine_plan_<recipe>.json (default: %(default)s)")
+    p.add_argument("--work", type=Path, default=None, help="folder for the exported bundles (kept; default: a temp dir)")
+    p.add_argument("--recipes", nargs="+", choices=sorted(RECIPES), default=sorted(RECIPES))
+    args = p.parse_args(argv)
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    args.out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="engine-plans-") as tmp:
+        work = args.work or Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        for recipe in args.recipes:
+            t0 = time.perf_counter()
+            doc = {"format": "qwen-mobile-engine-plan", "version": 1, "generator": "tests/apps/make_engine_plans.py",
+                   **RECIPES[recipe](work)}
+            doc["bundle_hash"] = bundle_hash(doc["manifest"])  # runtime/bundle.py's identity, for the apps to match
+            path = args.out / f"engine_plan_{recipe}.json"
+            write_json(path, doc)
+            n_calls = sum(len(c["calls"]) for c in doc["cases"].values())
+            print(f"{path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}: {len(doc['cases'])} cases, "
+                  f"{n_calls} calls ({time.perf_counter() - t0:.0f} s)", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
