@@ -1,12 +1,15 @@
 // qwen-bench: run a qwen-mobile bundle's model.pte natively (prefill through `forward`, greedy decode through
 // `decode_token`) with our qwen35 kernels, and print the result in the bench schema
-// (runtime/schemas/bench.schema.json).
+// (runtime/schemas/bench.schema.json); or, with --serve, load the bundle once and answer JSON-lines requests
+// (generate with the portable sampling rule, bench, reset, snapshot save/load) on stdin, for the Android app.
 //
 //   qwen-bench --bundle DIR [--prompt-ids 1,2,3 | --prompt-len 128[,512] --seed 0] [--gen 64] [--runs 5]
 //              [--warmup 1] [--threads N] [--json OUT] [--dump-logits OUT.bin] [--power-root /] ...
+//   qwen-bench --serve --bundle DIR [--threads N] [--no-verify]
 //   qwen-bench --power-replay TRACE.jsonl [--json OUT]
 //
-// Options are documented in runtime/README.md ("Native runner") and by --help.
+// Options are documented in runtime/README.md ("Native runner") and by --help; the serve protocol in
+// runtime/runner/SERVE.md.
 #include <executorch/extension/data_loader/mmap_data_loader.h>
 #include <executorch/extension/memory_allocator/malloc_memory_allocator.h>
 #include <executorch/runtime/backend/interface.h>
@@ -27,14 +30,18 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <condition_variable>
 #include <cstring>
 #include <ctime>
+#include <deque>
 #include <fstream>
 #include <memory>
+#include <mutex>
 #include <random>
 #include <set>
 #include <sstream>
@@ -45,6 +52,8 @@
 
 #include "json.h"
 #include "power.h"
+#include "safetensors.h"
+#include "sampling.h"
 #include "sha256.h"
 
 #ifndef QWEN_BENCH_VERSION
@@ -113,9 +122,11 @@ struct Options {
   CurrentUnit current_unit = CurrentUnit::Auto;
   int emulated = -1;  // -1: detect
   bool unshared_arenas = false;
+  bool serve = false;
 };
 
 const char* kUsage = R"(usage: qwen-bench --bundle DIR [options]
+       qwen-bench --serve --bundle DIR [--threads N] [--no-verify]
        qwen-bench --power-replay TRACE.jsonl [--json OUT] [--current-unit auto|ua|ma]
 
 Runs a qwen-mobile bundle's model.pte with ExecuTorch and the qwen35 kernels: prefill through `forward`, greedy
@@ -134,6 +145,9 @@ prompt and generation
   --warmup N            unmeasured runs before them (default 1)
   --threads N           ExecuTorch thread pool size (default: the pool's default)
   --no-verify           skip checking model.pte's sha256 against the manifest
+serve (the Android app's engine)
+  --serve               load the bundle once, then answer JSON-lines requests on stdin (generate, bench, reset,
+                        save, load, info, cancel, quit) with JSON lines on stdout: runtime/runner/SERVE.md
 output
   --json OUT            write the JSON there (default: stdout)
   --dump-logits OUT     raw float32 logits [gen, vocab] of the first measured run of the first prompt
@@ -191,6 +205,7 @@ Options parse_args(int argc, char** argv) {
     };
     if (a == "-h" || a == "--help") { std::fputs(kUsage, stdout); std::exit(0); }
     else if (a == "--bundle") o.bundle = value();
+    else if (a == "--serve") o.serve = true;
     else if (a == "--prompt-ids") o.prompt_ids = parse_int_list(a, value());
     else if (a == "--prompt-len") o.prompt_lens = parse_int_list(a, value());
     else if (a == "--seed") o.seed = static_cast<uint64_t>(parse_int(a, value(), 0));
@@ -237,6 +252,17 @@ Options parse_args(int argc, char** argv) {
   if (o.bundle.empty()) throw Failure("--bundle DIR is required (see --help)");
   if (!o.prompt_ids.empty() && !o.prompt_lens.empty()) throw Failure("give --prompt-ids or --prompt-len, not both");
   for (auto n : o.prompt_lens) if (n < 1) throw Failure("--prompt-len: lengths must be >= 1");
+  if (o.serve) {
+    // Per-run settings travel in the requests; a flag that would be silently ignored is refused.
+    const std::pair<bool, const char*> bench_only[] = {
+        {!o.prompt_ids.empty(), "--prompt-ids"}, {!o.prompt_lens.empty(), "--prompt-len"},
+        {!o.json_out.empty(), "--json"}, {!o.dump_logits.empty(), "--dump-logits"}, {!o.etdump.empty(), "--etdump"},
+        {!o.power_log.empty(), "--power-log"}, {o.unshared_arenas, "--unshared-arenas"}};
+    for (const auto& f : bench_only)
+      if (f.first)
+        throw Failure(std::string("--serve: ") + f.second + " is a benchmark-mode option; send the settings in a "
+                      "request instead (runtime/runner/SERVE.md)");
+  }
   return o;
 }
 
@@ -444,6 +470,8 @@ class Program {
     if (shared_) arenas_ = make_arenas();
   }
 
+  bool has_method(const char* name) const { return program_->method_meta(name).ok(); }
+
   et::MethodMeta meta(const char* name) const {
     auto m = program_->method_meta(name);
     if (!m.ok()) throw Failure(pte_ + ": has no method '" + name + "' (" + et_error(m.error()) + ")");
@@ -567,12 +595,13 @@ int64_t argmax(const std::vector<float>& v) {
   return best;
 }
 
-// ---- the benchmark --------------------------------------------------------------------------------------------
+// ---- the bundle -----------------------------------------------------------------------------------------------
 
-struct RunOut {
-  double ttft_s = 0, prefill_s = 0, decode_s = 0;
-  std::vector<double> step_s;
-  std::vector<int64_t> ids;
+struct StateBuffer {
+  std::string name, dtype;  // dtype as the manifest names it ("float32")
+  std::vector<int64_t> shape;
+  int seq_axis = -1;  // the axis that grows with the position (KV caches); -1: whole (conv, recurrent states)
+  size_t bytes = 0;
 };
 
 struct Bundle {
@@ -581,11 +610,13 @@ struct Bundle {
   std::string hash;
   int64_t bytes = 0, vocab = 0, max_seq_len = 0, max_prefill = 0;
   std::set<int64_t> stop_ids;
+  std::vector<int64_t> stop_ids_in_order;
+  std::vector<StateBuffer> buffers;  // manifest state.buffers: the state_read / state_write layout
 };
 
-Bundle open_bundle(const Options& o) {
+Bundle open_bundle(const std::string& dir, bool verify) {
   Bundle b;
-  b.dir = o.bundle;
+  b.dir = dir;
   const std::string mpath = b.dir + "/manifest.json";
   if (access(mpath.c_str(), R_OK) != 0) throw Failure(b.dir + ": no readable manifest.json; not a qwen-mobile bundle");
   b.manifest = Json::parse(read_file(mpath), mpath);
@@ -599,7 +630,31 @@ Bundle open_bundle(const Options& o) {
     b.vocab = m.at("model").at("config").at("vocab_size").as_int();
     b.max_seq_len = m.at("state").at("max_seq_len").as_int();
     b.max_prefill = m.at("program").at("methods").at("forward").at("max_tokens").as_int();
-    for (const auto& s : m.at("tokenizer").at("stop_ids").items()) b.stop_ids.insert(s.as_int());
+    for (const auto& s : m.at("tokenizer").at("stop_ids").items()) {
+      if (b.stop_ids.insert(s.as_int()).second) b.stop_ids_in_order.push_back(s.as_int());
+    }
+    if (const Json* buffers = m.at("state").find("buffers")) {
+      for (const auto& spec : buffers->items()) {
+        StateBuffer sb;
+        sb.name = spec.at("name").as_string();
+        sb.dtype = spec.at("dtype").as_string();
+        const size_t elem = safetensors_element_size(safetensors_dtype_of(sb.dtype));
+        if (elem == 0) throw Failure("state buffer '" + sb.name + "': unsupported dtype " + sb.dtype);
+        sb.bytes = elem;
+        for (const auto& d : spec.at("shape").items()) {
+          sb.shape.push_back(d.as_int());
+          sb.bytes *= static_cast<size_t>(d.as_int());
+        }
+        const Json* axis = spec.find("seq_axis");
+        if (axis && !axis->is_null()) {
+          sb.seq_axis = static_cast<int>(axis->as_int());
+          if (sb.seq_axis < 0 || sb.seq_axis >= static_cast<int>(sb.shape.size()))
+            throw Failure("state buffer '" + sb.name + "': seq_axis " + std::to_string(sb.seq_axis) +
+                          " is not an axis of its shape");
+        }
+        b.buffers.push_back(std::move(sb));
+      }
+    }
     // The bundle identity (runtime/bundle.py bundle_hash): sha256 of "name:sha256;" over the sorted file entries.
     std::vector<std::pair<std::string, std::string>> files;
     for (const auto& kv : m.at("files").members()) {
@@ -610,7 +665,7 @@ Bundle open_bundle(const Options& o) {
     std::string joined;
     for (const auto& f : files) joined += f.first + ":" + f.second + ";";
     b.hash = sha256_hex(joined);
-    if (o.verify) {
+    if (verify) {
       for (const auto& kv : m.at("files").members()) {
         const std::string path = b.dir + "/" + kv.first;
         if (access(path.c_str(), R_OK) != 0) throw Failure(path + ": listed in manifest.json but missing");
@@ -625,218 +680,306 @@ Bundle open_bundle(const Options& o) {
   return b;
 }
 
-int run_replay(const Options& o) {
-  PowerTrace t = read_trace(o.power_replay);
-  Json e = summarize_energy(t, o.current_unit);
-  const std::string text = e.dump() + "\n";
-  if (o.json_out.empty()) std::fputs(text.c_str(), stdout);
-  else { std::ofstream(o.json_out) << text; }
-  return 0;
+// ExecuTorch, the kernel check and the thread pool; returns the pool's size.
+int64_t init_runtime(const Json& manifest, int threads) {
+  et::runtime_init();
+  check_kernel_namespaces(manifest);
+  auto* pool = ::executorch::extension::threadpool::get_threadpool();
+  if (threads > 0 && pool && !pool->_unsafe_reset_threadpool(static_cast<uint32_t>(threads)))
+    throw Failure("--threads " + std::to_string(threads) + ": the ExecuTorch thread pool refused the size");
+  return pool ? static_cast<int64_t>(pool->get_thread_count()) : 1;
 }
 
-int run_bench(const Options& o) {
-  const auto t_start = clock_type::now();
-  Bundle b = open_bundle(o);
-  const Json& m = b.manifest;
+// ---- the model: prefill, decode and the state methods over one set of shared arenas -------------------------
 
-  et::runtime_init();
-  check_kernel_namespaces(m);
-  auto* pool = ::executorch::extension::threadpool::get_threadpool();
-  if (o.threads > 0 && pool && !pool->_unsafe_reset_threadpool(static_cast<uint32_t>(o.threads)))
-    throw Failure("--threads " + std::to_string(o.threads) + ": the ExecuTorch thread pool refused the size");
-  const int64_t threads = pool ? static_cast<int64_t>(pool->get_thread_count()) : 1;
+class Model {
+ public:
+  Model(const Bundle& b, bool shared_arenas, et::EventTracer* tracer)
+      : bundle_(b),
+        program_(b.pte, shared_arenas),
+        forward_(program_.load_method("forward", tracer), "forward", b.vocab),
+        decode_(program_.load_method(kDecodeMethod, tracer), kDecodeMethod, b.vocab) {}
 
-  // Prompts and bounds first: a bad request fails before the model loads.
-  const int64_t chunk = o.prefill_chunk ? o.prefill_chunk : b.max_prefill;
-  if (chunk > b.max_prefill)
-    throw Failure("--prefill-chunk " + std::to_string(chunk) + " exceeds the forward method's max_tokens " +
-                  std::to_string(b.max_prefill));
+  // ids[0..n) at positions start_pos.. through `forward`, at most `chunk` per call; logits after the last. A chunk
+  // starting at position 0 zeroes the state in-graph.
+  void prefill(const int64_t* ids, size_t n, int64_t start_pos, int64_t chunk, std::vector<float>& logits) {
+    for (size_t i = 0; i < n; i += static_cast<size_t>(chunk)) {
+      const int64_t len = std::min<int64_t>(chunk, static_cast<int64_t>(n - i));
+      forward_.run(ids + i, len, start_pos + static_cast<int64_t>(i), logits);
+    }
+  }
+
+  void decode(int64_t token, int64_t pos, std::vector<float>& logits) { decode_.run(&token, 1, pos, logits); }
+
+  size_t arena_bytes() const { return program_.arena_bytes(); }
+
+  bool has_state_methods() const { return program_.has_method("state_read") && program_.has_method("state_write"); }
+
+  // Every state buffer in manifest order, whole (state_read's copies, copied out of the arenas).
+  std::vector<std::vector<uint8_t>> read_state() {
+    et::Method& m = state_method("state_read", state_read_);
+    check(m.execute(), "state_read", "execute");
+    if (m.outputs_size() != bundle_.buffers.size())
+      throw Failure("method 'state_read' returns " + std::to_string(m.outputs_size()) + " tensors, manifest.json " +
+                    "state.buffers lists " + std::to_string(bundle_.buffers.size()));
+    std::vector<std::vector<uint8_t>> out;
+    for (size_t i = 0; i < bundle_.buffers.size(); ++i) {
+      const et::EValue& v = m.get_output(i);
+      const StateBuffer& sb = bundle_.buffers[i];
+      if (!v.isTensor() || v.toTensor().nbytes() != sb.bytes)
+        throw Failure("method 'state_read' output " + std::to_string(i) + " does not match state buffer '" + sb.name +
+                      "' of manifest.json (" + std::to_string(sb.bytes) + " bytes)");
+      const auto* p = static_cast<const uint8_t*>(v.toTensor().const_data_ptr());
+      out.emplace_back(p, p + sb.bytes);
+    }
+    return out;
+  }
+
+  // Replaces every state buffer; `full` in manifest order and shapes.
+  void write_state(std::vector<std::vector<uint8_t>>& full) {
+    et::Method& m = state_method("state_write", state_write_);
+    const et::MethodMeta meta = program_.meta("state_write");
+    if (meta.num_inputs() != bundle_.buffers.size())
+      throw Failure("method 'state_write' takes " + std::to_string(meta.num_inputs()) + " inputs, manifest.json " +
+                    "state.buffers lists " + std::to_string(bundle_.buffers.size()));
+    // The TensorImpls and their shape arrays must outlive execute(): an input that is not memory-planned is used in
+    // place, not copied.
+    struct Shape {
+      std::vector<TensorImpl::SizesType> sizes;
+      std::vector<TensorImpl::DimOrderType> order;
+      std::vector<TensorImpl::StridesType> strides;
+    };
+    std::vector<Shape> shapes(full.size());
+    std::vector<TensorImpl> impls;
+    impls.reserve(full.size());
+    for (size_t i = 0; i < full.size(); ++i) {
+      const StateBuffer& sb = bundle_.buffers[i];
+      auto info = meta.input_tensor_meta(i);
+      if (!info.ok()) throw Failure("method 'state_write': input " + std::to_string(i) + " is not a tensor");
+      Shape& s = shapes[i];
+      for (auto d : sb.shape) s.sizes.push_back(static_cast<TensorImpl::SizesType>(d));
+      const auto want = info->sizes();
+      if (want.size() != s.sizes.size() || !std::equal(want.begin(), want.end(), s.sizes.begin()))
+        throw Failure("method 'state_write' input " + std::to_string(i) + " has another shape than state buffer '" +
+                      sb.name + "' of manifest.json");
+      s.strides.resize(s.sizes.size());
+      TensorImpl::StridesType stride = 1;
+      for (size_t d = s.sizes.size(); d-- > 0;) {
+        s.order.insert(s.order.begin(), static_cast<TensorImpl::DimOrderType>(d));
+        s.strides[d] = stride;
+        stride *= s.sizes[d];
+      }
+      impls.emplace_back(info->scalar_type(), static_cast<ssize_t>(s.sizes.size()), s.sizes.data(), full[i].data(),
+                         s.order.data(), s.strides.data());
+      check(m.set_input(et::EValue(::executorch::aten::Tensor(&impls.back())), i), "state_write", "setting an input");
+    }
+    check(m.execute(), "state_write", "execute");
+  }
+
+ private:
+  et::Method& state_method(const char* name, et::Method*& slot) {
+    if (!has_state_methods())
+      throw Failure(bundle_.pte + ": this program has no state_read/state_write methods (exported by an older "
+                    "qwen-mobile); re-export the bundle to use snapshots");
+    if (bundle_.buffers.empty()) throw Failure(bundle_.dir + "/manifest.json: state.buffers is missing");
+    if (!slot) slot = &program_.load_method(name);  // loaded on first use: bench runs never need them
+    return *slot;
+  }
+  static void check(et::Error e, const char* method, const char* what) {
+    if (e != et::Error::Ok)
+      throw Failure(std::string("method '") + method + "': " + what + " failed: " + et_error(e));
+  }
+
+  const Bundle& bundle_;
+  Program program_;
+  LmMethod forward_, decode_;
+  et::Method* state_read_ = nullptr;
+  et::Method* state_write_ = nullptr;
+};
+
+// ---- the benchmark: prompts, runs, the bench-schema report ---------------------------------------------------
+
+struct PromptSet {
   std::vector<std::vector<int64_t>> prompts;
-  std::string prompt_source;
-  if (!o.prompt_ids.empty()) {
-    prompts.push_back(o.prompt_ids);
-    prompt_source = "token ids from --prompt-ids";
-  } else if (o.prompt_lens.empty() && m.find("sample_prompt") != nullptr) {
+  std::string source;
+};
+
+// `given` ids, else random prompts of `lens` (seeded per length), else the manifest's sample prompt, else one random
+// prompt of 128. `given_source` names where given ids came from (a flag or a request field).
+PromptSet make_prompts(const Bundle& b, const std::vector<int64_t>& given, const std::vector<int64_t>& lens,
+                       uint64_t seed, const std::string& given_source) {
+  PromptSet ps;
+  const Json& m = b.manifest;
+  if (!given.empty()) {
+    ps.prompts.push_back(given);
+    ps.source = given_source;
+  } else if (lens.empty() && m.find("sample_prompt") != nullptr) {
     // No prompt asked for: the manifest's sample prompt, the one the export verification ran.
     std::vector<int64_t> ids;
     for (const auto& t : m.at("sample_prompt").at("ids").items()) ids.push_back(t.as_int());
-    prompts.push_back(std::move(ids));
-    prompt_source = "the manifest's sample_prompt";
+    ps.prompts.push_back(std::move(ids));
+    ps.source = "the manifest's sample_prompt";
   } else {
-    const std::vector<int64_t> lens = o.prompt_lens.empty() ? std::vector<int64_t>{128} : o.prompt_lens;
-    for (auto len : lens) {
+    for (auto len : lens.empty() ? std::vector<int64_t>{128} : lens) {
       // Seeded per length as runtime/bench.py does (seed + length); the generator differs from torch's, so the
       // ids differ from the host runner's.
-      std::mt19937_64 rng(o.seed + static_cast<uint64_t>(len));
+      std::mt19937_64 rng(seed + static_cast<uint64_t>(len));
       std::uniform_int_distribution<int64_t> dist(0, b.vocab - 1);
       std::vector<int64_t> ids(static_cast<size_t>(len));
       for (auto& t : ids) {
         t = dist(rng);
         if (b.stop_ids.count(t)) t = (t + 1) % b.vocab;
       }
-      prompts.push_back(std::move(ids));
+      ps.prompts.push_back(std::move(ids));
     }
-    prompt_source = "random token ids (std::mt19937_64), seed " + std::to_string(o.seed) + " + prompt length";
+    ps.source = "random token ids (std::mt19937_64), seed " + std::to_string(seed) + " + prompt length";
   }
-  for (const auto& p : prompts) {
+  return ps;
+}
+
+// Errors name `ids_field` and `gen_field`: the CLI's flags or the serve request's fields.
+void check_prompts(const Bundle& b, const PromptSet& ps, int64_t gen, const std::string& ids_field,
+                   const std::string& gen_field) {
+  for (const auto& p : ps.prompts) {
     for (auto t : p)
       if (t < 0 || t >= b.vocab)
-        throw Failure("--prompt-ids: token " + std::to_string(t) + " is outside the vocabulary 0.." +
+        throw Failure(ids_field + ": token " + std::to_string(t) + " is outside the vocabulary 0.." +
                       std::to_string(b.vocab - 1));
-    if (static_cast<int64_t>(p.size()) + o.gen > b.max_seq_len)
-      throw Failure("prompt of " + std::to_string(p.size()) + " tokens + --gen " + std::to_string(o.gen) +
+    if (static_cast<int64_t>(p.size()) + gen > b.max_seq_len)
+      throw Failure("prompt of " + std::to_string(p.size()) + " tokens + " + gen_field + " " + std::to_string(gen) +
                     " does not fit the bundle's context of " + std::to_string(b.max_seq_len) + " tokens");
   }
+}
 
-  const auto t_load = clock_type::now();
-  Program program(b.pte, !o.unshared_arenas);
-  et::EventTracer* tracer = nullptr;
-#if QWEN_BENCH_HAVE_ETDUMP
-  // One generator for both methods: each execute() opens its own event block, in call order.
-  std::unique_ptr<::executorch::etdump::ETDumpGen> etdump;
-  if (!o.etdump.empty()) {
-    etdump = std::make_unique<::executorch::etdump::ETDumpGen>();
-    tracer = etdump.get();
-  }
-#endif
-  LmMethod forward(program.load_method("forward", tracer), "forward", b.vocab);
-  LmMethod decode(program.load_method(kDecodeMethod, tracer), kDecodeMethod, b.vocab);
-  const double load_ms = now_s(t_load) * 1e3;
-  const int64_t load_rss = rss_bytes();
+struct BenchSettings {
+  int64_t gen = 64;
+  int runs = 5;
+  int warmup = 1;
+  int64_t chunk = 0;
+  bool stop_at_stop_ids = false;
+  bool dump_logits = false;  // keep the logits of the first measured run of the first prompt
+};
 
-  // Power: an idle baseline first, then warmups (ignored) and measured runs.
-  std::unique_ptr<PowerSampler> sampler;
-  std::string power_why;
-  if (!o.no_power) sampler = PowerSampler::open(o.power_root, o.power_hz, &power_why);
-  if (sampler) {
-    sampler->set_phase("idle");
-    sampler->start();
-    std::this_thread::sleep_for(std::chrono::duration<double>(o.idle_seconds));
-  }
+struct RunOut {
+  double ttft_s = 0, prefill_s = 0, decode_s = 0;
+  std::vector<double> step_s;
+  std::vector<int64_t> ids;
+};
 
-  std::vector<float> logits;
-  std::vector<float> dumped;
-  bool dumping = !o.dump_logits.empty();
-  auto one_run = [&](const std::vector<int64_t>& prompt, bool dump) {
-    RunOut r;
-    const auto t0 = clock_type::now();
-    for (size_t i = 0; i < prompt.size(); i += static_cast<size_t>(chunk)) {
-      const int64_t n = std::min<int64_t>(chunk, static_cast<int64_t>(prompt.size() - i));
-      forward.run(prompt.data() + i, n, static_cast<int64_t>(i), logits);  // position 0 resets the state in-graph
-    }
-    r.prefill_s = now_s(t0);
-    r.ttft_s = r.prefill_s;
-    int64_t pos = static_cast<int64_t>(prompt.size());
-    for (int64_t k = 0; k < o.gen; ++k) {
-      if (dump) dumped.insert(dumped.end(), logits.begin(), logits.end());
-      const int64_t tok = argmax(logits);
-      if (k == 0) r.ttft_s = now_s(t0);
-      r.ids.push_back(tok);
-      if ((o.stop_at_stop_ids && b.stop_ids.count(tok)) || k == o.gen - 1) break;
-      const auto t1 = clock_type::now();
-      decode.run(&tok, 1, pos++, logits);
-      const double dt = now_s(t1);
-      r.step_s.push_back(dt);
-      r.decode_s += dt;
-    }
-    return r;
-  };
-
+struct BenchOutcome {
   Json results = Json::array();
   Json notes = Json::array();
   int64_t run_tokens = 0;
   double run_wall_s = 0;
-  for (size_t p = 0; p < prompts.size(); ++p) {
+  std::vector<float> dumped;  // [gen, vocab] when BenchSettings::dump_logits
+};
+
+// One greedy run from position 0 (which resets the state).
+RunOut run_once(Model& model, const Bundle& b, const std::vector<int64_t>& prompt, const BenchSettings& s,
+                std::vector<float>& logits, std::vector<float>* dump) {
+  RunOut r;
+  const auto t0 = clock_type::now();
+  model.prefill(prompt.data(), prompt.size(), 0, s.chunk, logits);
+  r.prefill_s = now_s(t0);
+  r.ttft_s = r.prefill_s;
+  int64_t pos = static_cast<int64_t>(prompt.size());
+  for (int64_t k = 0; k < s.gen; ++k) {
+    if (dump) dump->insert(dump->end(), logits.begin(), logits.end());
+    const int64_t tok = argmax(logits);
+    if (k == 0) r.ttft_s = now_s(t0);
+    r.ids.push_back(tok);
+    if ((s.stop_at_stop_ids && b.stop_ids.count(tok)) || k == s.gen - 1) break;
+    const auto t1 = clock_type::now();
+    model.decode(tok, pos++, logits);
+    const double dt = now_s(t1);
+    r.step_s.push_back(dt);
+    r.decode_s += dt;
+  }
+  return r;
+}
+
+// One prompt's entry of the report's `results`.
+Json prompt_result(const std::vector<int64_t>& prompt, const std::vector<RunOut>& outs, int64_t gen, bool identical) {
+  std::vector<double> ttft, pre, dec;
+  Json samples = Json::array();
+  for (const auto& r : outs) {
+    const double pre_tps = r.prefill_s > 0 ? prompt.size() / r.prefill_s : 0.0;
+    const Json dec_tps = r.step_s.empty() ? Json() : Json(r.step_s.size() / r.decode_s);
+    ttft.push_back(r.ttft_s * 1e3);
+    pre.push_back(pre_tps);
+    if (!r.step_s.empty()) dec.push_back(r.step_s.size() / r.decode_s);
+    Json s = Json::object();
+    s.set("ttft_ms", r.ttft_s * 1e3);
+    s.set("prefill_tok_s", pre_tps);
+    s.set("decode_tok_s", dec_tps);
+    s.set("generated_tokens", static_cast<int64_t>(r.ids.size()));
+    Json steps = Json::array();
+    for (double d : r.step_s) steps.push(std::round(d * 1e7) / 1e4);  // ms, 4 decimals as runtime/bench.py
+    s.set("decode_ms_per_token", std::move(steps));
+    samples.push(std::move(s));
+  }
+  Json res = Json::object();
+  res.set("prompt_tokens", static_cast<int64_t>(prompt.size()));
+  res.set("generate_tokens", gen);
+  res.set("ttft_ms", stats(ttft));
+  res.set("prefill_tok_s", stats(pre));
+  res.set("decode_tok_s", dec.empty() ? Json() : stats(dec));
+  res.set("samples", std::move(samples));
+  // Beyond the schema: the ids themselves, for parity checks against Python and across architectures.
+  Json pids = Json::array(), gids = Json::array();
+  for (auto t : prompt) pids.push(t);
+  for (auto t : outs[0].ids) gids.push(t);
+  res.set("prompt_ids", std::move(pids));
+  res.set("generated_ids", std::move(gids));
+  res.set("runs_identical", identical);
+  return res;
+}
+
+// Warmups (unmeasured) and measured runs of every prompt; the sampler, when given, is told the phase.
+BenchOutcome run_benchmark(Model& model, const Bundle& b, const PromptSet& ps, const BenchSettings& s,
+                           PowerSampler* sampler) {
+  BenchOutcome o;
+  std::vector<float> logits;
+  for (size_t p = 0; p < ps.prompts.size(); ++p) {
+    const auto& prompt = ps.prompts[p];
     if (sampler) sampler->set_phase("warmup");
-    for (int w = 0; w < o.warmup; ++w) one_run(prompts[p], false);
+    for (int w = 0; w < s.warmup; ++w) run_once(model, b, prompt, s, logits, nullptr);
     if (sampler) sampler->set_phase("run");
     std::vector<RunOut> outs;
     const auto t_runs = clock_type::now();
-    for (int r = 0; r < o.runs; ++r) {
-      outs.push_back(one_run(prompts[p], dumping && p == 0 && r == 0));
-      run_tokens += static_cast<int64_t>(outs.back().ids.size());
+    for (int r = 0; r < s.runs; ++r) {
+      outs.push_back(run_once(model, b, prompt, s, logits, s.dump_logits && p == 0 && r == 0 ? &o.dumped : nullptr));
+      o.run_tokens += static_cast<int64_t>(outs.back().ids.size());
     }
-    run_wall_s += now_s(t_runs);
+    o.run_wall_s += now_s(t_runs);
     bool identical = true;
     for (const auto& r : outs) identical &= r.ids == outs[0].ids;
     if (!identical) {
       std::fprintf(stderr, "qwen-bench: warning: runs of the %zu-token prompt produced different tokens; the state "
-                   "may not be reset by a prefill at position 0\n", prompts[p].size());
-      notes.push("runs of the " + std::to_string(prompts[p].size()) + "-token prompt produced different tokens");
+                   "may not be reset by a prefill at position 0\n", prompt.size());
+      o.notes.push("runs of the " + std::to_string(prompt.size()) + "-token prompt produced different tokens");
     }
-    std::vector<double> ttft, pre, dec;
-    Json samples = Json::array();
-    for (const auto& r : outs) {
-      const double pre_tps = r.prefill_s > 0 ? prompts[p].size() / r.prefill_s : 0.0;
-      const Json dec_tps = r.step_s.empty() ? Json() : Json(r.step_s.size() / r.decode_s);
-      ttft.push_back(r.ttft_s * 1e3);
-      pre.push_back(pre_tps);
-      if (!r.step_s.empty()) dec.push_back(r.step_s.size() / r.decode_s);
-      Json s = Json::object();
-      s.set("ttft_ms", r.ttft_s * 1e3);
-      s.set("prefill_tok_s", pre_tps);
-      s.set("decode_tok_s", dec_tps);
-      s.set("generated_tokens", static_cast<int64_t>(r.ids.size()));
-      Json steps = Json::array();
-      for (double d : r.step_s) steps.push(std::round(d * 1e7) / 1e4);  // ms, 4 decimals as runtime/bench.py
-      s.set("decode_ms_per_token", std::move(steps));
-      samples.push(std::move(s));
-    }
-    Json res = Json::object();
-    res.set("prompt_tokens", static_cast<int64_t>(prompts[p].size()));
-    res.set("generate_tokens", o.gen);
-    res.set("ttft_ms", stats(ttft));
-    res.set("prefill_tok_s", stats(pre));
-    res.set("decode_tok_s", dec.empty() ? Json() : stats(dec));
-    res.set("samples", std::move(samples));
-    // Beyond the schema: the ids themselves, for parity checks against Python and across architectures.
-    Json pids = Json::array(), gids = Json::array();
-    for (auto t : prompts[p]) pids.push(t);
-    for (auto t : outs[0].ids) gids.push(t);
-    res.set("prompt_ids", std::move(pids));
-    res.set("generated_ids", std::move(gids));
-    res.set("runs_identical", identical);
-    results.push(std::move(res));
+    o.results.push(prompt_result(prompt, outs, s.gen, identical));
   }
+  return o;
+}
 
-  Json energy;  // null unless sampled
-  if (sampler) {
-    PowerTrace trace = sampler->stop();
-    trace.tokens = run_tokens;
-    trace.run_wall_s = run_wall_s;
-    if (!o.power_log.empty()) write_trace(o.power_log, trace);
-    energy = summarize_energy(trace, o.current_unit);
-  } else if (!o.no_power) {
-    notes.push("energy not sampled: " + power_why);
-  }
+struct LoadInfo {
+  double ms = 0;
+  int64_t rss_bytes = -1;
+  size_t arena_bytes = 0;
+  int64_t threads = 1;
+};
 
-#if QWEN_BENCH_HAVE_ETDUMP
-  if (etdump) {
-    const ::executorch::etdump::ETDumpResult dump = etdump->get_etdump_data();
-    if (dump.buf == nullptr || dump.size == 0) throw Failure(o.etdump + ": the ETDump is empty");
-    const std::string tmp = o.etdump + ".partial";
-    {
-      std::ofstream f(tmp, std::ios::binary);
-      f.write(static_cast<const char*>(dump.buf), static_cast<std::streamsize>(dump.size));
-      if (!f) throw Failure(o.etdump + ": cannot write the ETDump");
-    }
-    free(dump.buf);
-    if (std::rename(tmp.c_str(), o.etdump.c_str()) != 0) throw Failure(o.etdump + ": cannot rename " + tmp);
-    notes.push("ETDump recorded (" + o.etdump + "): timings include the profiler's overhead");
-  }
-#endif
-
-  if (dumping) {
-    std::ofstream f(o.dump_logits, std::ios::binary);
-    f.write(reinterpret_cast<const char*>(dumped.data()), static_cast<std::streamsize>(dumped.size() * sizeof(float)));
-    if (!f) throw Failure(o.dump_logits + ": cannot write the logits dump");
-  }
-
-  Json device = device_info(o.emulated);
-  if (device.at("emulated").as_bool()) notes.push("emulated (qemu): timings are not performance");
+// The bench-schema document (runtime/schemas/bench.schema.json, producer qwen-bench).
+Json bench_report(const Bundle& b, const PromptSet& ps, const BenchSettings& s, const LoadInfo& load,
+                  BenchOutcome& outcome, Json energy, int emulated_override, clock_type::time_point t_start) {
+  Json device = device_info(emulated_override);
+  if (device.at("emulated").as_bool()) outcome.notes.push("emulated (qemu): timings are not performance");
   rusage ru{};
   getrusage(RUSAGE_SELF, &ru);
 
+  const Json& m = b.manifest;
   const Json& recipe = m.at("recipe");
   Json out = Json::object();
   out.set("schema_version", 1);
@@ -864,27 +1007,124 @@ int run_bench(const Options& o) {
   out.set("bundle", std::move(bundle));
   Json settings = Json::object();
   Json lens = Json::array();
-  for (const auto& p : prompts) lens.push(static_cast<int64_t>(p.size()));
+  for (const auto& p : ps.prompts) lens.push(static_cast<int64_t>(p.size()));
   settings.set("prompt_lengths", std::move(lens));
-  settings.set("generate_tokens", o.gen);
-  settings.set("runs", o.runs);
-  settings.set("warmup", o.warmup);
-  settings.set("threads", threads);
-  settings.set("prefill_chunk", chunk);
-  settings.set("prompt_source", prompt_source);
-  settings.set("stop_at_stop_ids", o.stop_at_stop_ids);
+  settings.set("generate_tokens", s.gen);
+  settings.set("runs", s.runs);
+  settings.set("warmup", s.warmup);
+  settings.set("threads", load.threads);
+  settings.set("prefill_chunk", s.chunk);
+  settings.set("prompt_source", ps.source);
+  settings.set("stop_at_stop_ids", s.stop_at_stop_ids);
   out.set("settings", std::move(settings));
-  out.set("results", std::move(results));
+  out.set("results", std::move(outcome.results));
   Json memory = Json::object();
   memory.set("peak_rss_bytes", static_cast<int64_t>(ru.ru_maxrss) * 1024);
-  memory.set("load_rss_bytes", load_rss >= 0 ? Json(load_rss) : Json());
-  memory.set("load_ms", load_ms);
-  memory.set("planned_arena_bytes", static_cast<int64_t>(program.arena_bytes()));
+  memory.set("load_rss_bytes", load.rss_bytes >= 0 ? Json(load.rss_bytes) : Json());
+  memory.set("load_ms", load.ms);
+  memory.set("planned_arena_bytes", static_cast<int64_t>(load.arena_bytes));
   out.set("memory", std::move(memory));
   out.set("energy", std::move(energy));
-  out.set("notes", std::move(notes));
+  out.set("notes", std::move(outcome.notes));
   out.set("wall_seconds", now_s(t_start));
+  return out;
+}
 
+int run_replay(const Options& o) {
+  PowerTrace t = read_trace(o.power_replay);
+  Json e = summarize_energy(t, o.current_unit);
+  const std::string text = e.dump() + "\n";
+  if (o.json_out.empty()) std::fputs(text.c_str(), stdout);
+  else { std::ofstream(o.json_out) << text; }
+  return 0;
+}
+
+void write_etdump_file(const std::string& path, const void* buf, size_t size) {
+  const std::string tmp = path + ".partial";
+  {
+    std::ofstream f(tmp, std::ios::binary);
+    f.write(static_cast<const char*>(buf), static_cast<std::streamsize>(size));
+    if (!f) throw Failure(path + ": cannot write the ETDump");
+  }
+  if (std::rename(tmp.c_str(), path.c_str()) != 0) throw Failure(path + ": cannot rename " + tmp);
+}
+
+int run_bench(const Options& o) {
+  const auto t_start = clock_type::now();
+  const Bundle b = open_bundle(o.bundle, o.verify);
+  LoadInfo load;
+  load.threads = init_runtime(b.manifest, o.threads);
+
+  // Prompts and bounds first: a bad request fails before the model loads.
+  BenchSettings s;
+  s.gen = o.gen;
+  s.runs = o.runs;
+  s.warmup = o.warmup;
+  s.stop_at_stop_ids = o.stop_at_stop_ids;
+  s.dump_logits = !o.dump_logits.empty();
+  s.chunk = o.prefill_chunk ? o.prefill_chunk : b.max_prefill;
+  if (s.chunk > b.max_prefill)
+    throw Failure("--prefill-chunk " + std::to_string(s.chunk) + " exceeds the forward method's max_tokens " +
+                  std::to_string(b.max_prefill));
+  const PromptSet ps = make_prompts(b, o.prompt_ids, o.prompt_lens, o.seed, "token ids from --prompt-ids");
+  check_prompts(b, ps, o.gen, "--prompt-ids", "--gen");
+
+  const auto t_load = clock_type::now();
+  et::EventTracer* tracer = nullptr;
+#if QWEN_BENCH_HAVE_ETDUMP
+  // One generator for both methods: each execute() opens its own event block, in call order.
+  std::unique_ptr<::executorch::etdump::ETDumpGen> etdump;
+  if (!o.etdump.empty()) {
+    etdump = std::make_unique<::executorch::etdump::ETDumpGen>();
+    tracer = etdump.get();
+  }
+#endif
+  Model model(b, !o.unshared_arenas, tracer);
+  load.ms = now_s(t_load) * 1e3;
+  load.rss_bytes = rss_bytes();
+  load.arena_bytes = model.arena_bytes();
+
+  // Power: an idle baseline first, then warmups (ignored) and measured runs.
+  std::unique_ptr<PowerSampler> sampler;
+  std::string power_why;
+  if (!o.no_power) sampler = PowerSampler::open(o.power_root, o.power_hz, &power_why);
+  if (sampler) {
+    sampler->set_phase("idle");
+    sampler->start();
+    std::this_thread::sleep_for(std::chrono::duration<double>(o.idle_seconds));
+  }
+
+  BenchOutcome outcome = run_benchmark(model, b, ps, s, sampler.get());
+
+  Json energy;  // null unless sampled
+  if (sampler) {
+    PowerTrace trace = sampler->stop();
+    trace.tokens = outcome.run_tokens;
+    trace.run_wall_s = outcome.run_wall_s;
+    if (!o.power_log.empty()) write_trace(o.power_log, trace);
+    energy = summarize_energy(trace, o.current_unit);
+  } else if (!o.no_power) {
+    outcome.notes.push("energy not sampled: " + power_why);
+  }
+
+#if QWEN_BENCH_HAVE_ETDUMP
+  if (etdump) {
+    const ::executorch::etdump::ETDumpResult dump = etdump->get_etdump_data();
+    if (dump.buf == nullptr || dump.size == 0) throw Failure(o.etdump + ": the ETDump is empty");
+    write_etdump_file(o.etdump, dump.buf, dump.size);
+    free(dump.buf);
+    outcome.notes.push("ETDump recorded (" + o.etdump + "): timings include the profiler's overhead");
+  }
+#endif
+
+  if (s.dump_logits) {
+    std::ofstream f(o.dump_logits, std::ios::binary);
+    f.write(reinterpret_cast<const char*>(outcome.dumped.data()),
+            static_cast<std::streamsize>(outcome.dumped.size() * sizeof(float)));
+    if (!f) throw Failure(o.dump_logits + ": cannot write the logits dump");
+  }
+
+  const Json out = bench_report(b, ps, s, load, outcome, std::move(energy), o.emulated, t_start);
   const std::string text = out.dump() + "\n";
   if (o.json_out.empty()) {
     std::fputs(text.c_str(), stdout);
@@ -892,8 +1132,7 @@ int run_bench(const Options& o) {
     std::ofstream f(o.json_out);
     f << text;
     if (!f) throw Failure(o.json_out + ": cannot write");
-    for (size_t i = 0; i < out.at("results").items().size(); ++i) {
-      const Json& r = out.at("results").items()[i];
+    for (const Json& r : out.at("results").items()) {
       const std::string decode =
           r.at("decode_tok_s").is_null() ? "-" : std::to_string(r.at("decode_tok_s").at("median").as_double());
       std::fprintf(stderr, "prompt %lld: TTFT %.2f ms, prefill %.1f tok/s, decode %s tok/s (median)\n",
@@ -904,13 +1143,595 @@ int run_bench(const Options& o) {
   return 0;
 }
 
+// ---- serve: a long-lived JSON-lines server (runtime/runner/SERVE.md) -------------------------------------------
+
+constexpr int kServeProtocol = 1;
+constexpr const char* kSnapshotFormat = "qwen-mobile-snapshot";  // runtime/session.py SNAPSHOT_FORMAT / _VERSION
+constexpr const char* kSnapshotVersion = "1";
+
+// A request the client got wrong: answered with an error line, and the server keeps serving.
+struct RequestError : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+// stdin lines, read on their own thread so that a cancel can arrive while a generate runs on the main thread.
+class RequestQueue {
+ public:
+  struct Request {
+    int64_t seq = 0;
+    std::string line;
+  };
+
+  void start() {
+    std::thread([this] { read_loop(); }).detach();  // blocked in read() at exit; the process ends it
+  }
+
+  // Blocks for the next request; false at end of input.
+  bool pop(Request& r) {
+    std::unique_lock<std::mutex> lock(mu_);
+    cv_.wait(lock, [&] { return !queue_.empty() || eof_; });
+    if (queue_.empty()) return false;
+    r = std::move(queue_.front());
+    queue_.pop_front();
+    return true;
+  }
+
+  // A cancel stops every generate that was sent before it (running or still queued); end of input stops all.
+  bool cancelled(int64_t seq) const { return cancel_seq_.load() > seq; }
+
+ private:
+  void read_loop() {
+    char* buf = nullptr;
+    size_t cap = 0;
+    int64_t seq = 0;
+    ssize_t n;
+    while ((n = ::getline(&buf, &cap, stdin)) >= 0) {
+      std::string line(buf, static_cast<size_t>(n));
+      while (!line.empty() && (line.back() == '\n' || line.back() == '\r')) line.pop_back();
+      if (line.find_first_not_of(" \t") == std::string::npos) continue;
+      ++seq;
+      if (is_cancel(line)) cancel_seq_.store(seq);
+      std::lock_guard<std::mutex> lock(mu_);
+      queue_.push_back({seq, std::move(line)});
+      cv_.notify_one();
+    }
+    free(buf);
+    cancel_seq_.store(INT64_MAX);
+    std::lock_guard<std::mutex> lock(mu_);
+    eof_ = true;
+    cv_.notify_one();
+  }
+
+  static bool is_cancel(const std::string& line) {
+    try {
+      const Json j = Json::parse(line, "request");
+      const Json* op = j.find("op");
+      return op && op->is_string() && op->as_string() == "cancel";
+    } catch (const std::exception&) {
+      return false;  // answered as a bad request by the main thread
+    }
+  }
+
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<Request> queue_;
+  bool eof_ = false;
+  std::atomic<int64_t> cancel_seq_{0};
+};
+
+// Typed access to a request's fields; every error names the field, and fields nobody asked for are an error (a typo
+// such as "temprature" would otherwise sample greedily without a word).
+class Fields {
+ public:
+  Fields(const Json& request, std::string op) : r_(request), op_(std::move(op)) { used_.insert("op"); used_.insert("id"); }
+
+  const Json* get(const std::string& name) {
+    used_.insert(name);
+    const Json* v = r_.find(name);
+    return v && !v->is_null() ? v : nullptr;
+  }
+  int64_t integer(const std::string& name, int64_t def, int64_t lo, bool required = false) {
+    const Json* v = get(name);
+    if (!v) {
+      if (required) throw RequestError(name + ": required");
+      return def;
+    }
+    if (!v->is_number() || std::floor(v->as_double()) != v->as_double() || v->as_double() < static_cast<double>(lo) ||
+        v->as_double() > 9.2e18)
+      throw RequestError(name + ": expected an integer >= " + std::to_string(lo) + ", got " + v->dump(0));
+    return v->as_int();
+  }
+  double number(const std::string& name, double def) {
+    const Json* v = get(name);
+    if (!v) return def;
+    if (!v->is_number()) throw RequestError(name + ": expected a number, got " + v->dump(0));
+    return v->as_double();
+  }
+  bool boolean(const std::string& name, bool def) {
+    const Json* v = get(name);
+    if (!v) return def;
+    if (v->type() != Json::Type::Bool) throw RequestError(name + ": expected true or false, got " + v->dump(0));
+    return v->as_bool();
+  }
+  std::string string(const std::string& name) {
+    const Json* v = get(name);
+    if (!v) throw RequestError(name + ": required");
+    if (!v->is_string()) throw RequestError(name + ": expected a string, got " + v->dump(0));
+    return v->as_string();
+  }
+  std::vector<int64_t> int_list(const std::string& name, bool required) {
+    const Json* v = get(name);
+    if (!v) {
+      if (required) throw RequestError(name + ": required (a list of token ids)");
+      return {};
+    }
+    if (!v->is_array()) throw RequestError(name + ": expected a list of integers, got " + v->dump(0));
+    std::vector<int64_t> out;
+    for (size_t i = 0; i < v->items().size(); ++i) {
+      const Json& t = v->items()[i];
+      if (!t.is_number() || std::floor(t.as_double()) != t.as_double() || std::fabs(t.as_double()) > 9.2e18)
+        throw RequestError(name + "[" + std::to_string(i) + "]: expected an integer, got " + t.dump(0));
+      out.push_back(t.as_int());
+    }
+    return out;
+  }
+  // Call after reading every field the op takes.
+  void finish() const {
+    for (const auto& kv : r_.members())
+      if (!used_.count(kv.first)) {
+        std::string known;
+        for (const auto& u : used_) known += (known.empty() ? "" : ", ") + u;
+        throw RequestError(kv.first + ": unknown field for op '" + op_ + "' (it takes " + known + ")");
+      }
+  }
+
+ private:
+  const Json& r_;
+  std::string op_;
+  std::set<std::string> used_;
+};
+
+// The session's tokens, as runtime/session.py keeps them: `tokens` the model state has consumed (position =
+// tokens.size()), and `pending` the last sampled token, which the next turn's prefill consumes first. That is what
+// makes a chat that keeps its state token-for-token identical to one long prompt.
+struct Conversation {
+  std::vector<int64_t> tokens, pending;
+  int64_t position() const { return static_cast<int64_t>(tokens.size()); }
+  void reset() {
+    tokens.clear();
+    pending.clear();
+  }
+};
+
+std::string json_list(const std::vector<int64_t>& ids) {  // as Python's json.dumps writes a list of ints
+  std::string s = "[";
+  for (size_t i = 0; i < ids.size(); ++i) s += (i ? ", " : "") + std::to_string(ids[i]);
+  return s + "]";
+}
+
+class Server {
+ public:
+  Server(const Options& o, const Bundle& b, Model& model, const LoadInfo& load, RequestQueue& queue)
+      : o_(o), b_(b), model_(model), load_(load), queue_(queue) {}
+
+  Json ready_fields() const {
+    const Json& m = b_.manifest;
+    const Json& recipe = m.at("recipe");
+    Json j = Json::object();
+    j.set("protocol", kServeProtocol);
+    j.set("bundle", b_.dir);
+    j.set("model", m.at("model").at("id").as_string());
+    j.set("recipe", recipe.find("preset") && recipe.at("preset").is_string() ? recipe.at("preset").as_string()
+                                                                              : recipe.at("name").as_string());
+    j.set("vocab_size", b_.vocab);
+    j.set("max_seq_len", b_.max_seq_len);
+    j.set("max_prefill_tokens", b_.max_prefill);
+    Json stops = Json::array();
+    for (auto s : b_.stop_ids_in_order) stops.push(s);
+    j.set("stop_ids", std::move(stops));
+    j.set("threads", load_.threads);
+    j.set("bundle_hash", b_.hash);
+    j.set("snapshots", model_.has_state_methods());
+    j.set("runner_version", QWEN_BENCH_VERSION);
+    return j;
+  }
+
+  // Returns the exit code once the client quits or closes stdin.
+  int serve() {
+    Json ready = Json::object();
+    ready.set("event", "ready");
+    const Json fields = ready_fields();  // a named copy: a range-for over a temporary's members would dangle
+    for (const auto& kv : fields.members()) ready.set(kv.first, kv.second);
+    emit(ready);
+    RequestQueue::Request r;
+    while (queue_.pop(r)) {
+      if (!handle(r)) return 0;
+    }
+    return 0;  // end of input = quit
+  }
+
+ private:
+  static void emit(const Json& j) {
+    const std::string line = j.dump(0) + "\n";
+    std::fputs(line.c_str(), stdout);
+    std::fflush(stdout);
+  }
+
+  Json reply(const char* event) const {
+    Json j = Json::object();
+    j.set("event", event);
+    if (!id_.is_null()) j.set("id", id_);
+    return j;
+  }
+
+  void error(const std::string& message, const std::string& op) const {
+    Json j = reply("error");
+    if (!op.empty()) j.set("op", op);
+    j.set("message", message);
+    emit(j);
+  }
+
+  // False when the server should exit.
+  bool handle(const RequestQueue::Request& r) {
+    id_ = Json();
+    std::string op;
+    try {
+      Json req;
+      try {
+        req = Json::parse(r.line, "request");
+      } catch (const std::runtime_error& e) {
+        throw RequestError(e.what());
+      }
+      if (!req.is_object()) throw RequestError("request: expected a JSON object, got " + req.dump(0));
+      if (const Json* id = req.find("id")) {
+        if (id->is_array() || id->is_object()) throw RequestError("id: must be a string, number, boolean or null");
+        id_ = *id;
+      }
+      const Json* opv = req.find("op");
+      if (!opv) throw RequestError("op: required (generate, cancel, bench, reset, save, load, info or quit)");
+      if (!opv->is_string()) throw RequestError("op: expected a string, got " + opv->dump(0));
+      op = opv->as_string();
+      Fields f(req, op);
+      if (op == "generate") generate(f, r.seq);
+      else if (op == "cancel") simple_ok(f, "cancel");
+      else if (op == "bench") bench(f);
+      else if (op == "reset") {
+        f.finish();
+        conv_.reset();
+        Json j = reply("ok");
+        j.set("op", "reset");
+        j.set("position", 0);
+        emit(j);
+      } else if (op == "save") save(f);
+      else if (op == "load") load(f);
+      else if (op == "info") {
+        f.finish();
+        Json j = reply("info");
+        j.set("position", conv_.position());
+        j.set("history_tokens", static_cast<int64_t>(conv_.tokens.size() + conv_.pending.size()));
+        j.set("pending_tokens", static_cast<int64_t>(conv_.pending.size()));
+        const Json fields = ready_fields();
+        for (const auto& kv : fields.members()) j.set(kv.first, kv.second);
+        emit(j);
+      } else if (op == "quit") {
+        f.finish();
+        emit(reply("bye"));
+        return false;
+      } else {
+        throw RequestError("op: unknown '" + op + "' (expected generate, cancel, bench, reset, save, load, info or "
+                           "quit)");
+      }
+    } catch (const RequestError& e) {
+      error(e.what(), op);
+    } catch (const Failure& e) {
+      error(e.what(), op);  // e.g. a snapshot from another bundle: the request failed, the model is fine
+    }
+    return true;
+  }
+
+  void simple_ok(Fields& f, const char* op) {
+    f.finish();
+    Json j = reply("ok");
+    j.set("op", op);
+    emit(j);
+  }
+
+  void generate(Fields& f, int64_t seq) {
+    const std::vector<int64_t> prompt = f.int_list("prompt_ids", true);
+    const int64_t max_new = f.integer("max_new_tokens", 64, 0);
+    SamplingConfig cfg;
+    cfg.temperature = f.number("temperature", 0.0);
+    cfg.top_k = f.integer("top_k", 0, 0);
+    cfg.top_p = f.number("top_p", 1.0);
+    cfg.repetition_penalty = f.number("repetition_penalty", 1.0);
+    cfg.seed = static_cast<uint64_t>(f.integer("seed", 0, 0));
+    const bool stop_at_stop_ids = f.boolean("stop_at_stop_ids", true);
+    const bool cont = f.boolean("continue", false);
+    f.finish();
+    if (const std::string why = cfg.invalid_field(); !why.empty()) throw RequestError(why);
+
+    std::vector<int64_t> feed = cont ? conv_.pending : std::vector<int64_t>{};
+    feed.insert(feed.end(), prompt.begin(), prompt.end());
+    const int64_t start = cont ? conv_.position() : 0;
+    if (feed.empty()) throw RequestError("prompt_ids: empty, and no token is pending from an earlier reply");
+    for (auto t : prompt)
+      if (t < 0 || t >= b_.vocab)
+        throw RequestError("prompt_ids: token " + std::to_string(t) + " is outside the vocabulary 0.." +
+                           std::to_string(b_.vocab - 1));
+    const int64_t n = static_cast<int64_t>(feed.size());
+    if (start + n > b_.max_seq_len)
+      throw RequestError("prompt_ids: " + std::to_string(n) + " tokens do not fit: position " + std::to_string(start) +
+                         " + " + std::to_string(n) + " > the bundle's context of " + std::to_string(b_.max_seq_len) +
+                         " tokens (" + std::to_string(b_.max_seq_len - start) +
+                         " left); reset, or send a shorter prompt");
+
+    std::vector<int64_t> ids;
+    std::string stop_reason = "max_new_tokens";
+    double prefill_s = 0, decode_s = 0, ttft_s = 0;
+    int64_t steps = 0;
+    if (queue_.cancelled(seq)) {
+      stop_reason = "cancelled";  // cancelled while queued: the state is left as it was
+    } else {
+      if (!cont) conv_.reset();
+      const auto t0 = clock_type::now();
+      model_.prefill(feed.data(), feed.size(), start, b_.max_prefill, logits_);
+      conv_.tokens.insert(conv_.tokens.end(), feed.begin(), feed.end());
+      conv_.pending.clear();
+      prefill_s = now_s(t0);
+      ttft_s = prefill_s;
+      Sampler sampler(cfg);
+      auto t_prev = t0;
+      for (int64_t i = 0; i < max_new; ++i) {
+        const int64_t tok = sampler(logits_.data(), b_.vocab, conv_.tokens);
+        const auto t_tok = clock_type::now();
+        const double ms = std::chrono::duration<double, std::milli>(t_tok - t_prev).count();
+        t_prev = t_tok;
+        if (i == 0) ttft_s = now_s(t0);
+        ids.push_back(tok);
+        Json line = reply("token");
+        line.set("token", tok);
+        line.set("index", i);
+        line.set("ms", ms);
+        emit(line);
+        if (stop_at_stop_ids && b_.stop_ids.count(tok)) { stop_reason = "stop_id"; break; }
+        if (i == max_new - 1) break;
+        if (conv_.position() >= b_.max_seq_len) { stop_reason = "context_full"; break; }
+        if (queue_.cancelled(seq)) { stop_reason = "cancelled"; break; }
+        const auto t1 = clock_type::now();
+        model_.decode(tok, conv_.position(), logits_);
+        conv_.tokens.push_back(tok);
+        decode_s += now_s(t1);
+        ++steps;
+      }
+      if (!ids.empty()) conv_.pending = {ids.back()};
+    }
+    Json done = reply("done");
+    Json toks = Json::array();
+    for (auto t : ids) toks.push(t);
+    done.set("tokens", std::move(toks));
+    done.set("stop_reason", stop_reason);
+    done.set("prompt_tokens", static_cast<int64_t>(prompt.size()));
+    done.set("position", conv_.position());
+    done.set("ttft_ms", ttft_s * 1e3);
+    done.set("prefill_tok_s", prefill_s > 0 ? Json(static_cast<double>(n) / prefill_s) : Json());
+    done.set("decode_tok_s", steps > 0 ? Json(static_cast<double>(steps) / decode_s) : Json());
+    done.set("prefill_ms", prefill_s * 1e3);
+    done.set("decode_ms", decode_s * 1e3);
+    emit(done);
+  }
+
+  void bench(Fields& f) {
+    const auto t_start = clock_type::now();
+    const std::vector<int64_t> ids = f.int_list("prompt_ids", false);
+    std::vector<int64_t> lens = f.int_list("prompt_lens", false);
+    BenchSettings s;
+    s.gen = f.integer("gen", 64, 0);
+    s.runs = static_cast<int>(f.integer("runs", 5, 1));
+    s.warmup = static_cast<int>(f.integer("warmup", 1, 0));
+    const uint64_t seed = static_cast<uint64_t>(f.integer("seed", 0, 0));
+    s.stop_at_stop_ids = f.boolean("stop_at_stop_ids", false);
+    s.chunk = b_.max_prefill;
+    f.finish();
+    if (!ids.empty() && !lens.empty()) throw RequestError("prompt_ids, prompt_lens: give one of them, not both");
+    for (auto n : lens)
+      if (n < 1) throw RequestError("prompt_lens: lengths must be >= 1, got " + std::to_string(n));
+    const PromptSet ps = make_prompts(b_, ids, lens, seed, "token ids from the request's prompt_ids");
+    try {
+      check_prompts(b_, ps, s.gen, "prompt_ids", "gen");
+    } catch (const Failure& e) {
+      throw RequestError(e.what());
+    }
+    // Every run starts at position 0, which resets the state: the conversation is gone afterwards.
+    conv_.reset();
+    BenchOutcome outcome = run_benchmark(model_, b_, ps, s, nullptr);
+    outcome.notes.push("energy not sampled: serve mode leaves battery sampling to the app");
+    Json j = reply("bench");
+    j.set("result", bench_report(b_, ps, s, load_, outcome, Json(), o_.emulated, t_start));
+    emit(j);
+  }
+
+  static std::string absolute_path(Fields& f) {
+    const std::string path = f.string("path");
+    if (path.empty() || path[0] != '/') throw RequestError("path: must be an absolute path, got '" + path + "'");
+    return path;
+  }
+
+  void save(Fields& f) {
+    const std::string path = absolute_path(f);
+    f.finish();
+    const std::vector<std::vector<uint8_t>> state = model_.read_state();
+    const int64_t pos = conv_.position();
+    SafetensorsFile file;
+    file.metadata = {{"format", kSnapshotFormat}, {"version", kSnapshotVersion}, {"bundle_hash", b_.hash},
+                     {"position", std::to_string(pos)}, {"tokens", json_list(conv_.tokens)},
+                     {"pending", json_list(conv_.pending)}};
+    for (size_t i = 0; i < b_.buffers.size(); ++i) {
+      const StateBuffer& sb = b_.buffers[i];
+      NamedTensor t;
+      t.name = sb.name;
+      t.dtype = safetensors_dtype_of(sb.dtype);
+      t.shape = sb.shape;
+      if (sb.seq_axis < 0) {
+        t.data = state[i];
+      } else {
+        // Positions past the current one hold nothing the model can attend to (as runtime/session.py trims).
+        // [outer, seq, inner] -> [outer, pos, inner]
+        size_t outer = 1, inner = safetensors_element_size(t.dtype);
+        for (int d = 0; d < sb.seq_axis; ++d) outer *= static_cast<size_t>(sb.shape[d]);
+        for (size_t d = static_cast<size_t>(sb.seq_axis) + 1; d < sb.shape.size(); ++d)
+          inner *= static_cast<size_t>(sb.shape[d]);
+        const size_t seq = static_cast<size_t>(sb.shape[static_cast<size_t>(sb.seq_axis)]);
+        t.shape[static_cast<size_t>(sb.seq_axis)] = pos;
+        t.data.resize(outer * static_cast<size_t>(pos) * inner);
+        for (size_t o = 0; o < outer; ++o)
+          std::memcpy(t.data.data() + o * static_cast<size_t>(pos) * inner, state[i].data() + o * seq * inner,
+                      static_cast<size_t>(pos) * inner);
+      }
+      file.tensors.push_back(std::move(t));
+    }
+    int64_t bytes = 0;
+    try {
+      bytes = write_safetensors(path, file);
+    } catch (const std::runtime_error& e) {
+      throw RequestError(std::string("path: ") + e.what());
+    }
+    Json j = reply("ok");
+    j.set("op", "save");
+    j.set("path", path);
+    j.set("bytes", bytes);
+    j.set("position", pos);
+    emit(j);
+  }
+
+  static std::vector<int64_t> id_list(const std::string& path, const std::string& key, const std::string* text) {
+    if (!text) throw RequestError("path: " + path + ": snapshot header lacks '" + key + "'");
+    std::vector<int64_t> out;
+    try {
+      const Json list = Json::parse(*text, path + " header " + key);
+      for (const auto& v : list.items()) out.push_back(v.as_int());
+    } catch (const std::runtime_error& e) {
+      throw RequestError(std::string("path: ") + path + ": snapshot header '" + key + "' is not a list of ids: " + e.what());
+    }
+    return out;
+  }
+
+  void load(Fields& f) {
+    const std::string path = absolute_path(f);
+    f.finish();
+    if (access(path.c_str(), R_OK) != 0) throw RequestError("path: " + path + ": no such readable file");
+    SafetensorsFile file;
+    try {
+      file = read_safetensors(path);
+    } catch (const std::runtime_error& e) {
+      throw RequestError(std::string("path: ") + e.what());
+    }
+    const std::string* format = file.meta("format");
+    const std::string* version = file.meta("version");
+    if (!format || *format != kSnapshotFormat || !version || *version != kSnapshotVersion)
+      throw RequestError("path: " + path + ": not a qwen-mobile snapshot v" + kSnapshotVersion + " (header format=" +
+                         (format ? *format : "none") + ", version=" + (version ? *version : "none") + ")");
+    const std::string* hash = file.meta("bundle_hash");
+    if (!hash || *hash != b_.hash)
+      throw RequestError("path: " + path + " was saved from bundle " + (hash ? hash->substr(0, 12) : "?") +
+                         "..., not from " + b_.dir + " (" + b_.hash.substr(0, 12) + "...); refusing to load it: a "
+                         "state only means something to the exact weights that wrote it");
+    const std::vector<int64_t> tokens = id_list(path, "tokens", file.meta("tokens"));
+    const std::vector<int64_t> pending = id_list(path, "pending", file.meta("pending"));
+    const std::string* pos_text = file.meta("position");
+    const int64_t pos = pos_text ? std::atoll(pos_text->c_str()) : -1;
+    if (pos != static_cast<int64_t>(tokens.size()) || pos > b_.max_seq_len || pending.size() > 1)
+      throw RequestError("path: " + path + ": snapshot header position " + (pos_text ? *pos_text : "none") +
+                         " does not match its " + std::to_string(tokens.size()) + " tokens (context " +
+                         std::to_string(b_.max_seq_len) + ")");
+    for (const auto& list : {tokens, pending})
+      for (auto t : list)
+        if (t < 0 || t >= b_.vocab)
+          throw RequestError("path: " + path + ": snapshot token " + std::to_string(t) + " is outside the vocabulary");
+    std::vector<std::vector<uint8_t>> full;
+    for (const StateBuffer& sb : b_.buffers) {
+      const NamedTensor* t = file.tensor(sb.name);
+      if (!t) throw RequestError("path: " + path + ": snapshot lacks state buffer '" + sb.name + "'");
+      std::vector<int64_t> want = sb.shape;
+      if (sb.seq_axis >= 0) want[static_cast<size_t>(sb.seq_axis)] = pos;
+      if (t->shape != want || t->dtype != safetensors_dtype_of(sb.dtype))
+        throw RequestError("path: " + path + ": snapshot buffer '" + sb.name + "' is " + t->dtype + " " +
+                           json_list(t->shape) + ", the bundle expects " + safetensors_dtype_of(sb.dtype) + " " +
+                           json_list(want));
+      if (sb.seq_axis < 0) {
+        full.push_back(t->data);
+        continue;
+      }
+      // [outer, pos, inner] -> [outer, seq, inner], zeros past the position.
+      size_t outer = 1, inner = safetensors_element_size(t->dtype);
+      for (int d = 0; d < sb.seq_axis; ++d) outer *= static_cast<size_t>(sb.shape[d]);
+      for (size_t d = static_cast<size_t>(sb.seq_axis) + 1; d < sb.shape.size(); ++d)
+        inner *= static_cast<size_t>(sb.shape[d]);
+      const size_t seq = static_cast<size_t>(sb.shape[static_cast<size_t>(sb.seq_axis)]);
+      std::vector<uint8_t> padded(sb.bytes, 0);
+      for (size_t o = 0; o < outer; ++o)
+        std::memcpy(padded.data() + o * seq * inner, t->data.data() + o * static_cast<size_t>(pos) * inner,
+                    static_cast<size_t>(pos) * inner);
+      full.push_back(std::move(padded));
+    }
+    model_.write_state(full);
+    conv_.tokens = tokens;
+    conv_.pending = pending;
+    Json j = reply("ok");
+    j.set("op", "load");
+    j.set("path", path);
+    j.set("position", pos);
+    emit(j);
+  }
+
+  const Options& o_;
+  const Bundle& b_;
+  Model& model_;
+  const LoadInfo& load_;
+  RequestQueue& queue_;
+  Conversation conv_;
+  std::vector<float> logits_;
+  Json id_;  // the current request's id, echoed on every line answering it
+};
+
+int run_serve(const Options& o) {
+  // Nothing but protocol lines on stdout; a bundle that cannot be loaded is reported as one.
+  std::unique_ptr<Bundle> b;
+  std::unique_ptr<Model> model;
+  LoadInfo load;
+  try {
+    b = std::make_unique<Bundle>(open_bundle(o.bundle, o.verify));
+    load.threads = init_runtime(b->manifest, o.threads);
+    const auto t_load = clock_type::now();
+    model = std::make_unique<Model>(*b, true, nullptr);
+    load.ms = now_s(t_load) * 1e3;
+    load.rss_bytes = rss_bytes();
+    load.arena_bytes = model->arena_bytes();
+  } catch (const std::exception& e) {
+    Json j = Json::object();
+    j.set("event", "error");
+    j.set("message", e.what());
+    std::fputs((j.dump(0) + "\n").c_str(), stdout);
+    std::fflush(stdout);
+    throw;
+  }
+  RequestQueue queue;
+  queue.start();
+  Server server(o, *b, *model, load, queue);
+  const int rc = server.serve();
+  // The reader thread may be blocked in read(): leave without running destructors under it.
+  std::fflush(stdout);
+  std::fflush(stderr);
+  _exit(rc);
+}
+
 }  // namespace
 }  // namespace qwen_bench
 
 int main(int argc, char** argv) {
   try {
     const qwen_bench::Options o = qwen_bench::parse_args(argc, argv);
-    return o.power_replay.empty() ? qwen_bench::run_bench(o) : qwen_bench::run_replay(o);
+    if (!o.power_replay.empty()) return qwen_bench::run_replay(o);
+    return o.serve ? qwen_bench::run_serve(o) : qwen_bench::run_bench(o);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "qwen-bench: error: %s\n", e.what());
     return 1;
