@@ -38,28 +38,33 @@
       var shared: MLState
       var perFunction: [String: MLState]
       var lastFunction: String?
-      var host: [String: MLMultiArray] = [:]
-      let hostBuffers: [StateBuffer]
 
-      init(file: String, models: [String: MLModel], stateNames: [String], hostBuffers: [StateBuffer]) {
+      init(file: String, models: [String: MLModel], stateNames: [String]) {
         self.file = file
         self.models = models
         self.stateNames = stateNames
-        self.hostBuffers = hostBuffers
         shared = models["decode"]!.makeState()
         perFunction = models.mapValues { $0.makeState() }
       }
     }
 
-    let packages: [String: Package]
+    /// One function call of one package: what MLModel.prediction(from:using:options:) does on a device, a fake in
+    /// the Linux tests of the chaining and host-state logic below.
+    typealias Predict = (_ package: String, _ function: String, _ inputs: MLFeatureProvider) throws -> MLFeatureProvider
+
+    var packages: [String: Package] = [:]
+    var predictCall: Predict = { _, _, _ in throw BundleError("CoreMLEngine: no models loaded") }
+    /// The "io" layout's delta-net state per package (gdn_conv, gdn_rec), carried from one call's outputs to the next
+    /// call's inputs.
+    var host: [String: [String: MLMultiArray]] = [:]
     var copyStates = false
 
     public var runtimeDescription: String { "Core ML (\(computeUnits.rawValue))" }
 
-    init(planner: EnginePlanner, computeUnits: ComputeUnitsChoice, packages: [String: Package]) {
+    init(planner: EnginePlanner, computeUnits: ComputeUnitsChoice, predict: Predict? = nil) {
       self.planner = planner
       self.computeUnits = computeUnits
-      self.packages = packages
+      if let predict { predictCall = predict }
     }
 
     /// Compiles (once per bundle, cached under `cacheDirectory`) and loads every package of the bundle.
@@ -82,10 +87,17 @@
           models[function] = try MLModel(contentsOf: compiled, configuration: config)
         }
         packages[spec.file] = Package(
-          file: spec.file, models: models, stateNames: planner.coreMLStates(package: spec.file).map(\.name),
-          hostBuffers: planner.hostStateBuffers(package: spec.file))
+          file: spec.file, models: models, stateNames: planner.coreMLStates(package: spec.file).map(\.name))
       }
-      return CoreMLEngine(planner: planner, computeUnits: computeUnits, packages: packages)
+      let engine = CoreMLEngine(planner: planner, computeUnits: computeUnits)
+      engine.packages = packages
+      engine.predictCall = { [unowned engine] file, function, inputs in
+        guard let package = engine.packages[file], let model = package.models[function] else {
+          throw BundleError("package \(file) has no function \(function)")
+        }
+        return try engine.predict(model, inputs, package, function: function)
+      }
+      return engine
     }
 
     /// `.mlpackage` -> `.mlmodelc`; compiling a 1 GB package takes long, so the result is kept per bundle hash.
@@ -104,15 +116,15 @@
       var hidden: MLMultiArray?
       var logits: [Float]?
       for call in step.calls {
-        guard let file = call.package, let package = packages[file], let model = package.models[call.method] else {
-          throw BundleError("plan names package \(call.package ?? "nil") function \(call.method), not loaded")
-        }
-        if step.startPosition == 0 || package.host.isEmpty {
+        guard let file = call.package else { throw BundleError("a Core ML call without a package") }
+        let buffers = planner.hostStateBuffers(package: file)
+        if step.startPosition == 0 || host[file] == nil {
           // The graph zeroes these at position 0 too; fresh zeros keep the host copy honest (as runner.py does).
-          for buffer in package.hostBuffers {
-            package.host[buffer.name] = try MLMultiArray(
-              shape: buffer.shape.map { NSNumber(value: $0) }, dataType: .float32)
+          var zeros: [String: MLMultiArray] = [:]
+          for buffer in buffers {
+            zeros[buffer.name] = try MLMultiArray(shape: buffer.shape.map { NSNumber(value: $0) }, dataType: .float32)
           }
+          host[file] = zeros
         }
         var features: [String: Any] = [:]
         for input in call.inputs {
@@ -123,14 +135,11 @@
             guard let h = hidden else { throw BundleError("package \(file): no hidden_out from the previous package") }
             features[input.name] = h
           case .hostState(let buffer):
-            guard let value = package.host[buffer] else {
-              throw BundleError("package \(file): no host state \(buffer)")
-            }
+            guard let value = host[file]?[buffer] else { throw BundleError("package \(file): no host state \(buffer)") }
             features[input.name] = value
           }
         }
-        let provider = try MLDictionaryFeatureProvider(dictionary: features)
-        let out = try predict(model, provider, package, function: call.method)
+        let out = try predictCall(file, call.method, try MLDictionaryFeatureProvider(dictionary: features))
         for name in call.outputs {
           guard let value = out.featureValue(for: name)?.multiArrayValue else {
             throw BundleError("package \(file) function \(call.method): no output '\(name)'")
@@ -138,8 +147,8 @@
           switch name {
           case "logits": logits = try CoreMLEngine.floats(value, last: planner.manifest.vocabSize)
           case "hidden_out": hidden = value
-          case "conv_out": package.host["gdn_conv"] = value
-          case "rec_out": package.host["gdn_rec"] = value
+          case "conv_out": host[file]?["gdn_conv"] = value
+          case "rec_out": host[file]?["gdn_rec"] = value
           default: break
           }
         }

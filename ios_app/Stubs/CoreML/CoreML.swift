@@ -21,7 +21,6 @@
   /// MLMultiArrayDataType — .../coreml/mlmultiarraydatatype
   public enum MLMultiArrayDataType: Int {
     case double = 65600
-    case float64 = 65601
     case float32 = 65568
     case float16 = 65552
     case int32 = 131104
@@ -56,7 +55,7 @@
       self.strides = strides.map { NSNumber(value: $0) }
       let width: Int
       switch dataType {
-      case .double, .float64: width = 8
+      case .double: width = 8
       case .float32, .int32: width = 4
       case .float16: width = 2
       }

@@ -20,16 +20,13 @@
     open var batteryLevel: Float { -1 }
     /// uikit/uidevice/batterystate-swift.property
     open var batteryState: BatteryState { .unknown }
-    /// uikit/uidevice/model
-    open var model: String { "Linux stub" }
     /// uikit/uidevice/systemname
     open var systemName: String { "Linux" }
     /// uikit/uidevice/systemversion
     open var systemVersion: String { "0" }
-    /// uikit/uidevice/isidletimerdisabled lives on UIApplication; not needed here
   }
 
-  /// uikit/uiapplication
+  /// uikit/uiapplication (the Benchmark screen keeps the screen on; declared so that call type-checks too)
   open class UIApplication {
     public static let shared = UIApplication()
     /// uikit/uiapplication/isidletimerdisabled: keeps the screen on through a benchmark

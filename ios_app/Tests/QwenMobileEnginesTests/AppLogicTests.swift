@@ -5,7 +5,7 @@ import XCTest
 
 @testable import QwenMobileEngines
 
-let repoRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+let repoRoot: URL = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
   .deletingLastPathComponent().deletingLastPathComponent()
 
 func nanoManifest() throws -> Manifest {
