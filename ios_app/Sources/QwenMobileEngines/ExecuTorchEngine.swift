@@ -12,49 +12,62 @@
   /// the output would look plausible and be wrong. So loading runs a probe: the logits of [a, b] then `decode_token`
   /// (c) must match `forward` over [a, b, c]; if not, loading fails with a message saying what to link instead.
   public final class ExecuTorchEngine: InferenceEngine {
+    /// One method call: what Module.execute does on a device, a fake in the Linux tests of the probe.
+    typealias Run = (_ method: String, _ inputs: [PlannedInput]) throws -> [Float]
+
     public let planner: EnginePlanner
-    let module: Module
+    let run: Run
     public var runtimeDescription: String { "ExecuTorch (\(planner.manifest.backend))" }
 
-    public init(bundle: BundleFolder, probeSharedState: Bool = true) throws {
+    public convenience init(bundle: BundleFolder, probeSharedState: Bool = true) throws {
       let manifest = bundle.manifest
       guard !manifest.isCoreMLPackage else {
         throw BundleError("\(bundle.url.path): a Core ML package bundle; open it with the Core ML engine")
       }
-      planner = try EnginePlanner(manifest: manifest)
-      module = Module(filePath: bundle.file(manifest.programFile).path, loadMode: .mmap)
+      let module = Module(filePath: bundle.file(manifest.programFile).path, loadMode: .mmap)
       let names = try module.methodNames()
       for method in ["forward", "decode_token"] where !names.contains(method) {
         throw BundleError("\(manifest.programFile): no method '\(method)' (methods: \(names.sorted()))")
       }
       try module.load("forward")
       try module.load("decode_token")
+      let vocab = manifest.vocabSize
+      try self.init(planner: try EnginePlanner(manifest: manifest), probeSharedState: probeSharedState) {
+        method, inputs in
+        try ExecuTorchEngine.execute(module, method: method, inputs: inputs, vocab: vocab)
+      }
+    }
+
+    init(planner: EnginePlanner, probeSharedState: Bool, run: @escaping Run) throws {
+      self.planner = planner
+      self.run = run
       if probeSharedState { try checkSharedState() }
     }
 
     public func execute(_ step: PlannedStep) throws -> [Float] {
       var logits: [Float] = []
-      for call in step.calls {
-        let inputs: [ValueConvertible] = try call.inputs.map { input in
-          guard let values = input.values else { throw BundleError("a .pte input without values: \(input.name)") }
-          switch input.dtype {
-          case "int64": return Tensor<Int64>(values.map { Int64($0) }, shape: input.shape)
-          case "int32": return Tensor<Int32>(values.map { Int32($0) }, shape: input.shape)
-          default: throw BundleError("input \(input.name): dtype \(input.dtype) is not an id type")
-          }
-        }
-        let outputs = try module.execute(call.method, inputs)
-        guard let first = outputs.first, let tensor: Tensor<Float> = first.tensor() else {
-          throw BundleError("method \(call.method): output 0 is not a float32 tensor")
-        }
-        let all = tensor.scalars()
-        let vocab = planner.manifest.vocabSize
-        guard all.count >= vocab, all.count % vocab == 0 else {
-          throw BundleError("method \(call.method): \(all.count) logits, not a multiple of vocab \(vocab)")
-        }
-        logits = Array(all.suffix(vocab))  // [1, T, vocab] -> the last position
-      }
+      for call in step.calls { logits = try run(call.method, call.inputs) }
       return logits
+    }
+
+    static func execute(_ module: Module, method: String, inputs: [PlannedInput], vocab: Int) throws -> [Float] {
+      let values: [ValueConvertible] = try inputs.map { input in
+        guard let ids = input.values else { throw BundleError("a .pte input without values: \(input.name)") }
+        switch input.dtype {
+        case "int64": return Tensor<Int64>(ids.map { Int64($0) }, shape: input.shape)
+        case "int32": return Tensor<Int32>(ids.map { Int32($0) }, shape: input.shape)
+        default: throw BundleError("input \(input.name): dtype \(input.dtype) is not an id type")
+        }
+      }
+      let outputs = try module.execute(method, values)
+      guard let first = outputs.first, let tensor: Tensor<Float> = first.tensor() else {
+        throw BundleError("method \(method): output 0 is not a float32 tensor")
+      }
+      let all = tensor.scalars()
+      guard all.count >= vocab, all.count % vocab == 0 else {
+        throw BundleError("method \(method): \(all.count) logits, not a multiple of vocab \(vocab)")
+      }
+      return Array(all.suffix(vocab))  // [1, T, vocab] -> the last position
     }
 
     func checkSharedState() throws {
