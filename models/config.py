@@ -1,16 +1,17 @@
-"""Qwen3.5 text-decoder configuration.
+"""Qwen3.5 text-decoder and vision-tower configuration.
 
 `Qwen35Config` keeps the Hugging Face keys it knows and derives the rest (conv_dim, rotary_dim, ...). It reads
 either a flat `Qwen3_5TextConfig` (`model_type: qwen3_5_text`) or the nested `Qwen3_5Config`
 (`model_type: qwen3_5`, text fields under `text_config`). Unknown keys are ignored; missing structural keys are an
 error naming the key. Optional keys default to what transformers 5.23 uses, so that a sparse config means the same
-model here and there.
+model here and there. `Qwen35VisionConfig` reads the nested config's `vision_config` by the same rules.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -196,3 +197,124 @@ class Qwen35Config:
 
 def available_presets() -> list[str]:
     return sorted(p.stem for p in PRESETS_DIR.glob("*.json"))
+
+
+# Vision tower -----------------------------------------------------------------------------------------------------
+# `vision_config` of a `qwen3_5` config.json; old checkpoints wrote model_type 'qwen3_5' there (transformers fixes it
+# up the same way).
+VISION_MODEL_TYPES = ("qwen3_5_vision", "qwen3_5")
+
+# Structural keys with no safe default (transformers' defaults are the 9B tower, which a smaller checkpoint is not).
+VISION_REQUIRED_KEYS = ("depth", "hidden_size", "intermediate_size", "num_heads", "out_hidden_size")
+
+# Token ids live at the top level of the composite config; they tell the prompt where image embeddings go.
+VISION_TOKEN_KEYS = ("image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id")
+
+
+@dataclass
+class Qwen35VisionConfig:
+    """The ViT beside the text decoder (`Qwen3_5VisionConfig`) plus the composite config's vision token ids.
+
+    Like `Qwen35Config`: unknown keys are ignored, missing structural keys are an error naming the key, optional keys
+    default to transformers 5.23's values.
+    """
+
+    depth: int
+    hidden_size: int
+    intermediate_size: int
+    num_heads: int
+    out_hidden_size: int
+    # Defaults below are transformers' Qwen3_5VisionConfig / Qwen3_5Config defaults.
+    in_channels: int = 3
+    patch_size: int = 16
+    temporal_patch_size: int = 2
+    spatial_merge_size: int = 2
+    num_position_embeddings: int = 2304
+    hidden_act: str = "gelu_pytorch_tanh"
+    rope_theta: float = 10000.0
+    image_token_id: int = 248056
+    video_token_id: int = 248057
+    vision_start_token_id: int = 248053
+    vision_end_token_id: int = 248054
+    model_type: str = "qwen3_5_vision"
+
+    def __post_init__(self) -> None:
+        def fail(key: str, why: str) -> None:
+            raise ConfigError(f"vision_config field '{key}': {why}")
+
+        for key in ("patch_size", "temporal_patch_size"):
+            if not isinstance(getattr(self, key), int):
+                fail(key, f"{getattr(self, key)!r} is not an int (non-square patches are not supported)")
+        if self.hidden_size % self.num_heads:
+            fail("num_heads", f"hidden_size={self.hidden_size} is not a multiple of num_heads={self.num_heads}")
+        if self.head_dim % 4:
+            # The 2-D rotary embedding gives half of each head to rows and half to columns, each rotated in halves.
+            fail("num_heads", f"head_dim={self.head_dim} (hidden_size / num_heads) is not a multiple of 4")
+        side = math.isqrt(self.num_position_embeddings)
+        if side * side != self.num_position_embeddings:
+            fail("num_position_embeddings", f"{self.num_position_embeddings} is not a square (the learned positions "
+                 "form a square grid)")
+        if self.hidden_act != "gelu_pytorch_tanh":
+            fail("hidden_act", f"'{self.hidden_act}' is not supported (Qwen3.5's tower uses 'gelu_pytorch_tanh')")
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_heads
+
+    @property
+    def patch_dim(self) -> int:
+        """Values per flattened patch: channels x temporal x patch x patch (1536 for 3 x 2 x 16 x 16)."""
+        return self.in_channels * self.temporal_patch_size * self.patch_size ** 2
+
+    @property
+    def num_grid_per_side(self) -> int:
+        """Side of the square grid of learned positions (48 for 2304)."""
+        return math.isqrt(self.num_position_embeddings)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any], source: str = "config") -> "Qwen35VisionConfig":
+        """From a composite `qwen3_5` config (the `vision_config` object plus the top-level token ids)."""
+        if raw.get("model_type") not in NESTED_MODEL_TYPES:
+            raise ConfigError(f"{source}: field 'model_type' is {raw.get('model_type')!r}; a vision tower needs a "
+                              f"composite config, one of {list(NESTED_MODEL_TYPES)}")
+        vision = raw.get("vision_config")
+        if not isinstance(vision, dict):
+            raise ConfigError(f"{source}: field 'vision_config' is missing or not an object")
+        if vision.get("model_type", "qwen3_5_vision") not in VISION_MODEL_TYPES:
+            raise ConfigError(f"{source}: field 'vision_config.model_type' is {vision.get('model_type')!r}; expected "
+                              f"one of {list(VISION_MODEL_TYPES)}")
+        missing = [k for k in VISION_REQUIRED_KEYS if vision.get(k) is None]
+        if missing:
+            raise ConfigError(f"{source}: required field 'vision_config.{missing[0]}' is missing"
+                              + (f" (also missing: {missing[1:]})" if missing[1:] else ""))
+        rope = dict(vision.get("rope_parameters") or {})
+        rope_type = rope.get("rope_type", "axial")
+        if rope_type != "axial":
+            raise ConfigError(f"{source}: field 'vision_config.rope_parameters.rope_type' is {rope_type!r}; only "
+                              "'axial' is supported")
+        known = {f.name for f in dataclasses.fields(cls)}
+        kwargs = {k: v for k, v in vision.items() if k in known and v is not None}
+        if rope.get("rope_theta") is not None:
+            kwargs["rope_theta"] = rope["rope_theta"]
+        kwargs.update({k: raw[k] for k in VISION_TOKEN_KEYS if raw.get(k) is not None})
+        kwargs["model_type"] = "qwen3_5_vision"
+        try:
+            return cls(**kwargs)
+        except ConfigError as err:
+            raise ConfigError(f"{source}: {err}") from None
+
+    @classmethod
+    def from_json(cls, path: str | Path) -> "Qwen35VisionConfig | None":
+        """The tower of a checkpoint folder (or its config.json), or None when it has none (a text-only save)."""
+        path = Path(path)
+        if path.is_dir():
+            path = path / "config.json"
+        if not path.is_file():
+            raise FileNotFoundError(f"no config.json at {path}")
+        try:
+            raw = json.loads(path.read_text())
+        except json.JSONDecodeError as err:
+            raise ConfigError(f"{path}: not valid JSON ({err})") from None
+        if raw.get("model_type") not in NESTED_MODEL_TYPES or raw.get("vision_config") is None:
+            return None
+        return cls.from_dict(raw, source=str(path))

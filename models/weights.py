@@ -3,6 +3,9 @@
 Reads `config.json` and `model.safetensors` or shards listed in `model.safetensors.index.json`. Tensors are read one
 at a time from memory-mapped safetensors and assigned straight into a model built on the meta device, so peak memory
 is the final model plus one tensor. Pickle checkpoints (`*.bin`, `*.pt`) are never loaded.
+
+The vision tower (`model.visual.*`) is a model of its own: `load_pretrained` skips its keys and
+`load_vision_pretrained` reads them, and nothing else, by the same rules.
 """
 
 from __future__ import annotations
@@ -14,14 +17,14 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError, safe_open
 
-from .config import Qwen35Config
+from .config import Qwen35Config, Qwen35VisionConfig
 
 # Real Qwen3.5 releases are Qwen3_5ForConditionalGeneration: text keys sit under `model.language_model.`.
 TEXT_PREFIXES = ("model.language_model.", "model.")
 
 # Keys we skip on purpose, with the reason. Anything else that does not map is an error.
 IGNORED = (
-    (re.compile(r"^model\.visual\."), "vision tower: text-only export"),
+    (re.compile(r"^model\.visual\."), "vision tower: loaded on its own by load_vision_pretrained"),
     (re.compile(r"^mtp\."), "multi-token-prediction head: only used for self-speculative decoding"),
     (re.compile(r"rotary_emb\.inv_freq$"), "RoPE tables are recomputed from the config"),
 )
@@ -199,3 +202,65 @@ def _hf_name(name: str, files: dict[str, Path]) -> str:
     if any(k.startswith("model.language_model.") for k in files) and name.startswith("model."):
         return "model.language_model." + name[len("model."):]
     return name
+
+
+# Vision tower: `model.visual.<name>` -> `<name>`. The one layout change is the patch embedding, a conv whose kernel
+# equals its stride, stored by us as the equivalent Linear (vision.py).
+VISION_PREFIX = "model.visual."
+PATCH_EMBED_WEIGHT = "patch_embed.proj.weight"
+
+
+def map_vision_key(key: str) -> str | None:
+    """Checkpoint key -> the tower's parameter name, or None for a key outside the tower."""
+    return key[len(VISION_PREFIX):] if key.startswith(VISION_PREFIX) else None
+
+
+def load_vision_pretrained(cls, path, *, dtype=torch.float32):
+    """The vision tower of a local HF folder. Keys outside `model.visual.` are the text loader's business; inside it,
+    a key the tower does not have, a missing tensor or a wrong shape is an error naming the key and the file."""
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"checkpoint folder {path} does not exist")
+    config = Qwen35VisionConfig.from_json(path)
+    if config is None:
+        raise CheckpointError(f"{path / 'config.json'} has no vision_config: this checkpoint has no vision tower "
+                              "(a text-only save)")
+    files = checkpoint_files(path)
+    with torch.device("meta"):
+        model = cls(config)
+    expected = dict(model.named_parameters())
+    conv_shape = (config.hidden_size, config.in_channels, config.temporal_patch_size, config.patch_size,
+                  config.patch_size)
+    loaded: dict[str, torch.Tensor] = {}
+    by_file: dict[Path, list[str]] = {}
+    for key, file in files.items():
+        if map_vision_key(key) is not None:
+            by_file.setdefault(file, []).append(key)
+
+    for file, keys in sorted(by_file.items()):
+        with _open(file):  # checks the header before TensorReader trusts it
+            reader = TensorReader(file)
+            for key in sorted(keys):
+                name = map_vision_key(key)
+                if name not in expected:
+                    raise CheckpointError(f"{file.name}: unexpected tensor '{key}' (maps to '{name}', which the "
+                                          "vision tower does not have); the config and the checkpoint disagree")
+                try:
+                    tensor = reader.read(key)
+                except (SafetensorError, OSError, ValueError) as err:
+                    raise CheckpointError(f"{file}: tensor '{key}' cannot be read (truncated or corrupt?): {err}") \
+                        from None
+                want = conv_shape if name == PATCH_EMBED_WEIGHT else tuple(expected[name].shape)
+                if tuple(tensor.shape) != want:
+                    raise CheckpointError(f"{file.name}: tensor '{key}' has shape {tuple(tensor.shape)}, expected "
+                                          f"{want} from {path / 'config.json'}")
+                if name == PATCH_EMBED_WEIGHT:
+                    tensor = tensor.reshape(config.hidden_size, config.patch_dim)  # [D,C,tp,p,p] -> [D, C*tp*p*p]
+                loaded[name] = tensor.to(dtype)
+
+    missing = sorted(set(expected) - set(loaded))
+    if missing:
+        raise CheckpointError(f"{path}: tensor '{VISION_PREFIX}{missing[0]}' is missing from the checkpoint"
+                              + (f" ({len(missing) - 1} more missing)" if len(missing) > 1 else ""))
+    model.load_state_dict(loaded, strict=True, assign=True)
+    return model.eval().requires_grad_(False)
