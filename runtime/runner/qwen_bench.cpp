@@ -1176,7 +1176,7 @@ class RequestQueue {
     return true;
   }
 
-  // A cancel stops every generate that was sent before it (running or still queued); end of input stops all.
+  // A cancel stops every generate that was sent before it (running or still queued).
   bool cancelled(int64_t seq) const { return cancel_seq_.load() > seq; }
 
  private:
@@ -1196,7 +1196,7 @@ class RequestQueue {
       cv_.notify_one();
     }
     free(buf);
-    cancel_seq_.store(INT64_MAX);
+    // End of input is a quit after the requests already read (a script may pipe a batch and close stdin).
     std::lock_guard<std::mutex> lock(mu_);
     eof_ = true;
     cv_.notify_one();

@@ -24,9 +24,9 @@ NO_STOP = dict(stop_at_stop_ids=False)
 
 @pytest.fixture(scope="module")
 def fp32(request) -> Path:
-    """conftest's fp32 bundle; QWEN_SERVE_TEST_BUNDLE names an already exported copy of it (same checkpoint and
+    """conftest's fp32 bundle; QWEN_NATIVE_TEST_FP32_BUNDLE names an already exported copy of it (same checkpoint and
     bounds) to skip the export while iterating on the runner."""
-    given = os.environ.get("QWEN_SERVE_TEST_BUNDLE")
+    given = os.environ.get("QWEN_NATIVE_TEST_FP32_BUNDLE")
     return Path(given) if given else request.getfixturevalue("fp32_bundle")
 
 
