@@ -46,19 +46,19 @@ case $NATIVE in
     fi
     echo "== native payload: $PKG"
     bash "$PKG" "$B/native"
-    cp -a "$B/native/". "$LIBS/";;
+    NATIVE_DIR=$B/native;;
   dir)
-    [ -d "$NATIVE_DIR" ] || { echo "build_apk.sh: --native-dir $NATIVE_DIR is not a folder" >&2; exit 1; }
-    cp -a "$NATIVE_DIR/". "$LIBS/";;
+    [ -d "$NATIVE_DIR" ] || { echo "build_apk.sh: --native-dir $NATIVE_DIR is not a folder" >&2; exit 1; };;
   none)
     echo "== WARNING: --no-native: the APK has no lib/arm64-v8a runner; it lists bundles but cannot run them" >&2;;
 esac
 if [ "$NATIVE" != none ]; then
+  # Only lib*.so files go to lib/arm64-v8a (nothing else is extracted); launch.json, the command line the payload
+  # expects, travels as an asset and check.sh compares it with the app's RunnerCommand.
+  cp -a "$NATIVE_DIR"/lib*.so "$LIBS/"
+  [ -f "$NATIVE_DIR/launch.json" ] && cp "$NATIVE_DIR/launch.json" "$B/assets/"
   for f in libld-linux-aarch64.so libqwen_bench.so; do
     [ -f "$LIBS/$f" ] || { echo "build_apk.sh: the native payload lacks $f (the app starts the runner through it)" >&2; exit 1; }
-  done
-  for f in "$LIBS"/*; do
-    case $(basename "$f") in lib*.so) ;; *) echo "build_apk.sh: $f is not named lib*.so: the installer would not extract it" >&2; exit 1;; esac
   done
 fi
 

@@ -68,15 +68,26 @@ PASSED=$((RUN - FAILED))
 SUMMARY+=("junit: $(echo $TESTS | wc -w) classes, $RUN tests")
 
 # ---- native payload checks -------------------------------------------------------------------------------------------
-NATIVE_CHECK=$(ls "$REPO"/runtime/scripts/check_android*.sh 2>/dev/null | head -1 || true)
+NATIVE_CHECK=$REPO/runtime/scripts/check_android_native.sh
 if [ "$NATIVE" = yes ]; then
   mkdir -p "$W/unzipped"
-  (cd "$W/unzipped" && unzip -q "$APK" 'lib/*')
-  if [ -n "$NATIVE_CHECK" ]; then
-    bash "$NATIVE_CHECK" "$W/unzipped/lib/arm64-v8a"
-    SUMMARY+=("native checks ($NATIVE_CHECK) on the APK's lib/arm64-v8a: ok")
+  (cd "$W/unzipped" && unzip -q "$APK" 'lib/*' 'assets/launch.json')
+  LIBDIR=$W/unzipped/lib/arm64-v8a
+  cp "$W/unzipped/assets/launch.json" "$LIBDIR/"
+  # The app's launch line (RunnerCommand) must be the one the payload was packaged and is checked for.
+  (cd "$W/test-classes" && java org.qwenmobile.core.RunnerCommand "{libdir}" "{bundle}") > "$W/app-launch.json"
+  python3 - "$LIBDIR/launch.json" "$W/app-launch.json" <<'PY' || fail "the app's launch line differs from launch.json"
+import json, sys
+packaged, app = (json.load(open(p)) for p in sys.argv[1:])
+assert packaged["argv"] == app["argv"], (packaged["argv"], app["argv"])
+assert packaged["env"] == app["env"], (packaged["env"], app["env"])
+PY
+  SUMMARY+=("launch line: the app's RunnerCommand equals the APK's launch.json (argv and env)")
+  if [ -f "$NATIVE_CHECK" ]; then
+    bash "$NATIVE_CHECK" "$LIBDIR"
+    SUMMARY+=("native checks (check_android_native.sh) on the APK's unzipped lib/arm64-v8a: ok")
   else
-    SUMMARY+=("native checks: NOT RUN (no runtime/scripts/check_android*.sh in this tree)")
+    SUMMARY+=("native checks: NOT RUN (no runtime/scripts/check_android_native.sh in this tree)")
   fi
 else
   SUMMARY+=("native checks: NOT RUN (the APK has no native runner)")

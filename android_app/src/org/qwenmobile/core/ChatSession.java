@@ -4,8 +4,9 @@ import java.io.IOException;
 
 /**
  * A multi-turn chat over one runner session, as runtime/commands.py's chat does it: each turn prefills only its new
- * text ({@code continue: true}), the previous reply is closed with {@link ChatTemplate#closeAssistant}, and a sampled
- * token the runner has not yet fed (its last one, typically {@code <|im_end|>}) is fed at the start of the next turn.
+ * text ({@code continue: true}) and the previous reply is closed with {@link ChatTemplate#closeAssistant}. The last
+ * sampled token of a reply (typically {@code <|im_end|>}) stays pending in the runner, which feeds it before the next
+ * prompt (runtime/runner/SERVE.md, as runtime/session.py does); this class only keeps count of it.
  */
 public final class ChatSession {
     public interface Listener {
@@ -33,7 +34,7 @@ public final class ChatSession {
     public int maxNewTokens = 256;
 
     private int position;           // tokens the runner's state holds
-    private int[] pending = new int[0];  // sampled but not yet fed
+    private int[] pending = new int[0];  // sampled, not yet fed: the runner feeds it before the next prompt
     private String close = "";      // text that closes the previous assistant turn
 
     public ChatSession(ServeClient client, BpeTokenizer tokenizer, int[] stopIds, boolean thinking) {
@@ -53,15 +54,12 @@ public final class ChatSession {
         return false;
     }
 
-    /** The ids the next turn sends for userText (exposed for tests). */
+    /** The ids the next turn sends for userText (the runner prepends its pending token itself). */
     public int[] nextPromptIds(String userText) {
-        String text = (position == 0 && systemPrompt != null ? template.system(systemPrompt) : "") + close
+        boolean fresh = position == 0 && pending.length == 0;
+        String text = (fresh && systemPrompt != null ? template.system(systemPrompt) : "") + close
                 + template.user(userText);
-        int[] ids = tokenizer.encode(text);
-        int[] out = new int[pending.length + ids.length];
-        System.arraycopy(pending, 0, out, 0, pending.length);
-        System.arraycopy(ids, 0, out, pending.length, ids.length);
-        return out;
+        return tokenizer.encode(text);
     }
 
     public Reply send(String userText, final Listener listener)
@@ -70,7 +68,8 @@ public final class ChatSession {
         final BpeTokenizer.StreamDecoder decoder = tokenizer.new StreamDecoder(true);
         final StringBuilder text = new StringBuilder();
         int start = position;
-        ServeProtocol.Done done = client.generate(prompt, maxNewTokens, sampling, true, start > 0,
+        int pendingBefore = pending.length;
+        ServeProtocol.Done done = client.generate(prompt, maxNewTokens, sampling, true, start > 0 || pendingBefore > 0,
                 new ServeClient.TokenListener() {
                     @Override
                     public void onToken(int token, int index, double ms) {
@@ -84,16 +83,14 @@ public final class ChatSession {
         text.append(tail);
         if (listener != null && !tail.isEmpty()) listener.onText(tail);
         int generated = done.tokens.length;
-        int fedIfAll = start + prompt.length + generated;
-        // The runner reports its position: every generated token fed, or all but the last (sampled, not yet fed).
-        if (done.position == fedIfAll) {
-            pending = new int[0];
-        } else if (done.position == fedIfAll - 1 && generated > 0) {
-            pending = new int[] {done.tokens[generated - 1]};
-        } else {
+        // Consumed: the pending token, the prompt, and every generated token but the last (now pending).
+        int expected = start + pendingBefore + prompt.length + Math.max(0, generated - 1);
+        if (done.position != expected) {
             throw new IOException("runner position " + done.position + " after a turn that started at " + start
-                    + " with " + prompt.length + " prompt and " + generated + " generated tokens");
+                    + " with " + pendingBefore + " pending, " + prompt.length + " prompt and " + generated
+                    + " generated tokens; expected " + expected + " (runtime/runner/SERVE.md bookkeeping)");
         }
+        pending = generated > 0 ? new int[] {done.tokens[generated - 1]} : pending;
         position = done.position;
         boolean endedWithImEnd = generated > 0 && done.tokens[generated - 1] == imEnd;
         close = ChatTemplate.closeAssistant(endedWithImEnd);

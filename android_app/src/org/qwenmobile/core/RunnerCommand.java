@@ -50,4 +50,12 @@ public final class RunnerCommand {
         }
         return null;
     }
+
+    /** `java org.qwenmobile.core.RunnerCommand LIBDIR BUNDLE`: the launch line as JSON, for check.sh to compare. */
+    public static void main(String[] args) {
+        Map<String, Object> m = new LinkedHashMap<String, Object>();
+        m.put("argv", new java.util.ArrayList<Object>(serve(new File(args[0]), new File(args[1]), null)));
+        m.put("env", new LinkedHashMap<String, Object>(environment()));
+        System.out.println(Json.write(m));
+    }
 }

@@ -28,7 +28,7 @@ public final class ServeProtocol {
         public int topK;
         public double topP = 1.0;
         public double repetitionPenalty = 1.0;
-        public long seed;
+        public long seed;  // 0 .. 2^63 - 1 (runtime/runner/SERVE.md)
 
         public static Sampling greedy() {
             return new Sampling();
@@ -38,6 +38,7 @@ public final class ServeProtocol {
             if (!(temperature >= 0)) throw new IllegalArgumentException("temperature " + temperature + ": must be >= 0");
             if (topK < 0) throw new IllegalArgumentException("top_k " + topK + ": must be >= 0");
             if (!(topP > 0 && topP <= 1)) throw new IllegalArgumentException("top_p " + topP + ": must be in (0, 1]");
+            if (seed < 0) throw new IllegalArgumentException("seed " + seed + ": must be in 0..2^63-1");
             if (!(repetitionPenalty > 0)) {
                 throw new IllegalArgumentException("repetition_penalty " + repetitionPenalty + ": must be > 0");
             }
@@ -67,8 +68,7 @@ public final class ServeProtocol {
         m.put("top_k", (long) s.topK);
         m.put("top_p", s.topP);
         m.put("repetition_penalty", s.repetitionPenalty);
-        // uint64 seeds above 2^63 are written as the unsigned decimal the runner parses.
-        m.put("seed", unsigned(s.seed));
+        m.put("seed", s.seed);
         m.put("stop_at_stop_ids", stopAtStopIds);
         m.put("continue", continueSession);
         return write(m);
@@ -80,7 +80,8 @@ public final class ServeProtocol {
         m.put("gen", (long) gen);
         m.put("runs", (long) runs);
         m.put("warmup", (long) warmup);
-        m.put("seed", unsigned(seed));
+        if (seed < 0) throw new IllegalArgumentException("seed " + seed + ": must be in 0..2^63-1");
+        m.put("seed", seed);
         return write(m);
     }
 
@@ -114,12 +115,6 @@ public final class ServeProtocol {
 
     private static String write(Map<String, Object> m) {
         return Json.write(m);
-    }
-
-    /** A uint64 seed held in a long: values above 2^63 - 1 are written as their unsigned decimal. */
-    static Object unsigned(long bits) {
-        if (bits >= 0) return bits;
-        return new java.math.BigInteger(Long.toHexString(bits), 16);
     }
 
     // ---- events -------------------------------------------------------------------------------------------------

@@ -17,23 +17,24 @@ import java.util.Map;
 import org.junit.Test;
 
 /**
- * The client and chat logic against a scripted runner speaking the protocol over pipes: the ids a two-turn chat
- * feeds must be exactly the nano ids of the same conversation rendered by runtime/chat.py (shared vector).
+ * The client and chat logic against a scripted runner speaking the protocol over pipes with SERVE.md's bookkeeping
+ * (the last sampled token pending, fed by the runner before the next prompt): the ids a two-turn chat feeds must be
+ * exactly the nano ids of the same conversation rendered by runtime/chat.py (shared vector).
  */
 public class ChatSessionTest {
-    /** A scripted runner: answers generate with the next canned reply; keeps its position like the spec says. */
+    /** A scripted runner: answers generate with the next canned reply; pending token and position as SERVE.md says. */
     static final class FakeRunner extends Thread {
         final PipedInputStream toApp = new PipedInputStream(1 << 16);
         final PipedOutputStream fromApp = new PipedOutputStream();
         final List<int[]> replies = new ArrayList<int[]>();
         final List<Map<String, Object>> requests = new ArrayList<Map<String, Object>>();
-        final boolean lastTokenPending;
+        final List<Integer> consumed = new ArrayList<Integer>();  // every token fed to the "model", in order
+        Integer pending;
         int position;
         PrintStream out;
         BufferedReader in;
 
-        FakeRunner(boolean lastTokenPending) throws Exception {
-            this.lastTokenPending = lastTokenPending;
+        FakeRunner() throws Exception {
             out = new PrintStream(new PipedOutputStream(toApp), true, "UTF-8");
             in = new BufferedReader(new InputStreamReader(new PipedInputStream(fromApp, 1 << 16), "UTF-8"));
             setDaemon(true);
@@ -53,7 +54,11 @@ public class ChatSessionTest {
                     Object id = r.get("id");
                     String op = (String) r.get("op");
                     if (op.equals("generate")) {
-                        if (!Boolean.TRUE.equals(r.get("continue"))) position = 0;
+                        if (!Boolean.TRUE.equals(r.get("continue"))) {
+                            position = 0;
+                            pending = null;
+                            consumed.clear();
+                        }
                         int[] prompt = Json.intArray(r.get("prompt_ids"), "p");
                         if (prompt.length > 0 && prompt[0] == 999999) {
                             out.println("{\"event\":\"error\",\"id\":" + id + ",\"message\":\"prompt_ids: token 999999"
@@ -65,12 +70,18 @@ public class ChatSessionTest {
                             out.println("{\"event\":\"token\",\"id\":" + id + ",\"token\":" + reply[i] + ",\"index\":" + i
                                     + ",\"ms\":" + (i == 0 ? 40 : 10) + "}");
                         }
-                        position += prompt.length + reply.length - (lastTokenPending ? 1 : 0);
+                        if (pending != null) consumed.add(pending);
+                        for (int x : prompt) consumed.add(x);
+                        for (int k = 0; k + 1 < reply.length; k++) consumed.add(reply[k]);
+                        pending = reply[reply.length - 1];
+                        position = consumed.size();
                         out.println("{\"event\":\"done\",\"id\":" + id + ",\"tokens\":" + Json.write(Json.list(reply))
                                 + ",\"stop_reason\":\"stop_id\",\"prompt_tokens\":" + prompt.length + ",\"position\":"
                                 + position + ",\"ttft_ms\":40,\"prefill_tok_s\":100,\"decode_tok_s\":100}");
                     } else if (op.equals("reset")) {
                         position = 0;
+                        pending = null;
+                        consumed.clear();
                         out.println("{\"event\":\"ok\",\"id\":" + id + ",\"op\":\"reset\",\"position\":0}");
                     } else if (op.equals("save")) {
                         out.println("{\"event\":\"ok\",\"id\":" + id + ",\"op\":\"save\",\"path\":\"p\",\"bytes\":10}");
@@ -102,14 +113,15 @@ public class ChatSessionTest {
         return out;
     }
 
-    private void twoTurns(boolean lastTokenPending) throws Exception {
+    @Test
+    public void twoTurnsFeedThePythonTemplatesIds() throws Exception {
         BpeTokenizer nano = BpeTokenizer.fromFile(TestFiles.file("models/nano/tokenizer.json"));
         // Vector case 3: system, user "Hi", assistant "Hello.", user "Name a colour.", thinking off.
         Map<String, Object> vec = Json.obj(Json.arr(TestFiles.json("tests/apps/vectors/chat_template.json").get("cases"),
                 "cases").get(3), "case");
         int[] want = Json.intArray(vec.get("ids_nano"), "ids_nano");
         int imEnd = nano.tokenToId("<|im_end|>");
-        FakeRunner runner = new FakeRunner(lastTokenPending);
+        FakeRunner runner = new FakeRunner();
         int[] reply1 = concat(nano.encode("Hello."), new int[] {imEnd});
         runner.replies.add(reply1);
         int[] reply2 = concat(nano.encode("Blue."), new int[] {imEnd});
@@ -134,12 +146,15 @@ public class ChatSessionTest {
         int[] p2 = Json.intArray(runner.requests.get(1).get("prompt_ids"), "p");
         assertEquals(Boolean.FALSE, runner.requests.get(0).get("continue"));
         assertEquals(Boolean.TRUE, runner.requests.get(1).get("continue"));
-        // What the model state holds after turn 2's prefill = the whole conversation's ids from the Python template.
-        int[] fed = lastTokenPending
-                ? concat(p1, java.util.Arrays.copyOf(reply1, reply1.length - 1), p2)
-                : concat(p1, reply1, p2);
+        // Turn 2's prompt does not repeat the pending <|im_end|>: the runner feeds it.
+        assertArrayEquals(nano.encode("\n<|im_start|>user\nName a colour.<|im_end|>\n<|im_start|>assistant\n"
+                + "<think>\n\n</think>\n\n"), p2);
+        // What the model consumed through turn 2's prefill = the whole conversation's ids from the Python template.
+        int[] fed = new int[want.length];
+        for (int k = 0; k < want.length; k++) fed[k] = runner.consumed.get(k);
         assertArrayEquals(want, fed);
-        assertEquals(want.length + reply2.length - (lastTokenPending ? 1 : 0), chat.position());
+        assertArrayEquals(concat(p1, reply1, p2), fed);
+        assertEquals(want.length + reply2.length - 1, chat.position());
 
         File snap = File.createTempFile("chat", ".state");
         chat.save(snap.getPath());
@@ -149,18 +164,8 @@ public class ChatSessionTest {
     }
 
     @Test
-    public void twoTurnsFeedThePythonTemplatesIdsWhenTheRunnerFeedsEveryToken() throws Exception {
-        twoTurns(false);
-    }
-
-    @Test
-    public void twoTurnsFeedThePythonTemplatesIdsWhenTheLastTokenIsPending() throws Exception {
-        twoTurns(true);
-    }
-
-    @Test
     public void runnerErrorKeepsTheSessionAndEofIsAnError() throws Exception {
-        FakeRunner runner = new FakeRunner(false);
+        FakeRunner runner = new FakeRunner();
         runner.replies.add(new int[] {5, 8168});
         ServeClient client = new ServeClient(runner.toApp, runner.fromApp);
         runner.start();

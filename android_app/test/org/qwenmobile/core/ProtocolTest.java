@@ -18,10 +18,10 @@ public class ProtocolTest {
         s.topK = 20;
         s.topP = 0.9;
         s.repetitionPenalty = 1.1;
-        s.seed = -1L;  // uint64 max
+        s.seed = Long.MAX_VALUE;  // the protocol's largest seed
         String line = ServeProtocol.generate(7L, new int[] {1, 2, 3}, 16, s, true, false);
         assertEquals("{\"op\":\"generate\",\"id\":7,\"prompt_ids\":[1,2,3],\"max_new_tokens\":16,\"temperature\":0.7,"
-                + "\"top_k\":20,\"top_p\":0.9,\"repetition_penalty\":1.1,\"seed\":18446744073709551615,"
+                + "\"top_k\":20,\"top_p\":0.9,\"repetition_penalty\":1.1,\"seed\":9223372036854775807,"
                 + "\"stop_at_stop_ids\":true,\"continue\":false}", line);
         assertEquals("{\"op\":\"cancel\"}", ServeProtocol.cancel());
         assertEquals("{\"op\":\"save\",\"id\":3,\"path\":\"/data/x \\\"q\\\".bin\"}",
@@ -39,6 +39,14 @@ public class ProtocolTest {
             fail();
         } catch (IllegalArgumentException e) {
             assertEquals("top_p 0.0: must be in (0, 1]", e.getMessage());
+        }
+        s.topP = 1;
+        s.seed = -1;
+        try {
+            ServeProtocol.generate(1L, new int[] {1}, 4, s, true, false);
+            fail();
+        } catch (IllegalArgumentException e) {
+            assertEquals("seed -1: must be in 0..2^63-1", e.getMessage());
         }
         try {
             ServeProtocol.generate(1L, new int[0], 4, ServeProtocol.Sampling.greedy(), true, false);
