@@ -10,7 +10,8 @@ from pathlib import Path
 import torch
 
 from qwen_mobile.models import Qwen35Config, Qwen35ForCausalLM, available_presets, fp32_compute
-from qwen_mobile.runtime.bundle import MANIFEST_SCHEMA_VERSION, package_version
+from qwen_mobile.runtime.bundle import BUNDLE_FORMAT, MANIFEST_SCHEMA_VERSION, check_out, package_version
+from qwen_mobile.runtime.errors import UsageError
 
 MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
 SHIPPED_MODELS = {"nano": MODELS_DIR / "nano"}  # name -> HF folder shipped with the package
@@ -135,7 +136,7 @@ def load_export_preset(name: str) -> dict:
 
     path = PRESETS_DIR / f"{name}.yaml"
     if not path.is_file():
-        raise ValueError(f"--preset {name!r}: unknown; available: {available_export_presets()}")
+        raise UsageError(f"--preset {name!r}: unknown; available: {available_export_presets()}")
     return yaml.safe_load(path.read_text())
 
 
@@ -150,33 +151,59 @@ class ExportSettings:
     max_prefill_chunk: int = 128
     verify: dict = field(default_factory=dict)
     preset: str | None = None
+    origin: dict = field(default_factory=dict)  # field -> where its value came from, for the printed recipe
+
+    SHOWN = ("recipe", "qlinear", "qembedding", "group_size", "tied_table", "max_seq_len", "max_prefill_chunk")
 
     @classmethod
     def resolve(cls, preset: str | None = DEFAULT_PRESET, **overrides) -> "ExportSettings":
-        """Preset values, then every override that is not None (the CLI's explicit flags)."""
+        """Preset values, then every override that is not None (the CLI's explicit flags).
+
+        preset None with a --qlinear that names a reviewed preset (xnnpack-<qlinear>) starts from that preset, so
+        `--qlinear fp32` alone means full precision rather than fp32 linears beside the default's 4-bit embedding.
+        """
         from .quantize import GROUP_SIZES, QEMBEDDING, TIED_TABLE
 
-        base = load_export_preset(preset) if preset else {}
-        base.update({k: v for k, v in overrides.items() if v is not None})
-        settings = cls(**base, preset=preset)
+        explicit = {k: v for k, v in overrides.items() if v is not None}
+        chosen_by = None
+        if preset is None:
+            matching = f"{explicit.get('recipe', 'xnnpack')}-{explicit.get('qlinear')}"
+            preset, chosen_by = ((matching, f"--qlinear {explicit['qlinear']}")
+                                 if matching in available_export_presets() else (DEFAULT_PRESET, "default"))
+        base = load_export_preset(preset)
+        suffix = {None: "", "default": ", the default"}.get(chosen_by, f", chosen by {chosen_by}")
+        preset_origin = f"preset {preset}{suffix}"
+        origin = {k: preset_origin for k in base} | {k: "--" + k.replace("_", "-") for k in explicit}
+        base.update(explicit)
+        settings = cls(**base, preset=preset, origin=origin)
+        if (settings.qlinear == "fp32" and "qlinear" in explicit and "qembedding" not in explicit
+                and settings.qembedding != "none"):
+            raise UsageError(f"--qlinear fp32 with --preset {preset} keeps its {settings.qembedding} embedding: for a "
+                             "full-precision bundle use --preset xnnpack-fp32 (or drop --preset); to keep the "
+                             f"quantized embedding say so with --qembedding {settings.qembedding}")
         if settings.recipe not in RECIPES:
-            raise ValueError(f"--recipe {settings.recipe!r}: unknown; valid recipes: {sorted(RECIPES)}")
+            raise UsageError(f"--recipe {settings.recipe!r}: unknown; valid recipes: {sorted(RECIPES)}")
         for flag, value, valid in (("--qlinear", settings.qlinear, RECIPE_QLINEAR[settings.recipe]),
                                    ("--qembedding", settings.qembedding, QEMBEDDING),
                                    ("--group-size", settings.group_size, GROUP_SIZES),
                                    ("--tied-table", settings.tied_table, TIED_TABLE)):
             if value not in valid:
-                raise ValueError(f"{flag} {value!r}: not valid for recipe {settings.recipe}; valid: {list(valid)}")
+                raise UsageError(f"{flag} {value!r}: not valid for recipe {settings.recipe}; valid: {list(valid)}")
         if settings.tied_table == "twice" and settings.qlinear in ("8w", "4w"):
-            raise ValueError(f"--tied-table twice: --qlinear {settings.qlinear} runs lm_head on our weight-only "
+            raise UsageError(f"--tied-table twice: --qlinear {settings.qlinear} runs lm_head on our weight-only "
                              "kernel, which reads the embedding's table; only 8da4w/8da8w can keep a second copy in "
                              "XNNPACK")
         if settings.max_prefill_chunk < 2:
-            raise ValueError("--max-prefill-chunk must be at least 2")
+            raise UsageError("--max-prefill-chunk must be at least 2")
         if settings.max_prefill_chunk > settings.max_seq_len:
-            raise ValueError(f"--max-prefill-chunk {settings.max_prefill_chunk} exceeds --max-seq-len "
+            raise UsageError(f"--max-prefill-chunk {settings.max_prefill_chunk} exceeds --max-seq-len "
                              f"{settings.max_seq_len}")
         return settings
+
+    def describe(self) -> str:
+        """Every quantization and shape setting with where it came from, printed before an export starts."""
+        return "\n".join(f"  {k:<18} {getattr(self, k)!s:<8} ({self.origin.get(k, 'built-in default')})"
+                         for k in self.SHOWN)
 
 
 @dataclass
@@ -196,10 +223,9 @@ def open_source(source: str, out: str | Path, *, force: bool, quality_gate: bool
     quality_gate None: enforce quantization floors only on trained weights, where agreement means something."""
     import warnings
 
-    if Path(out).exists() and not force:
-        raise FileExistsError(f"--out {out} already exists; pass --force to replace it")
     resolved = resolve_source(source)
     source_dir = resolved if isinstance(resolved, Path) else None
+    check_out(out, force, source_dir)
     config = Qwen35Config.from_json(source_dir) if source_dir else Qwen35Config.from_preset(str(resolved))
     tokenizer = None
     if source_dir and (source_dir / "tokenizer.json").is_file():
@@ -208,6 +234,9 @@ def open_source(source: str, out: str | Path, *, force: bool, quality_gate: bool
         tokenizer = Tokenizer.from_file(str(source_dir / "tokenizer.json"))
     else:
         warnings.warn(f"SOURCE {source}: no tokenizer.json; the bundle will be run with token ids only")
+    if not _stop_ids(config, tokenizer):
+        warnings.warn(f"SOURCE {source}: config.json has no eos_token_id and there is no tokenizer with <|im_end|> or "
+                      "<|endoftext|>; the bundle will have no stop ids (generation stops only at the token limit)")
     random_weights = source_dir is None
     return OpenedSource(source_dir, config, tokenizer, random_weights,
                         quality_gate=not random_weights if quality_gate is None else quality_gate)
@@ -225,7 +254,7 @@ def manifest_identity(source: str, config: Qwen35Config, n_params: int, random_w
 
     return {
         "schema_version": MANIFEST_SCHEMA_VERSION,
-        "format": "qwen-mobile-bundle",
+        "format": BUNDLE_FORMAT,
         "toolkit_version": package_version(),
         "created_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "model": {"id": Path(str(source)).name, "source": str(source), "size": _size_name(config),
@@ -280,7 +309,8 @@ def export(source: str, out: str | Path, *, preset: str | None = DEFAULT_PRESET,
                            seq_axis, state_buffers)
     from . import parallel_preprocess
     from .quantize import check_weight_only_nodes, quantize_model
-    from .verify import compare_with_reference, eager_reference, fixed_prompt, gate, op_nodes_per_method
+    from .verify import (VerificationError, compare_with_reference, eager_reference, fixed_prompt, gate,
+                         op_nodes_per_method)
 
     settings = ExportSettings.resolve(preset, **overrides)
     out = Path(out)
@@ -353,7 +383,7 @@ def export(source: str, out: str | Path, *, preset: str | None = DEFAULT_PRESET,
     namespaces = program_op_namespaces(et)
     done("lower")
 
-    with bundle.staged_bundle(out, force) as staging:
+    with bundle.staged_bundle(out, force, opened.source_dir) as staging:
         stage("write")
         (staging / bundle.PROGRAM).write_bytes(et.buffer)
         del et
@@ -370,7 +400,7 @@ def export(source: str, out: str | Path, *, preset: str | None = DEFAULT_PRESET,
         done("verify")
         bar.close()
         if not result.passed:
-            raise RuntimeError(f"verification failed ({result.gate}): {result.as_dict()}; no bundle written")
+            raise VerificationError("export", result, settings.qlinear == "fp32" and settings.qembedding == "none")
 
         vocab = config.vocab_size
         tensor = lambda n, shape, dtype: {"name": n, "shape": shape, "dtype": dtype}  # noqa: E731

@@ -8,6 +8,10 @@ import sys
 import time
 from pathlib import Path
 
+from qwen_mobile.runtime.errors import UsageError
+
+from .verify import VerificationError
+
 DESCRIPTION = """\
 qwen-mobile: Qwen3.5 small models from a local Hugging Face checkpoint to a phone.
 
@@ -44,10 +48,15 @@ def _tokenizer_for(source):
 
 def _prompt_ids(args, tokenizer) -> list[int]:
     if args.prompt_ids is not None:
+        if not args.prompt_ids:
+            raise UsageError("the prompt is empty: give --prompt text or --prompt-ids")
         return args.prompt_ids
     if tokenizer is None:
-        raise SystemExit(f"error: SOURCE '{args.source}' has no tokenizer.json; pass --prompt-ids instead of --prompt")
-    return tokenizer.encode(args.prompt, add_special_tokens=False).ids
+        raise FileNotFoundError(f"SOURCE '{args.source}' has no tokenizer.json; pass --prompt-ids instead of --prompt")
+    ids = tokenizer.encode(args.prompt, add_special_tokens=False).ids
+    if not ids:
+        raise UsageError("the prompt is empty: give --prompt text or --prompt-ids")
+    return ids
 
 
 def cmd_presets(args) -> int:
@@ -138,9 +147,13 @@ def cmd_export(args) -> int:
 
     if args.recipe in ("coreml", "coreml-pte"):
         return _export_coreml(args)
+    from qwen_mobile.export.api import ExportSettings
+
     overrides = dict(recipe=args.recipe, qlinear=args.qlinear, qembedding=args.qembedding, group_size=args.group_size,
                      tied_table=args.tied_table, max_seq_len=args.max_seq_len, max_prefill_chunk=args.max_prefill_chunk)
     gate = {"on": True, "off": False, "auto": None}[args.quality_gate]
+    settings = ExportSettings.resolve(args.preset, **overrides)  # bad flags are refused before any work
+    print(f"qwen-mobile export {args.source} -> {args.out}, effective recipe:\n{settings.describe()}", file=sys.stderr)
     manifest = export(args.source, args.out, preset=args.preset, force=args.force, quality_gate=gate,
                       progress=not args.no_progress, **overrides)
     print(export_summary(manifest, Path(args.out)))
@@ -152,7 +165,7 @@ def _export_coreml(args) -> int:
     for flag, value in (("--qembedding", args.qembedding), ("--group-size", args.group_size),
                         ("--tied-table", args.tied_table)):
         if value is not None:
-            raise ValueError(f"{flag}: not a Core ML flag (the recipe quantizes the embedding with the linears and "
+            raise UsageError(f"{flag}: not a Core ML flag (the recipe quantizes the embedding with the linears and "
                              "uses blocks of 32 for 4w)")
     gate = {"on": True, "off": False, "auto": None}[args.quality_gate]
     common = dict(qlinear=args.qlinear or "fp16", max_seq_len=args.max_seq_len or 1024,
@@ -167,7 +180,7 @@ def _export_coreml(args) -> int:
         from qwen_mobile.export.coreml.pte import export_coreml_pte
 
         if args.gdn_layout != "io" or args.head_fp32:
-            raise ValueError("--gdn-layout/--head-fp32 apply to --recipe coreml only")
+            raise UsageError("--gdn-layout/--head-fp32 apply to --recipe coreml only")
         manifest = export_coreml_pte(args.source, args.out, **common)
     print(export_summary(manifest, Path(args.out)))
     return 0
@@ -277,7 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_source(p)
     add_prompt(p)
     add_impl(p)
-    p.add_argument("--new-tokens", type=int, default=16, help="greedy tokens to compare (default 16)")
+    p.add_argument("--new-tokens", type=_positive, default=16, help="greedy tokens to compare (default 16)")
     p.add_argument("--atol", type=float, default=1e-4, help="bound on the max |logit| difference (default 1e-4)")
     p.add_argument("--json", metavar="OUT", help="also write the report as JSON")
     p.set_defaults(func=cmd_check)
@@ -286,7 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_source(p)
     add_prompt(p)
     add_impl(p)
-    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--max-new-tokens", type=_positive, default=64)
     p.set_defaults(func=cmd_generate)
 
     from qwen_mobile.export.api import RECIPE_QLINEAR
@@ -307,7 +320,9 @@ def build_parser() -> argparse.ArgumentParser:
                "Core ML recipes take no preset: --recipe coreml --qlinear {fp16,8w,4w} (see export/coreml/README.md).")
     add_source(p)
     p.add_argument("--out", required=True, help="bundle folder to create (refused if it exists, unless --force)")
-    p.add_argument("--preset", default="xnnpack-8da4w", help="reviewed settings to start from (default: %(default)s)")
+    p.add_argument("--preset", default=None,
+                   help="reviewed settings to start from (default: xnnpack-<QLINEAR> when --qlinear names one, else "
+                        "xnnpack-8da4w); the effective recipe is printed before the export starts")
     p.add_argument("--recipe", choices=["xnnpack", "coreml", "coreml-pte"],
                    help="backend: xnnpack = ExecuTorch .pte for Android/iOS CPU (default); coreml = stateful "
                         "multifunction .mlpackage for iOS 18+; coreml-pte = ExecuTorch .pte entirely inside the "
@@ -349,13 +364,16 @@ def build_parser() -> argparse.ArgumentParser:
     add_source(p, required=False)
     p.add_argument("--out", default="out/nano-8da4w", help="bundle folder (default: %(default)s, replaced)")
     p.add_argument("--preset", default="xnnpack-8da4w")
-    p.add_argument("--max-new-tokens", type=int, default=48)
+    p.add_argument("--max-new-tokens", type=_positive, default=48)
     p.set_defaults(func=cmd_demo)
     return parser
 
 
 def _positive(text: str) -> int:
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
     return value
@@ -410,7 +428,7 @@ def add_bundle_commands(sub, add_prompt) -> None:
     add_prompt(p)
     p.add_argument("--chat", action="store_true", help="wrap --prompt in the ChatML template as a user turn")
     add_chat_flags(p)
-    p.add_argument("--max-new-tokens", type=int, default=64, help="default %(default)s")
+    p.add_argument("--max-new-tokens", type=_positive, default=64, help="default %(default)s")
     add_sampling(p)
     p.add_argument("--truncate", choices=["error", "left"], default="error",
                    help="a prompt longer than the context: 'error' (default) refuses; 'left' drops the oldest "
@@ -429,7 +447,7 @@ def add_bundle_commands(sub, add_prompt) -> None:
                        epilog="inside the chat, " + CHAT_HELP)
     add_bundle(p)
     add_chat_flags(p)
-    p.add_argument("--max-new-tokens", type=int, default=256, help="per reply (default %(default)s)")
+    p.add_argument("--max-new-tokens", type=_positive, default=256, help="per reply (default %(default)s)")
     p.add_argument("--snapshot-dir", default=".", help="where /save and /load keep NAME.safetensors (default: .)")
     add_sampling(p)
     p.set_defaults(func=cmd_chat)
@@ -446,7 +464,7 @@ def add_bundle_commands(sub, add_prompt) -> None:
     p.add_argument("targets", metavar="TARGET", nargs="+", help="bundle folder or bench JSON file")
     p.add_argument("--prompt-lengths", type=_lengths, default=[128, 512], metavar="N,N",
                    help="prompt lengths to time prefill at (default 128,512)")
-    p.add_argument("--gen", type=int, default=64, help="tokens to decode per run (default %(default)s)")
+    p.add_argument("--gen", type=_positive, default=64, help="tokens to decode per run (default %(default)s)")
     p.add_argument("--runs", type=_positive, default=5, help="timed runs per prompt length (default %(default)s)")
     p.add_argument("--warmup", type=int, default=1, help="untimed runs first (default %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random prompt ids (default %(default)s)")
@@ -460,13 +478,25 @@ def add_bundle_commands(sub, add_prompt) -> None:
     p.set_defaults(func=cmd_inspect)
 
 
+# Errors a user can act on: one line naming the flag, file or field, exit code 1 (argparse's usage errors exit 2).
+# Anything else is a bug and keeps its traceback.
+USER_ERRORS = (OSError, ValueError, VerificationError)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (FileNotFoundError, FileExistsError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
+    except UsageError as err:
+        print(f"qwen-mobile {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        what = "; nothing written" if args.command in ("export", "demo") else ""
+        print(f"\nqwen-mobile {args.command}: interrupted{what}", file=sys.stderr)
+        return 130
+    except USER_ERRORS as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import os
 import pickle
+import signal
 import sys
 import tempfile
 import threading
@@ -63,6 +64,9 @@ def quiet_pytree_spec_warnings():
 def _preprocess_in_child(backend_cls, edge_programs, compile_specs, jobs, path) -> None:
     """Runs in the forked child: never returns."""
     status = 1
+    # Ctrl-C reaches the whole process group: the parent owns the interruption (it kills this worker and reports one
+    # line); a second traceback from here would bury it.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         import torch
 
@@ -157,6 +161,10 @@ def _multimethod(backend_cls, edge_programs: dict, compile_specs: dict) -> dict:
             try:
                 for m, i in mine:
                     results[(m, i)] = backend_cls.preprocess(edge_programs[m][i], compile_specs[m][i])
+            except BaseException:
+                if pid:  # interrupted or failed here: the worker's half is of no use any more
+                    os.kill(pid, signal.SIGKILL)
+                raise
             finally:
                 if pid:
                     _, status, usage = os.wait4(pid, 0)

@@ -31,6 +31,21 @@ class VerifyResult:
         return asdict(self)
 
 
+class VerificationError(RuntimeError):
+    """The exported artifact disagreed with eager fp32 beyond its recipe's gate; nothing was written."""
+
+    def __init__(self, what: str, result: VerifyResult, full_precision: bool):
+        numbers = (f"top-1 agreement {result.top1_agreement:.1%}, mean KL {result.mean_kl:.3g}, "
+                   f"max |logit diff| {result.max_abs_logit_diff:.3g}, greedy tokens "
+                   f"{'identical' if result.greedy_identical else 'different'} over {result.steps} steps")
+        advice = ("a full-precision bundle that disagrees with eager is a bug: please report it with this line"
+                  if full_precision else
+                  "for random or untrained weights pass --quality-gate off; for full precision use --preset "
+                  "xnnpack-fp32 (or --qlinear fp32)")
+        super().__init__(f"{what} verification failed, gate '{result.gate}': {numbers}; nothing written. {advice}")
+        self.result = result
+
+
 def fixed_prompt(vocab_size: int, tokenizer=None, length: int = 40) -> list[int]:
     if tokenizer is not None:
         text = "def fibonacci(n):\n    \"\"\"Return the n-th Fibonacci number.\"\"\"\n    if n < 2:\n        return n\n"

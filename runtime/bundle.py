@@ -107,21 +107,99 @@ def load_manifest(folder: str | Path, check_hashes: bool = True) -> dict:
     return manifest
 
 
-@contextmanager
-def staged_bundle(out: Path, force: bool):
-    """Yield a temporary folder beside `out`; on success it replaces `out` atomically, on failure it is removed."""
+BUNDLE_FORMAT = "qwen-mobile-bundle"
+
+
+def is_bundle(folder: Path) -> bool:
+    """Whether `folder` is a qwen-mobile bundle by its own word: a manifest.json whose format says so."""
+    try:
+        manifest = json.loads((Path(folder) / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(manifest, dict) and manifest.get("format") == BUNDLE_FORMAT
+
+
+def check_out(out: str | Path, force: bool, source_dir: Path | None = None) -> None:
+    """Refuse an --out that cannot be written, or whose replacement would destroy something that is not a bundle.
+
+    Runs before any work (a 4B export must not find out after an hour), and again just before the rename.
+    --force replaces only a qwen-mobile bundle holding nothing but its own files, or an empty folder.
+    """
     out = Path(out)
-    if out.exists() and not force:
-        raise FileExistsError(f"--out {out} already exists; pass --force to replace it")
+    target = out.resolve()
+    if source_dir is not None:
+        source = Path(source_dir).resolve()
+        if target == source or source in target.parents:
+            raise FileExistsError(f"--out {out} is {'SOURCE itself' if target == source else 'inside SOURCE'} "
+                                  f"({source}); write the bundle outside the checkpoint folder")
+    if out.is_symlink():
+        raise FileExistsError(f"--out {out} is a symbolic link; give the real folder")
+    if out.exists():
+        if not force:
+            raise FileExistsError(f"--out {out} already exists; pass --force to replace it")
+        if not out.is_dir():
+            raise FileExistsError(f"--out {out} is a file, not a bundle folder; --force replaces only a "
+                                  "qwen-mobile bundle or an empty folder")
+        entries = sorted(out.iterdir())
+        if entries:
+            if not is_bundle(out):
+                raise FileExistsError(f"--out {out} is not a qwen-mobile bundle (no {MANIFEST} saying so) and not "
+                                      f"empty ({len(entries)} entries, e.g. '{entries[0].name}'); --force replaces "
+                                      "only a bundle or an empty folder")
+            listed = set(json.loads((out / MANIFEST).read_text()).get("files", {})) | {MANIFEST}
+            extra = sorted(p.relative_to(out).as_posix() for p in out.rglob("*")
+                           if p.is_file() and p.relative_to(out).as_posix() not in listed)
+            if extra:
+                raise FileExistsError(f"--out {out}: the bundle holds files its manifest does not list (e.g. "
+                                      f"'{extra[0]}'); move them away or choose another --out")
+    # The nearest folder that exists must take a new entry: probe it, since permission bits say nothing to root
+    # and a read-only mount says nothing to os.access.
+    parent = target.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise NotADirectoryError(f"--out {out}: {parent} is a file, not a folder")
+    try:
+        tempfile.TemporaryDirectory(prefix=".qwen-mobile-probe-", dir=parent).cleanup()
+    except OSError as err:
+        raise PermissionError(f"--out {out}: cannot create anything in {parent} ({err.strerror})") from None
+
+
+def _folder_mode() -> int:
+    """The mode a plain `mkdir` would give: 0777 less the umask (mkdtemp's 0700 would hide bundles from others)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o777 & ~umask
+
+
+@contextmanager
+def staged_bundle(out: Path, force: bool, source_dir: Path | None = None):
+    """Yield a temporary folder beside `out`; on success it replaces `out`, on failure it is removed.
+
+    The old bundle is renamed aside, the new one renamed in, and only then is the old one deleted: a crash at any
+    point leaves either the old or the new bundle under `out` (and at worst a hidden `.NAME.old-*` folder).
+    """
+    out = Path(out)
+    check_out(out, force, source_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     try:
+        os.chmod(staging, _folder_mode())
         yield staging
+        check_out(out, force, source_dir)  # the folder may have changed during a long export
+        trash = None
         if out.exists():
             trash = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
             os.replace(out, trash / out.name)
+        try:
+            os.replace(staging, out)
+        except BaseException:
+            if trash is not None:
+                os.replace(trash / out.name, out)
+                trash.rmdir()
+            raise
+        if trash is not None:
             shutil.rmtree(trash)
-        os.replace(staging, out)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from .chat import IM_END, ChatTemplate, thinking_default
+from .errors import UsageError
 from .sampling import Sampler, SamplingConfig
-from .session import Bundle, ContextOverflowError, SnapshotError, TextStream
+from .session import Bundle, ContextOverflowError, TextStream
 
 
 def sampling_from_args(args) -> SamplingConfig:
@@ -44,7 +48,7 @@ def cmd_run(args) -> int:
             text = (template.system(args.system) if args.system else "") + template.user(text)
         ids = bundle.encode(text)
     if not ids:
-        raise ValueError("--prompt is empty")
+        raise UsageError("the prompt is empty: give --prompt text or --prompt-ids")
     limit = bundle.max_seq_len
     if len(ids) > limit:
         if args.truncate != "left":
@@ -59,6 +63,9 @@ def cmd_run(args) -> int:
     sampler = Sampler(sampling_from_args(args))
     session = bundle.session()
     quiet = args.json == "-"
+    if not bundle.stop_ids:
+        print(f"[{bundle.label} has no stop ids (its model names no end-of-sequence token): generation stops only at "
+              f"--max-new-tokens {args.max_new_tokens}]", file=sys.stderr)
     stream = None
     if not quiet:
         if bundle.tokenizer is not None and args.prompt_ids is None and not args.chat:
@@ -94,7 +101,13 @@ CHAT_HELP = """commands: /save NAME  save the conversation state (NAME.safetenso
 
 
 def cmd_chat(args) -> int:
-    """Interactive chat that keeps the model state between turns; /save, /load, /reset."""
+    """Interactive chat that keeps the model state between turns; /save, /load, /reset.
+
+    Nothing but /quit or the end of input ends it: a failing command prints one line and the conversation goes on with
+    its state intact, and Ctrl-C during a reply stops that reply (at the prompt it clears the line).
+    """
+    if sys.stdin is None or sys.stdin.closed:
+        raise OSError("chat: standard input is closed; run it in a terminal, or pipe the messages in")
     bundle = Bundle(args.bundle, verify=not args.no_verify)
     if bundle.tokenizer is None:
         raise ValueError(f"BUNDLE {bundle.folder} has no tokenizer; chat needs one (use `run --prompt-ids`)")
@@ -115,37 +128,17 @@ def cmd_chat(args) -> int:
             line = input("> " if interactive else "")
         except EOFError:
             break
+        except KeyboardInterrupt:
+            print("\n[Ctrl-C clears the line; /quit or Ctrl-D leaves]", file=sys.stderr)
+            continue
         line = line.rstrip("\n")
         if not line.strip():
             continue
         if not interactive:  # a piped script: echo it so the transcript reads like a session
             print(f"> {line}")
         if line.startswith("/"):
-            cmd, _, arg = line.partition(" ")
-            arg = arg.strip()
-            try:
-                if cmd in ("/quit", "/exit"):
-                    break
-                elif cmd == "/help":
-                    print(CHAT_HELP)
-                elif cmd == "/reset":
-                    session.restore(base) if base is not None else session.reset()
-                    print(f"[reset to position {session.position}]", file=sys.stderr)
-                elif cmd in ("/save", "/load"):
-                    if not arg:
-                        raise ValueError(f"{cmd} needs a NAME")
-                    path = snapshot_dir / (arg if arg.endswith(".safetensors") else f"{arg}.safetensors")
-                    if cmd == "/save":
-                        snapshot_dir.mkdir(parents=True, exist_ok=True)
-                        session.save(path)
-                        print(f"[saved position {session.position} to {path}]", file=sys.stderr)
-                    else:
-                        session.load(path)
-                        print(f"[loaded {path}: position {session.position}]", file=sys.stderr)
-                else:
-                    print(f"[unknown command {cmd}]\n{CHAT_HELP}", file=sys.stderr)
-            except (SnapshotError, FileNotFoundError, ValueError, RuntimeError) as err:
-                print(f"error: {err}", file=sys.stderr)
+            if _chat_command(line, session, base, snapshot_dir) == "quit":
+                break
             continue
         # The previous reply ended on <|im_end|> (pending, fed with this prompt) or was cut at --max-new-tokens.
         close = ChatTemplate.close_assistant(session.pending == [im_end]) if session.pending else ""
@@ -157,13 +150,62 @@ def cmd_chat(args) -> int:
                 if token not in bundle.stop_ids:
                     stream(token)
 
-            result = session.generate(ids, args.max_new_tokens, sampler, on_token=show)
+            with _interruptible() as interrupted:
+                result = session.generate(ids, args.max_new_tokens, sampler, on_token=show, cancelled=interrupted)
         except ContextOverflowError as err:
             print(f"\nerror: {err}", file=sys.stderr)
             continue
         print()
-        print(_timings_line(result, f"position {session.position}/{bundle.max_seq_len}"), file=sys.stderr)
+        stopped = " (stopped by Ctrl-C)" if result.stop_reason == "cancelled" else ""
+        print(_timings_line(result, f"position {session.position}/{bundle.max_seq_len}") + stopped, file=sys.stderr)
     return 0
+
+
+def _chat_command(line: str, session, base, snapshot_dir: Path) -> str | None:
+    """One /command of the chat; its failure is reported in one line and never ends the chat."""
+    cmd, _, arg = line.partition(" ")
+    arg = arg.strip()
+    try:
+        if cmd in ("/quit", "/exit"):
+            return "quit"
+        elif cmd == "/help":
+            print(CHAT_HELP)
+        elif cmd == "/reset":
+            session.restore(base) if base is not None else session.reset()
+            print(f"[reset to position {session.position}]", file=sys.stderr)
+        elif cmd in ("/save", "/load"):
+            if not arg:
+                raise ValueError(f"{cmd} needs a NAME")
+            path = snapshot_dir / (arg if arg.endswith(".safetensors") else f"{arg}.safetensors")
+            if cmd == "/save":
+                snapshot_dir.mkdir(parents=True, exist_ok=True)
+                session.save(path)
+                print(f"[saved position {session.position} to {path}]", file=sys.stderr)
+            else:
+                session.load(path)
+                print(f"[loaded {path}: position {session.position}]", file=sys.stderr)
+        else:
+            print(f"[unknown command {cmd}]\n{CHAT_HELP}", file=sys.stderr)
+    except (OSError, ValueError, RuntimeError) as err:  # disk full, no permission, a bad snapshot: say it, go on
+        print(f"error: {cmd}: {err}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print(f"\n[{cmd} interrupted]", file=sys.stderr)
+    return None
+
+
+@contextlib.contextmanager
+def _interruptible():
+    """While a reply streams, Ctrl-C asks it to stop after the current token instead of raising in the middle of a
+    program call (which would leave the session's position and the model state out of step)."""
+    hit = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield hit.is_set
+        return
+    previous = signal.signal(signal.SIGINT, lambda *_: hit.set())
+    try:
+        yield hit.is_set
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def cmd_bench(args) -> int:

@@ -22,15 +22,51 @@ from qwen_mobile.export.lowering import DECODE_METHOD
 from .ops import enable_xnnpack_weight_cache, load_library
 
 
+def check_pte_header(path: Path) -> None:
+    """Refuse a file that is not a whole ExecuTorch program before the runtime reads it.
+
+    ExecuTorch 1.5.1's loader logs a bad file identifier as raw bytes, and the pybindings' log bridge then dies
+    decoding them (`terminate called ... UnicodeDecodeError`, an abort, no Python exception): so the identifier and
+    the extended header's sizes are checked here. Layout (executorch/exir/_serialize/_program.py): bytes 4..8 the
+    flatbuffer identifier "ETnn"; at 8, "eh00", its length (u32), program size, segment offset and segment size
+    (u64, little-endian).
+    """
+    from .bundle import BundleError
+
+    try:
+        with open(path, "rb") as f:
+            head = f.read(40)
+        size = path.stat().st_size
+    except OSError as err:
+        raise BundleError(f"{path}: cannot read the program ({err.strerror})") from None
+    ident = head[4:8]
+    if len(head) < 8 or ident[:2] != b"ET" or not ident[2:].isdigit():
+        raise BundleError(f"{path}: not an ExecuTorch program (file identifier {ident!r}, expected b'ETnn'); the file "
+                          "is corrupt or not a .pte")
+    if head[8:12] == b"eh00" and len(head) >= 40:
+        program_size, segment_base, segment_size = (int.from_bytes(head[i:i + 8], "little") for i in (16, 24, 32))
+        needed = max(program_size, segment_base + segment_size if segment_base else 0)
+        if needed > size:
+            raise BundleError(f"{path}: truncated: its header says {needed} bytes, the file has {size}")
+
+
 class BundleProgram:
     def __init__(self, pte_path: str | Path, *, max_prefill_tokens: int, kernel_namespaces=("qwen35",)):
+        check_pte_header(Path(pte_path))
         load_library()  # registers qwen35::gated_delta_rule.out with ExecuTorch before any method loads
         load_wheel_kernels(kernel_namespaces)
         enable_xnnpack_weight_cache()  # forward and decode share one packed copy of every XNNPACK weight
         from executorch.runtime import Runtime
 
         self.path = Path(pte_path)
-        self.program = Runtime.get().load_program(str(self.path))
+        try:
+            self.program = Runtime.get().load_program(str(self.path))
+        except RuntimeError as err:
+            from .bundle import BundleError
+
+            raise BundleError(f"{self.path}: ExecuTorch cannot load this program ({err}): the file is corrupt or was "
+                              "written by another ExecuTorch version; check it against the manifest's sha256 (drop "
+                              "--no-verify) or re-export") from None
         self.max_prefill_tokens = max_prefill_tokens
         self._forward = self.program.load_method("forward")
         names = set(self.program.method_names)
@@ -41,6 +77,15 @@ class BundleProgram:
         self.has_state_methods = {"state_read", "state_write"} <= names
         self._state_read = self.program.load_method("state_read") if self.has_state_methods else None
         self._state_write = self.program.load_method("state_write") if self.has_state_methods else None
+
+    def metadata(self) -> dict:
+        """The program's own constant methods (get_max_context_len, get_vocab_size, ...): name -> value(s)."""
+        values = {}
+        for name in sorted(self.program.method_names):
+            if name.startswith(("get_", "use_", "enable_")):
+                out = self.program.load_method(name).execute([])
+                values[name] = [v.item() if isinstance(v, torch.Tensor) else v for v in out]
+        return {k: v[0] if len(v) == 1 else v for k, v in values.items()}
 
     def prefill(self, ids: list[int], start_pos: int = 0, chunk: int | None = None) -> torch.Tensor:
         """Logits [vocab] after the last prompt token. Chunks of at most `chunk` (default: the method's bound)."""

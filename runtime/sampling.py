@@ -18,6 +18,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
+from .errors import UsageError
+
 _MASK64 = (1 << 64) - 1
 
 
@@ -35,10 +37,10 @@ class SamplingConfig:
                                 ("--top-p", self.top_p, 0 < self.top_p <= 1),
                                 ("--repetition-penalty", self.repetition_penalty, self.repetition_penalty > 0)):
             if not ok:
-                raise ValueError(f"{flag} {value}: out of range (temperature >= 0, top-k >= 0, 0 < top-p <= 1, "
+                raise UsageError(f"{flag} {value}: out of range (temperature >= 0, top-k >= 0, 0 < top-p <= 1, "
                                  "repetition-penalty > 0)")
         if self.seed is not None and not 0 <= self.seed <= _MASK64:
-            raise ValueError(f"--seed {self.seed}: out of range (0 <= seed < 2**64)")
+            raise UsageError(f"--seed {self.seed}: out of range (0 <= seed < 2**64)")
 
     @property
     def greedy(self) -> bool:

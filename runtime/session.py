@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from .bundle import BundleError, bundle_hash, load_manifest
+from .bundle import MANIFEST, BundleError, bundle_hash, load_manifest
 from .program import BundleProgram
 from .sampling import Sampler, SamplingConfig
 
@@ -65,6 +65,26 @@ class Bundle:
         self.program = BundleProgram(self.folder / m["program"]["file"], max_prefill_tokens=self.max_prefill_tokens,
                                      kernel_namespaces=m["program"]["kernel_namespaces"])
         self.load_seconds = time.perf_counter() - t0
+        self._check_manifest_against_program()
+
+    def _check_manifest_against_program(self) -> None:
+        """The manifest is not hashed by itself: an edited number would only fail mid-generation, so the numbers the
+        runtime relies on are compared with the program's own metadata methods here."""
+        recorded = self.program.metadata()
+        m = self.manifest
+        pairs = (("state.max_seq_len", self.max_seq_len, "get_max_context_len"),
+                 ("program.methods.forward.max_tokens", self.max_prefill_tokens, "get_max_seq_len"),
+                 ("model.config.vocab_size", self.vocab_size, "get_vocab_size"),
+                 ("tokenizer.stop_ids", sorted(self.stop_ids), "get_eos_ids"))
+        for field_name, ours, method in pairs:
+            if method not in recorded:
+                continue
+            theirs = recorded[method]
+            theirs = sorted(theirs if isinstance(theirs, list) else [theirs]) if method == "get_eos_ids" else theirs
+            if ours != theirs:
+                raise BundleError(f"{self.folder / MANIFEST}: {field_name} is {ours}, but {m['program']['file']} says "
+                                  f"{theirs} ({method}); the manifest was edited or belongs to another program: "
+                                  "re-export the bundle")
 
     @property
     def label(self) -> str:
@@ -93,7 +113,7 @@ class Bundle:
 class GenerationResult:
     prompt_ids: list[int]
     ids: list[int] = field(default_factory=list)
-    stop_reason: str = "max_new_tokens"  # or "stop_token", "context_full"
+    stop_reason: str = "max_new_tokens"  # or "stop_token", "context_full", "cancelled"
     ttft_s: float = 0.0  # prompt in -> first token sampled
     prefill_s: float = 0.0
     decode_s: float = 0.0
@@ -176,11 +196,13 @@ class Session:
         return logits
 
     def generate(self, prompt_ids: list[int], max_new_tokens: int, sampler: Sampler | None = None, *,
-                 stop_ids: set[int] | None = None, on_token=None, keep_logits: bool = False) -> GenerationResult:
+                 stop_ids: set[int] | None = None, on_token=None, keep_logits: bool = False,
+                 cancelled=None) -> GenerationResult:
         """Prefill `prompt_ids` after the current state, then sample up to `max_new_tokens`.
 
-        Stops on a stop id (kept in `ids`, left pending), at max_new_tokens, or when the context is full
-        (`stop_reason` says which). `on_token(token)` streams.
+        Stops on a stop id (kept in `ids`, left pending), at max_new_tokens, when the context is full, or when
+        `cancelled()` turns true (checked after each token; `stop_reason` says which). The state stays consistent in
+        every case: the last sampled token is pending, as after max_new_tokens. `on_token(token)` streams.
         """
         sampler = sampler or Sampler(SamplingConfig())
         stop_ids = self.bundle.stop_ids if stop_ids is None else stop_ids
@@ -202,6 +224,9 @@ class Session:
                 result.stop_reason = "stop_token"
                 break
             if i == max_new_tokens - 1:
+                break
+            if cancelled is not None and cancelled():
+                result.stop_reason = "cancelled"
                 break
             if self.remaining < 1:
                 result.stop_reason = "context_full"
@@ -263,10 +288,14 @@ class Session:
         snap = self.snapshot()
         path = Path(path)
         tmp = path.with_name(path.name + ".partial")
-        save_file({k: v.contiguous() for k, v in snap.tensors.items()}, str(tmp), metadata={
-            "format": SNAPSHOT_FORMAT, "version": str(SNAPSHOT_VERSION), "bundle_hash": snap.bundle_hash,
-            "position": str(snap.position), "tokens": json.dumps(snap.tokens), "pending": json.dumps(snap.pending)})
-        tmp.replace(path)
+        try:
+            save_file({k: v.contiguous() for k, v in snap.tensors.items()}, str(tmp), metadata={
+                "format": SNAPSHOT_FORMAT, "version": str(SNAPSHOT_VERSION), "bundle_hash": snap.bundle_hash,
+                "position": str(snap.position), "tokens": json.dumps(snap.tokens), "pending": json.dumps(snap.pending)})
+            tmp.replace(path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)  # a full disk must not leave half a snapshot behind
+            raise
         return path
 
     def load(self, path: str | Path) -> Snapshot:

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import torch
 
+from qwen_mobile.runtime.errors import UsageError
+
 from ..lowering import DECODE_METHOD
 from .convert import ANE_PACKAGE_LIMIT_BYTES, INT4_BLOCK_SIZE, MIN_DEPLOYMENT, QLINEAR
 from .graph import GDN_LAYOUTS, fp16_kv, make_decoder, state_shapes
@@ -55,7 +57,7 @@ def export_coreml(source: str, out: str | Path, *, qlinear: str = "fp16", max_se
     import coremltools  # noqa: F401  (the [coreml] extra; fail before any work)
 
     from qwen_mobile.export.api import _stop_ids, check_context, load_model, manifest_identity, open_source
-    from qwen_mobile.export.verify import compare_with_eager, gate
+    from qwen_mobile.export.verify import VerificationError, compare_with_eager, gate
     from qwen_mobile.runtime import bundle
 
     from .convert import build_package
@@ -63,19 +65,19 @@ def export_coreml(source: str, out: str | Path, *, qlinear: str = "fp16", max_se
     from .runner import CoreMLRunner, evaluator_call
 
     if qlinear not in QLINEAR:
-        raise ValueError(f"--qlinear {qlinear!r}: not valid for recipe coreml; valid: {list(QLINEAR)}")
+        raise UsageError(f"--qlinear {qlinear!r}: not valid for recipe coreml; valid: {list(QLINEAR)}")
     if gdn_layout not in GDN_LAYOUTS:
-        raise ValueError(f"--gdn-layout {gdn_layout!r}: valid: {list(GDN_LAYOUTS)}")
+        raise UsageError(f"--gdn-layout {gdn_layout!r}: valid: {list(GDN_LAYOUTS)}")
     if prefill_chunk < 2:
-        raise ValueError(f"--prefill-chunk {prefill_chunk}: must be at least 2 (single tokens go through decode)")
+        raise UsageError(f"--prefill-chunk {prefill_chunk}: must be at least 2 (single tokens go through decode)")
     if prefill_chunk > max_seq_len:
-        raise ValueError(f"--prefill-chunk {prefill_chunk} exceeds --max-seq-len {max_seq_len}")
+        raise UsageError(f"--prefill-chunk {prefill_chunk} exceeds --max-seq-len {max_seq_len}")
     if head_fp32 and qlinear == "fp32":
-        raise ValueError("--head-fp32 only applies to fp16 programs; --qlinear fp32 is fp32 throughout")
+        raise UsageError("--head-fp32 only applies to fp16 programs; --qlinear fp32 is fp32 throughout")
     if max_package_bytes < 1:
-        raise ValueError(f"--max-package-bytes {max_package_bytes}: must be positive")
+        raise UsageError(f"--max-package-bytes {max_package_bytes}: must be positive")
     if gdn_fp32 and qlinear == "fp32":
-        raise ValueError("--gdn-fp32 only applies to fp16 programs; --qlinear fp32 is fp32 throughout")
+        raise UsageError("--gdn-fp32 only applies to fp16 programs; --qlinear fp32 is fp32 throughout")
     out = Path(out)
     opened = open_source(source, out, force=force, quality_gate=quality_gate)
     source_dir, config, tokenizer, random_weights, quality_gate = (
@@ -94,7 +96,7 @@ def export_coreml(source: str, out: str | Path, *, qlinear: str = "fp16", max_se
         say(f"{len(parts)} packages of layers {parts} (each estimated under {max_package_bytes / 1e9:.2f} GB)")
     timings["load"] = time.perf_counter() - t0
 
-    with bundle.staged_bundle(out, force) as staging:
+    with bundle.staged_bundle(out, force, opened.source_dir) as staging:
         t0 = time.perf_counter()
         reports = []
         for name, layers in zip(names, parts):
@@ -129,7 +131,7 @@ def export_coreml(source: str, out: str | Path, *, qlinear: str = "fp16", max_se
             result = gate(metrics, qlinear, "none", QUALITY_FLOORS[qlinear], quality_gate)
         timings["verify"] = time.perf_counter() - t0
         if not result.passed:
-            raise RuntimeError(f"Core ML verification failed ({result.gate}): {result.as_dict()}; no bundle written")
+            raise VerificationError("Core ML", result, qlinear == "fp32")
 
         stop_ids = _stop_ids(config, tokenizer)
         vocab = config.vocab_size

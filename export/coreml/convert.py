@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from qwen_mobile.runtime.errors import UsageError
+
 from .graph import CoreMLDecoder, export_function, state_shapes
 
 PRECISIONS = ("fp32", "fp16")
@@ -96,7 +98,7 @@ def quantize(mlmodel, qlinear: str):
         op_config = cto.coreml.OpLinearQuantizerConfig(mode="linear_symmetric", dtype="int4",
                                                        granularity="per_block", block_size=INT4_BLOCK_SIZE)
     else:
-        raise ValueError(f"--qlinear {qlinear!r}: not valid for recipe coreml; valid: {list(QLINEAR)}")
+        raise UsageError(f"--qlinear {qlinear!r}: not valid for recipe coreml; valid: {list(QLINEAR)}")
     return cto.coreml.linear_quantize_weights(mlmodel, cto.coreml.OptimizationConfig(global_config=op_config))
 
 

@@ -18,6 +18,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from qwen_mobile.runtime.errors import UsageError
+
 from ..lowering import DECODE_METHOD
 from .api import FP32_REL_TOL, QUALITY_FLOORS, VERIFY_DECODE_STEPS, check_package_spec, verification_prompt
 from .convert import INT4_BLOCK_SIZE, MIN_DEPLOYMENT, QLINEAR
@@ -117,16 +119,16 @@ def export_coreml_pte(source: str, out: str | Path, *, qlinear: str = "fp16", ma
     import coremltools  # noqa: F401
 
     from qwen_mobile.export.api import _stop_ids, check_context, load_model, manifest_identity, open_source
-    from qwen_mobile.export.verify import compare_with_eager, gate
+    from qwen_mobile.export.verify import VerificationError, compare_with_eager, gate
     from qwen_mobile.runtime import bundle
 
     from .evaluator import MILModel
     from .runner import CoreMLRunner
 
     if qlinear not in QLINEAR:
-        raise ValueError(f"--qlinear {qlinear!r}: not valid for recipe coreml-pte; valid: {list(QLINEAR)}")
+        raise UsageError(f"--qlinear {qlinear!r}: not valid for recipe coreml-pte; valid: {list(QLINEAR)}")
     if prefill_chunk < 2 or prefill_chunk > max_seq_len:
-        raise ValueError(f"--prefill-chunk {prefill_chunk}: must be in [2, --max-seq-len {max_seq_len}]")
+        raise UsageError(f"--prefill-chunk {prefill_chunk}: must be in [2, --max-seq-len {max_seq_len}]")
     out = Path(out)
     opened = open_source(source, out, force=force, quality_gate=quality_gate)
     source_dir, config, tokenizer, random_weights, quality_gate = (
@@ -142,7 +144,7 @@ def export_coreml_pte(source: str, out: str | Path, *, qlinear: str = "fp16", ma
     lower_seconds = time.perf_counter() - t0
     shapes = state_shapes(config, max_seq_len)
 
-    with bundle.staged_bundle(out, force) as staging:
+    with bundle.staged_bundle(out, force, opened.source_dir) as staging:
         (staging / PROGRAM).write_bytes(et.buffer)
         del et
         for name in ("tokenizer.json", "tokenizer_config.json"):
@@ -175,7 +177,7 @@ def export_coreml_pte(source: str, out: str | Path, *, qlinear: str = "fp16", ma
             result = gate(metrics, qlinear, "none", QUALITY_FLOORS[qlinear], quality_gate)
         verify_seconds = time.perf_counter() - t0
         if not result.passed:
-            raise RuntimeError(f"coreml-pte verification failed ({result.gate}): {result.as_dict()}; no bundle written")
+            raise VerificationError("coreml-pte", result, qlinear == "fp32")
 
         vocab = config.vocab_size
         tensor = lambda n, shape, dtype: {"name": n, "shape": list(shape), "dtype": dtype}  # noqa: E731

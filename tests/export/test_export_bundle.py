@@ -9,17 +9,22 @@ import torch
 
 from checkpoints import make_hf_causal_lm
 from qwen_mobile.runtime import bundle
-from qwen_mobile.export.api import export
+from qwen_mobile.export.api import export, load_export_preset
 from qwen_mobile.export.quantize import quantize_weight
 from qwen_mobile.runtime.program import BundleProgram
 
 LOGITS_ATOL = 1e-4  # fp32 .pte vs transformers fp32
 CHUNKING_ATOL = 1e-5  # same program, prefill split differently: only accumulation order differs
 SMALL = dict(max_seq_len=96, max_prefill_chunk=16, progress=False)
+# Weight init std of the fp32 checkpoints. At transformers' default (0.02) a tied tiny model's greedy output is one
+# token repeated, so decode would only ever be fed one token; at 0.1 the reference's 32 greedy tokens hold 26-27
+# distinct ones (|logits| <= 3.3).
+VARIED_GREEDY_INIT = 0.1
+MIN_DISTINCT_GREEDY = 8
 
 
-def build(tmp_path_factory, regime, tied, preset, store_dtype=torch.float32, **extra):
-    hf = make_hf_causal_lm(regime, tied, seed=3).to(store_dtype)
+def build(tmp_path_factory, regime, tied, preset, store_dtype=torch.float32, init_std=VARIED_GREEDY_INIT, **extra):
+    hf = make_hf_causal_lm(regime, tied, seed=3, initializer_range=init_std).to(store_dtype)
     src = tmp_path_factory.mktemp(f"src-{regime}")
     hf.save_pretrained(src)
     hf.float()  # the reference: transformers' fp32 model of the stored values
@@ -47,7 +52,9 @@ def fp32_from_bf16(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def q_hv2x(tmp_path_factory):
-    return build(tmp_path_factory, "hv2x", True, "xnnpack-8da4w", quality_gate=False)
+    # transformers' default init: int4 weights keep this random model's top-1 (measured 33/33 teacher-forced steps,
+    # mean KL 3.6e-4 against eager fp32); at init std 0.1 they flip most of its near-tied top-1 choices (0.21).
+    return build(tmp_path_factory, "hv2x", True, "xnnpack-8da4w", init_std=0.02, quality_gate=False)
 
 
 def program_of(out, manifest):
@@ -65,12 +72,14 @@ def test_fp32_pte_reproduces_transformers(which, request):
         seq = hf.generate(torch.tensor([prompt]), max_new_tokens=32, do_sample=False, eos_token_id=None,
                           pad_token_id=0)[0].tolist()
         ref = hf(input_ids=torch.tensor([seq]), use_cache=False).logits[0]
+    expected = seq[len(prompt):]
+    assert len(set(expected)) >= MIN_DISTINCT_GREEDY, f"the reference's greedy tokens barely vary: {expected}"
     got = [program.prefill(prompt, 0)]
     ours = [int(got[-1].argmax())]
     for pos in range(len(prompt), len(seq) - 1):
         got.append(program.decode(ours[-1], pos))
         ours.append(int(got[-1].argmax()))
-    assert ours == seq[len(prompt):], "greedy tokens of the .pte differ from transformers"
+    assert ours == expected, "greedy tokens of the .pte differ from transformers"
     torch.testing.assert_close(torch.stack(got), ref[len(prompt) - 1:len(seq) - 1], atol=LOGITS_ATOL, rtol=0)
 
 
@@ -147,13 +156,23 @@ def test_quantized_bundle_runs_and_records_what_it_did(q_hv2x):
     assert (out / "model.pte").read_bytes().count(qweight.numpy().tobytes()) == 1
     fp32_size = sum(p.numel() * 4 for p in hf.parameters())
     assert manifest["files"]["model.pte"]["bytes"] < fp32_size / 2
-    program = program_of(out, manifest)
-    logits = program.prefill(list(range(10)), 0)
-    assert torch.isfinite(logits).all()
-    # Quantization error is bounded: random weights give no quality signal, but the logits must stay close.
+    # The quality floors the preset sets from the shipped nano model (export/presets/xnnpack-8da4w.yaml; perplexity
+    # in tests/export/test_nano_bundles_quality.py), here against transformers fp32: a 21-token prefill, then 32
+    # decode steps teacher-forced on varied random tokens. This random model meets them with margin (measured: top-1
+    # 1.0, mean KL 6e-4); the export's own gate is off for random weights, so nothing else checks them here.
+    floors = load_export_preset("xnnpack-8da4w")["verify"]
+    seq = torch.randint(0, 160, (54,), generator=torch.Generator().manual_seed(5)).tolist()
+    prompt, fed = seq[:21], seq[21:-1]
     with torch.no_grad():
-        ref = hf(input_ids=torch.arange(10)[None], use_cache=False).logits[0, -1]
-    assert (logits - ref).abs().max() < 0.5 * ref.abs().max()
+        ref = hf(input_ids=torch.tensor([seq]), use_cache=False).logits[0, len(prompt) - 1:-1]  # [33, vocab]
+    program = program_of(out, manifest)
+    got = [program.prefill(prompt, 0)] + [program.decode(t, pos) for pos, t in enumerate(fed, start=len(prompt))]
+    got = torch.stack(got)  # [33, vocab]
+    assert torch.isfinite(got).all()
+    top1 = float((got.argmax(-1) == ref.argmax(-1)).float().mean())
+    log_p, log_q = torch.log_softmax(ref.double(), -1), torch.log_softmax(got.double(), -1)
+    mean_kl = float((log_p.exp() * (log_p - log_q)).sum(-1).mean())  # KL(transformers || .pte) per step
+    assert top1 >= floors["min_top1_agreement"] and mean_kl <= floors["max_mean_kl"], (top1, mean_kl, floors)
 
 
 def test_bad_flags_are_refused_with_the_valid_choices(tmp_path):
@@ -192,6 +211,7 @@ def test_failed_stage_leaves_nothing(tmp_path):
 def test_replacing_with_force_is_atomic(tmp_path):
     out = tmp_path / "bundle"
     out.mkdir()
+    (out / "manifest.json").write_text('{"format": "qwen-mobile-bundle", "files": {"old": {}}}')
     (out / "old").write_text("x")
     with bundle.staged_bundle(out, force=True) as staging:
         (staging / "new").write_text("y")

@@ -37,7 +37,7 @@ def test_run_json_and_dumped_logits_match_the_program(nano_bundle, bundle, capsy
 
 def test_run_refuses_an_overlong_prompt_unless_asked_to_truncate(nano_bundle, capsys):
     ids = ",".join(str(i) for i in range(100, 400))  # 300 tokens > context 256
-    assert main(["run", str(nano_bundle), "--prompt-ids", ids]) == 2
+    assert main(["run", str(nano_bundle), "--prompt-ids", ids]) == 1
     assert "exceeds the bundle's context of 256 tokens" in capsys.readouterr().err
     doc = run_json(capsys, "run", str(nano_bundle), "--prompt-ids", ids, "--truncate", "left",
                    "--max-new-tokens", "6", "--json", "-")
@@ -91,7 +91,7 @@ def test_bench_json_validates_plots_and_compares(nano_bundle, capsys, tmp_path):
 
 
 def test_bench_refuses_lengths_that_do_not_fit(nano_bundle, capsys):
-    assert main(["bench", str(nano_bundle), "--prompt-lengths", "250", "--gen", "64"]) == 2
+    assert main(["bench", str(nano_bundle), "--prompt-lengths", "250", "--gen", "64"]) == 1
     assert "does not fit the bundle's context of 256" in capsys.readouterr().err
 
 
