@@ -47,6 +47,21 @@
               .frame(height: 200)
             }
           }
+          if let thermal = bench.model.report?.energy?.thermal, thermal.count > 1 {
+            Section("Thermal state during the run") {
+              Chart(Array(thermal.enumerated()), id: \.offset) { item in
+                LineMark(x: .value("s", item.element.seconds), y: .value("state", Self.level(item.element.value)))
+                  .interpolationMethod(.stepEnd)
+              }
+              .chartYScale(domain: 0...3)
+              .chartYAxis {
+                AxisMarks(values: [0, 1, 2, 3]) { value in
+                  AxisValueLabel { Text(["nominal", "fair", "serious", "critical"][value.as(Int.self) ?? 0]) }
+                }
+              }
+              .frame(height: 140)
+            }
+          }
           if let data = bench.model.reportJSON, let text = String(data: data, encoding: .utf8) {
             Section("Result") {
               ShareLink(item: text, preview: SharePreview("qwen-mobile bench.json"))
@@ -55,6 +70,10 @@
         }
         .navigationTitle("Benchmark")
       }
+    }
+
+    static func level(_ state: String) -> Int {
+      ["nominal": 0, "fair": 1, "serious": 2, "critical": 3][state] ?? 0
     }
 
     func start() {
