@@ -89,7 +89,8 @@ cfg = dict(json.load(open(sys.argv[1])), tie_word_embeddings=False)
 torch.manual_seed(0)
 Qwen3_5ForCausalLM(Qwen3_5TextConfig(**cfg)).save_pretrained(sys.argv[2])
 EOF
-    "$ROOT/.venv/bin/qwen-mobile" export "$BUILD/bundles/tiny-untied-src" --preset xnnpack-fp32 --max-seq-len 128 \
+    # The CLI of the same interpreter as every other step (PYTHON may be a venv other than .venv).
+    "$PY" -m qwen_mobile.export.cli export "$BUILD/bundles/tiny-untied-src" --preset xnnpack-fp32 --max-seq-len 128 \
       --out "$TINY" --force --no-progress >"$BUILD/export-tiny.log" 2>&1 \
       || { tail -20 "$BUILD/export-tiny.log" >&2; exit 1; }
   fi
