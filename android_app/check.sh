@@ -69,6 +69,7 @@ SUMMARY+=("junit: $(echo $TESTS | wc -w) classes, $RUN tests")
 
 # ---- native payload checks -------------------------------------------------------------------------------------------
 NATIVE_CHECK=$REPO/runtime/scripts/check_android_native.sh
+NATIVE_FAILED=0
 if [ "$NATIVE" = yes ]; then
   mkdir -p "$W/unzipped"
   (cd "$W/unzipped" && unzip -q "$APK" 'lib/*' 'assets/launch.json')
@@ -84,8 +85,12 @@ assert packaged["env"] == app["env"], (packaged["env"], app["env"])
 PY
   SUMMARY+=("launch line: the app's RunnerCommand equals the APK's launch.json (argv and env)")
   if [ -f "$NATIVE_CHECK" ]; then
-    bash "$NATIVE_CHECK" "$LIBDIR"
-    SUMMARY+=("native checks (check_android_native.sh) on the APK's unzipped lib/arm64-v8a: ok")
+    if bash "$NATIVE_CHECK" "$LIBDIR"; then
+      SUMMARY+=("native checks (check_android_native.sh) on the APK's unzipped lib/arm64-v8a: ok")
+    else
+      NATIVE_FAILED=1
+      SUMMARY+=("native checks (check_android_native.sh) on the APK's unzipped lib/arm64-v8a: FAILED (output above)")
+    fi
   else
     SUMMARY+=("native checks: NOT RUN (no runtime/scripts/check_android_native.sh in this tree)")
   fi
@@ -97,4 +102,4 @@ echo
 echo "== android_app/check.sh summary ($(( $(date +%s) - T0 )) s)"
 for line in "${SUMMARY[@]}"; do echo "  $line"; done
 echo "$PASSED passed, $FAILED failed"
-[ "$JUNIT_RC" = 0 ] && [ "$FAILED" = 0 ]
+[ "$JUNIT_RC" = 0 ] && [ "$FAILED" = 0 ] && [ "$NATIVE_FAILED" = 0 ]
