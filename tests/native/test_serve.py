@@ -148,6 +148,10 @@ def test_snapshots_round_trip_and_cross_with_python(serve, py_bundle, tmp_path):
     assert len(set(reference)) > 3
     loaded = c.request({"op": "load", "path": str(tmp_path / "turn1.safetensors")})
     assert loaded["event"] == "ok" and loaded["position"] == 21 + 5
+    # The restored state itself, not only the tokens (a tiny random model's tokens barely depend on its recurrent
+    # state): saved again right after the load, every buffer is bit-identical.
+    c.request({"op": "save", "path": str(tmp_path / "reloaded.safetensors")})
+    assert_same_snapshot(tmp_path / "turn1.safetensors", tmp_path / "reloaded.safetensors")
     assert c.generate(TURN2, 10, **NO_STOP, **{"continue": True})[0] == reference
 
     # The runner's file in Python, and Python's file in the runner.
@@ -160,7 +164,23 @@ def test_snapshots_round_trip_and_cross_with_python(serve, py_bundle, tmp_path):
     session.save(tmp_path / "python.safetensors")
     c.request({"op": "reset"})
     assert c.request({"op": "load", "path": str(tmp_path / "python.safetensors")})["position"] == 21 + 5
+    c.request({"op": "save", "path": str(tmp_path / "python-via-runner.safetensors")})
+    assert_same_snapshot(tmp_path / "python.safetensors", tmp_path / "python-via-runner.safetensors")
+    assert_same_snapshot(tmp_path / "python.safetensors", tmp_path / "turn1.safetensors")
     assert c.generate(TURN2, 10, **NO_STOP, **{"continue": True})[0] == reference
+
+
+def assert_same_snapshot(a, b):
+    from safetensors import safe_open
+
+    with safe_open(str(a), framework="pt") as fa, safe_open(str(b), framework="pt") as fb:
+        meta_a, meta_b = fa.metadata(), fb.metadata()
+        for key in ("format", "version", "bundle_hash", "position", "pending"):
+            assert meta_a[key] == meta_b[key], key
+        assert json.loads(meta_a["tokens"]) == json.loads(meta_b["tokens"])
+        assert set(fa.keys()) == set(fb.keys())
+        changed = [k for k in fa.keys() if not torch.equal(fa.get_tensor(k), fb.get_tensor(k))]
+        assert not changed, f"{a.name} vs {b.name}: buffers differ: {changed}"
 
 
 def test_a_snapshot_of_another_bundle_is_refused(serve, tmp_path):
