@@ -384,10 +384,46 @@ class Qwen35ForCausalLM(nn.Module):
         x = self.model.embed_tokens(tokens)  # [B,T,h]
         cos = self.rope_cos[input_pos].to(x.dtype)  # [T,R]
         sin = self.rope_sin[input_pos].to(x.dtype)
+        return self._decoder(x, input_pos, cos, sin)
+
+    def forward_embeddings(self, embeds: torch.Tensor, input_pos: torch.Tensor,
+                           rope_pos: torch.Tensor) -> torch.Tensor:
+        """Multimodal forward: embeds [B,T,h] (token embeddings with image embeddings in the image slots, see
+        vision_language.py), input_pos [T] cache slots, rope_pos [3,T] int64 M-RoPE positions (rows T, H, W; shared by
+        the batch) -> logits [B,T or K,vocab].
+
+        Cache slots and rotary positions part ways once an image is in the sequence: an image of h x w merged tokens
+        fills h*w slots but advances the rotary position by max(h, w) (transformers' get_rope_index). With the three
+        rows equal to input_pos this is `forward(tokens, input_pos)` on the tokens' embeddings.
+        """
+        if not torch.compiler.is_compiling():
+            self._check_embedding_inputs(embeds, input_pos, rope_pos)
+        cos, sin = self.mrope_cos_sin(rope_pos)
+        return self._decoder(embeds, input_pos, cos.to(embeds.dtype), sin.to(embeds.dtype))
+
+    def mrope_cos_sin(self, rope_pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Interleaved M-RoPE tables cos, sin [T,R] (float32) for rope_pos [3,T].
+
+        Frequency slot i (of R/2) turns with the H row if i % 3 == 1 and i < 3 * mrope_section[1], with the W row if
+        i % 3 == 2 and i < 3 * mrope_section[2], else with the T row; the R/2 angles are repeated for the NeoX half
+        split. The same fp32 products as the 1-D tables of setup_caches, so equal rows give bit-equal tables.
+        """
+        cfg = self.config
+        half = cfg.rotary_dim // 2
+        inv_freq = 1.0 / (cfg.rope_theta ** (torch.arange(0, cfg.rotary_dim, 2, dtype=torch.float32) / cfg.rotary_dim))
+        rows = [1 if i % 3 == 1 and i < 3 * cfg.mrope_section[1] else 2 if i % 3 == 2 and i < 3 * cfg.mrope_section[2]
+                else 0 for i in range(half)]
+        pos = rope_pos.float()[torch.tensor(rows, device=rope_pos.device)]  # [R/2,T]: each slot's position row
+        freqs = pos.t() * inv_freq[None, :]  # [T,R/2]
+        emb = torch.cat([freqs, freqs], dim=-1)  # [T,R]
+        return emb.cos(), emb.sin()
+
+    def _decoder(self, x: torch.Tensor, input_pos: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        """x [B,T,h] at cache slots input_pos [T], rotary tables cos/sin [T,R] -> logits [B,T or K,vocab]."""
         # Additive causal mask over the whole static cache: a query at position p sees slots 0..p. Rows repeat per
         # query head of a kv group (see Qwen35Attention), built once here for every layer.
         group = self.config.num_attention_heads // self.config.num_key_value_heads
-        slots = torch.arange(self.max_seq_len, device=tokens.device)
+        slots = torch.arange(self.max_seq_len, device=x.device)
         visible = slots[None, :] <= input_pos.repeat_interleave(group)[:, None]  # [T*G,S], row t*G + g
         mask = torch.where(visible, 0.0, float("-inf")).to(x.dtype)  # [T*G,S]
         for layer in self.model.layers:
@@ -396,6 +432,14 @@ class Qwen35ForCausalLM(nn.Module):
             # Prefill only needs the next-token logits: skipping the others saves T-1 rows of the vocab matmul.
             x = x[:, -self.logits_to_keep:]  # [B,K,h]
         return self.lm_head(self.model.norm(x))  # [B,T or K,vocab]
+
+    def _check_embedding_inputs(self, embeds: torch.Tensor, input_pos: torch.Tensor, rope_pos: torch.Tensor) -> None:
+        h = self.config.hidden_size
+        if embeds.dim() != 3 or embeds.shape[-1] != h or rope_pos.shape != (3, embeds.shape[1]):
+            raise ValueError(f"forward_embeddings(embeds [B,T,{h}], input_pos [T], rope_pos [3,T]): got embeds "
+                             f"{tuple(embeds.shape)}, input_pos {tuple(input_pos.shape)}, "
+                             f"rope_pos {tuple(rope_pos.shape)}")
+        self._check_inputs(embeds[..., 0], input_pos)  # [B,T]: batch, length and cache bounds as for tokens
 
     def _check_inputs(self, tokens: torch.Tensor, input_pos: torch.Tensor) -> None:
         if tokens.dim() != 2 or input_pos.dim() != 1 or tokens.shape[1] != input_pos.shape[0]:

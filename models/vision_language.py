@@ -1,0 +1,156 @@
+"""Image + text prompts: the vision tower's embeddings in the prompt's image slots, the three-row M-RoPE positions,
+and a small eager runner (prefill, decode, greedy generate) over `Qwen35ForCausalLM.forward_embeddings`.
+
+A prompt holds each image as `<|vision_start|>` + `<|image_pad|>` x N + `<|vision_end|>`, N = h*w/4 for an image of
+h x w patches (one token per 2 x 2 block, in the tower's merge-block order). Positions (transformers' get_rope_index):
+
+  text token            T = H = W = p, then p += 1
+  image of gh x gw      token (r, c) of the gh/2 x gw/2 merged grid: T = p, H = p + r, W = p + c;
+  merged tokens         then p += max(gh, gw) / 2       (not by the token count: the rotary position runs slower)
+
+Cache slots do not follow: they advance by one per token. After the prompt, a decoded token at slot s takes rotary
+position s + delta in all three rows, delta = (largest prompt position + 1) - prompt length (rope_deltas).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from .config import ConfigError
+from .qwen35 import Qwen35ForCausalLM
+from .vision import Qwen35VisionModel
+
+Grid = tuple[int, int, int]  # (frames, patch rows, patch columns) of one image
+
+
+def image_token_count(grid: Grid, merge: int) -> int:
+    t, h, w = grid
+    return t * h * w // merge ** 2
+
+
+def mrope_positions(tokens: Sequence[int], grids: Sequence[Grid], image_token_id: int,
+                    merge: int) -> tuple[torch.Tensor, int]:
+    """Prompt token ids and its images' grids (in prompt order) -> rope_pos [3,T] int64 and the next text position.
+
+    Each run of image tokens is one image and must hold exactly its grid's token count.
+    """
+    rows: list[torch.Tensor] = []
+    pos, i, n, images = 0, 0, len(tokens), iter(grids)
+    while i < n:
+        j = i
+        is_image = tokens[i] == image_token_id
+        while j < n and (tokens[j] == image_token_id) == is_image:
+            j += 1
+        if not is_image:
+            rows.append(torch.arange(pos, pos + j - i).expand(3, -1))  # [3, run]
+            pos += j - i
+        else:
+            grid = next(images, None)
+            if grid is None:
+                raise ValueError(f"prompt has more image-token runs than images ({len(grids)} given)")
+            t, h, w = grid
+            if t != 1:
+                raise ValueError(f"image grid {grid}: only single-frame images are supported in a prompt")
+            gh, gw = h // merge, w // merge
+            if j - i != gh * gw:
+                raise ValueError(f"image-token run at position {i} has {j - i} tokens; its image grid {grid} needs "
+                                 f"{gh * gw}")
+            r = torch.arange(gh)[:, None].expand(gh, gw).reshape(-1)  # [gh*gw], row-major over the merged grid
+            c = torch.arange(gw)[None, :].expand(gh, gw).reshape(-1)
+            rows.append(torch.stack([torch.zeros_like(r), r, c]) + pos)  # [3, gh*gw]
+            pos += max(gh, gw)
+        i = j
+    if next(images, None) is not None:
+        raise ValueError(f"{len(grids)} images given but the prompt has fewer image-token runs")
+    return torch.cat(rows, dim=1), pos  # [3,T]
+
+
+class Qwen35VisionLanguage(nn.Module):
+    """The text decoder and its vision tower, batch 1. `prefill` starts a new sequence (state reset); `decode` appends
+    one token; the runner tracks the next cache slot and rotary position."""
+
+    def __init__(self, text: Qwen35ForCausalLM, visual: Qwen35VisionModel):
+        super().__init__()
+        if visual.config.out_hidden_size != text.config.hidden_size:
+            raise ConfigError(f"vision_config field 'out_hidden_size' is {visual.config.out_hidden_size}, but the text "
+                              f"decoder's hidden_size is {text.config.hidden_size}")
+        if text.max_batch_size != 1:
+            raise ValueError("Qwen35VisionLanguage runs batch 1; build the text model with max_batch_size=1")
+        self.text = text
+        self.visual = visual
+        self.next_slot = 0
+        self.next_rope = 0
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, *, dtype: torch.dtype = torch.float32, max_seq_len: int | None = None,
+                        gdn_impl: str = "op") -> "Qwen35VisionLanguage":
+        text = Qwen35ForCausalLM.from_pretrained(path, dtype=dtype, max_seq_len=max_seq_len, gdn_impl=gdn_impl)
+        return cls(text, Qwen35VisionModel.from_pretrained(path, dtype=dtype))
+
+    @property
+    def image_token_id(self) -> int:
+        return self.visual.config.image_token_id
+
+    def image_placeholder(self, grid: Grid) -> list[int]:
+        """The token ids one image occupies in a prompt: vision_start, N image tokens, vision_end."""
+        cfg = self.visual.config
+        n = image_token_count(grid, cfg.spatial_merge_size)
+        return [cfg.vision_start_token_id] + [cfg.image_token_id] * n + [cfg.vision_end_token_id]
+
+    def embed(self, tokens: torch.Tensor, image_embeds: torch.Tensor | None) -> torch.Tensor:
+        """tokens [1,T] -> embeddings [1,T,h], image tokens replaced in order by image_embeds [N,h]."""
+        x = self.text.model.embed_tokens(tokens)  # [1,T,h]
+        slots = tokens[0] == self.image_token_id  # [T]
+        n = int(slots.sum())
+        given = 0 if image_embeds is None else image_embeds.shape[0]
+        if n != given:
+            raise ValueError(f"prompt has {n} image tokens but the images give {given} embeddings")
+        if n:
+            x = x.clone()
+            x[0, slots] = image_embeds.to(x.dtype)
+        return x
+
+    @torch.no_grad()
+    def prefill(self, tokens: Sequence[int], pixel_values: torch.Tensor | None = None,
+                grid_thw: Sequence[Grid] = ()) -> torch.Tensor:
+        """A new sequence: prompt token ids (with image placeholders) and its images' patches -> logits [1,T,vocab]."""
+        grids = [tuple(int(v) for v in g) for g in grid_thw]
+        image_embeds = self.visual(pixel_values, grids) if grids else None  # [N,h]
+        ids = torch.tensor([list(tokens)])  # [1,T]
+        rope_pos, next_rope = mrope_positions(ids[0].tolist(), grids, self.image_token_id,
+                                              self.visual.config.spatial_merge_size)
+        self.text.reset()
+        logits = self.text.forward_embeddings(self.embed(ids, image_embeds), torch.arange(ids.shape[1]), rope_pos)
+        self.next_slot, self.next_rope = ids.shape[1], next_rope
+        return logits
+
+    @torch.no_grad()
+    def decode(self, token: int) -> torch.Tensor:
+        """One text token after the prompt -> logits [1,1,vocab]."""
+        rope_pos = torch.full((3, 1), self.next_rope)  # [3,1]: text after the prompt, all rows equal
+        embeds = self.text.model.embed_tokens(torch.tensor([[token]]))  # [1,1,h]
+        logits = self.text.forward_embeddings(embeds, torch.tensor([self.next_slot]), rope_pos)
+        self.next_slot += 1
+        self.next_rope += 1
+        return logits
+
+    @torch.no_grad()
+    def generate(self, tokens: Sequence[int], pixel_values: torch.Tensor | None = None, grid_thw: Sequence[Grid] = (),
+                 max_new_tokens: int = 32, stop_ids: tuple[int, ...] = ()) -> list[int]:
+        """Greedy generation from a fresh state: one prefill, then one decode per token."""
+        if len(tokens) + max_new_tokens > self.text.max_seq_len:
+            raise ValueError(f"prompt ({len(tokens)} tokens) + max_new_tokens ({max_new_tokens}) exceeds "
+                             f"max_seq_len={self.text.max_seq_len}")
+        logits = self.prefill(tokens, pixel_values, grid_thw)
+        out: list[int] = []
+        for _ in range(max_new_tokens):
+            nxt = int(logits[0, -1].argmax())
+            out.append(nxt)
+            if nxt in stop_ids:
+                break
+            logits = self.decode(nxt)
+        return out
