@@ -90,9 +90,8 @@ enum ManifestSchema {
     let tokenizer = root["tokenizer"]
     try requireObject(tokenizer, ["file", "stop_ids"])
     _ = try tokenizer["file"].optionalString()
-    let stops = try tokenizer["stop_ids"].array()
-    guard !stops.isEmpty else { throw tokenizer["stop_ids"].fail("must not be empty") }
-    for s in stops { _ = try s.int() }
+    // May be empty: a model without an end-of-sequence token stops only at the token limit (manifest schema).
+    for s in try tokenizer["stop_ids"].array() { _ = try s.int() }
     if tokenizer["thinking_default"].exists { _ = try tokenizer["thinking_default"].bool() }
     if tokenizer["bos_id"].exists { _ = try tokenizer["bos_id"].int() }
 
