@@ -14,8 +14,8 @@ position s + delta in all three rows, delta = (largest prompt position + 1) - pr
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
 from torch import nn

@@ -133,3 +133,29 @@ def test_bad_prompts_are_named(case):
         vlm.prefill(tokens, torch.cat([pixels, pixels]), grids * 2)
     with pytest.raises(ValueError, match=r"forward_embeddings\(embeds \[B,T,64\], input_pos \[T\], rope_pos \[3,T\]\)"):
         vlm.text.forward_embeddings(torch.zeros(1, 4, 64), torch.arange(4), torch.zeros(1, 4, dtype=torch.long))
+
+
+def test_image_file_to_tokens_matches_transformers(case, tmp_path):
+    """A PNG on disk end to end: our decode + preprocessing + tower + decoder vs transformers' image processor on the
+    same decoded image + Qwen3_5ForConditionalGeneration.generate; greedy tokens equal. The image sits on the
+    32-pixel grid, where both preprocessings agree to the bit (test_vision_preprocess.py)."""
+    from PIL import Image
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    from qwen_mobile.models.vision_preprocess import ImageProcessorConfig, decode_image, preprocess_file
+
+    vlm, hf = case("A", "hv1x", True)
+    rgb = torch.randint(0, 256, (64, 96, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(4))
+    Image.fromarray(rgb.numpy()).save(tmp_path / "photo.png")
+    config = ImageProcessorConfig(min_pixels=32 * 32, max_pixels=128 * 128)
+    image = preprocess_file(tmp_path / "photo.png", config)
+    theirs = Qwen2VLImageProcessorPil(patch_size=16, image_mean=config.image_mean, image_std=config.image_std,
+                                      size={"shortest_edge": config.min_pixels, "longest_edge": config.max_pixels})
+    ref = theirs(images=[Image.fromarray(decode_image(tmp_path / "photo.png").permute(1, 2, 0).numpy())],
+                 return_tensors="pt")
+    assert image.grid_thw == tuple(ref["image_grid_thw"][0].tolist()) == (1, 4, 6)
+    tokens = [3, 4] + vlm.image_placeholder(image.grid_thw) + [5, 6, 7]
+    with torch.no_grad():
+        expected = hf.generate(**hf_inputs(vlm, tokens, ref["pixel_values"], [image.grid_thw]), max_new_tokens=12,
+                               do_sample=False, eos_token_id=None, pad_token_id=0)[0, len(tokens):].tolist()
+    assert vlm.generate(tokens, image.pixel_values, [image.grid_thw], max_new_tokens=12) == expected
