@@ -157,6 +157,25 @@ def test_loader_reads_the_tower_only(hf_vlm):
     Qwen35ForCausalLM.from_pretrained(folder, max_seq_len=32, gdn_impl="reference")
 
 
+def test_bf16_checkpoint_loads_as_requested_dtype(hf_vlm, tmp_path):
+    """Releases ship bf16: the tower loads in fp32 and computes what transformers' fp32 upcast of it computes."""
+    import copy
+
+    folder, hf = hf_vlm("B")
+    copy.deepcopy(hf).to(torch.bfloat16).save_pretrained(tmp_path)  # a copy: the session fixture is shared
+    ours = Qwen35VisionModel.from_pretrained(tmp_path)
+    assert ours.patch_embed.proj.weight.dtype == torch.float32
+    ref_model = type(hf).from_pretrained(tmp_path, dtype=torch.float32).model.visual
+    grids = [(1, 4, 6)]
+    pixels = random_patches(grids, ours.config.patch_dim, seed=3)
+    with torch.no_grad():
+        ref = ref_model(pixels, grid_thw=torch.tensor(grids)).pooler_output
+        got = ours(pixels, grids)
+    assert_relative_close(got, ref, "bf16 checkpoint")
+    ours16 = Qwen35VisionModel.from_pretrained(tmp_path, dtype=torch.bfloat16)
+    assert ours16.blocks[0].attn.qkv.weight.dtype == torch.bfloat16
+
+
 def test_config_reads_the_composite_config(hf_vlm):
     folder, _ = hf_vlm("B")
     cfg = Qwen35VisionConfig.from_json(folder)
