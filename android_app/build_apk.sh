@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds the sample app's APK with Debian's tools, no Gradle (see ../../shared notes in android_app/README.md):
+# Builds the sample app's APK with Debian's tools, no Gradle (android_app/README.md, "Build"):
 # aapt2 compile/link against API 23's android.jar, javac (Java 8, no lambdas), dx, zip, zipalign, apksigner with a
 # throwaway key. The native payload (lib/arm64-v8a: the qwen-bench runner, its libraries, glibc and its loader) comes
 # from runtime/scripts/package_android.sh.
@@ -9,7 +9,7 @@
 #   bash android_app/build_apk.sh OUT.apk --native-dir D  # use an already packaged lib/arm64-v8a folder D
 set -euo pipefail
 
-usage() { sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+usage() { sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
 [ $# -ge 1 ] || usage
 OUT=$1; shift
 case "$OUT" in -h|--help) usage;; esac
