@@ -19,6 +19,17 @@ def logits_of(model, ids):
         return model(ids, torch.arange(ids.shape[1]))
 
 
+def assert_loaded_as_saved(model, folder, skipped: tuple[str, ...]):
+    """Every parameter of `model` is bit-equal to the tensor saved under its name (the multimodal layout's
+    `model.language_model.` prefix read as `model.`), and every saved tensor but the `skipped` ones was loaded."""
+    saved = load_file(folder / "model.safetensors")
+    text = {k.replace("model.language_model.", "model.", 1): v for k, v in saved.items() if not k.startswith(skipped)}
+    params = dict(model.named_parameters())
+    assert sorted(params) == sorted(text)
+    for name, p in params.items():
+        assert torch.equal(p, text[name]), name
+
+
 @pytest.mark.parametrize("kind", ["causal", "cond"])
 @pytest.mark.parametrize("sharded", [False, True], ids=["single-file", "sharded"])
 def test_round_trip(hf_checkpoint, kind, sharded):
@@ -55,7 +66,8 @@ def test_vision_and_mtp_keys_are_skipped(hf_checkpoint, tmp_path):
     assert any(k.startswith("model.visual.") for k in tensors)
     tensors["mtp.fc.weight"] = torch.zeros(64, 128)
     save_file(tensors, dst / "model.safetensors", metadata={"format": "pt"})
-    Qwen35ForCausalLM.from_pretrained(dst, max_seq_len=32, gdn_impl="reference")
+    model = Qwen35ForCausalLM.from_pretrained(dst, max_seq_len=32, gdn_impl="reference")
+    assert_loaded_as_saved(model, dst, skipped=("model.visual.", "mtp."))
 
 
 def rewrite(folder, dst, edit):
@@ -121,7 +133,8 @@ def test_nonzero_conv_bias_rejected_zero_bias_tolerated(hf_checkpoint, tmp_path)
     folder, _ = hf_checkpoint()
     key = "model.layers.0.linear_attn.conv1d.bias"
     ok = rewrite(folder, tmp_path / "zero", lambda t: t.__setitem__(key, torch.zeros(256)))
-    Qwen35ForCausalLM.from_pretrained(ok, max_seq_len=16, gdn_impl="reference")
+    model = Qwen35ForCausalLM.from_pretrained(ok, max_seq_len=16, gdn_impl="reference")
+    assert_loaded_as_saved(model, ok, skipped=(key,))  # a zero bias adds nothing: our conv has none
     bad = rewrite(folder, tmp_path / "nonzero", lambda t: t.__setitem__(key, torch.ones(256)))
     with pytest.raises(CheckpointError, match="non-zero conv bias"):
         Qwen35ForCausalLM.from_pretrained(bad)
