@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from checkpoints import make_hf_causal_lm
+from transformers import Qwen3_5ForCausalLM
 from qwen_mobile.runtime import bundle
 from qwen_mobile.export.api import export, load_export_preset
 from qwen_mobile.export.quantize import quantize_weight
@@ -27,7 +28,9 @@ def build(tmp_path_factory, regime, tied, preset, store_dtype=torch.float32, ini
     hf = make_hf_causal_lm(regime, tied, seed=3, initializer_range=init_std).to(store_dtype)
     src = tmp_path_factory.mktemp(f"src-{regime}")
     hf.save_pretrained(src)
-    hf.float()  # the reference: transformers' fp32 model of the stored values
+    # The reference: transformers' fp32 model of the stored values, loaded as a user would. Not `hf.float()`: the
+    # round trip through bf16 would leave its RoPE inv_freq buffer rounded to bf16 (measured 2.3e-4 logit error here).
+    hf = Qwen3_5ForCausalLM.from_pretrained(src, dtype=torch.float32).eval()
     out = tmp_path_factory.mktemp("bundles") / f"{regime}-{preset}"
     with pytest.warns(UserWarning, match="no tokenizer.json; the bundle will be run with token ids only"):
         manifest = export(str(src), out, preset=preset, **SMALL, **extra)
