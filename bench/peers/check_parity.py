@@ -42,9 +42,9 @@ def pte_logits(pte: str, tokens=TOKENS) -> np.ndarray:
 def gguf_logits(gguf: str, tokens=TOKENS) -> np.ndarray:
     from llama_cpp import Llama
 
-    from ._llamacpp_worker import disable_extra_bufts
+    from ._llamacpp_worker import configure_bufts
 
-    disable_extra_bufts()  # AMX-repacked Q4_0 crashes on this host, see there
+    configure_bufts("none", gguf)  # the plain Q4_0 layout: AMX-repacked Q4_0 crashes on AMX hosts (bench/README.md)
     llm = Llama(model_path=gguf, n_ctx=64, n_threads=1, logits_all=True, verbose=False)
     llm.eval(tokens)
     return np.array(llm.scores[: len(tokens)])

@@ -55,6 +55,9 @@ class PeerResult:
     versions: dict[str, str] = dataclasses.field(default_factory=dict)
     commands: list[list[str]] = dataclasses.field(default_factory=list)
     notes: list[str] = dataclasses.field(default_factory=list)
+    # How the peer was run where it has choices that change its speed, and why (llama.cpp: its weight buffer types,
+    # the configurations tried and how each ended; bench/peers/llamacpp.py `choose_bufts`).
+    config: dict[str, Any] = dataclasses.field(default_factory=dict)
     error: str | None = None
     schema: int = SCHEMA_VERSION
 
