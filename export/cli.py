@@ -455,13 +455,16 @@ def add_bundle_commands(sub, add_prompt) -> None:
     p = sub.add_parser("bench", formatter_class=argparse.RawDescriptionHelpFormatter,
                        help="time bundles on this host: TTFT, prefill and decode tok/s, peak RSS; JSON and plot",
                        description="Benchmark bundles side by side in this process, or compare saved results. Each "
-                                   "TARGET is a bundle folder (measured now) or a JSON file in the bench schema "
+                                   "TARGET is a bundle folder (measured now), a JSON file in the bench schema "
                                    "(runtime/schemas/bench.schema.json: from this command, the native runner or the "
-                                   "apps). Ratios in the table are against the first target.",
+                                   "apps), or a folder of such files (e.g. a device farm's artifacts, searched "
+                                   "recursively). Ratios in the table are against the first target; results from "
+                                   "several devices are shown one row per device and bundle.",
                        epilog="examples:\n  qwen-mobile bench out/nano-8da4w out/nano-fp32 --plot nano.png\n"
                               "  qwen-mobile bench out/nano-8da4w --json host.json\n"
-                              "  qwen-mobile bench host.json pixel8.json --plot compare.png")
-    p.add_argument("targets", metavar="TARGET", nargs="+", help="bundle folder or bench JSON file")
+                              "  qwen-mobile bench host.json pixel8.json --plot compare.png\n"
+                              "  qwen-mobile bench farm-results/ --plot devices.png     # one row per device")
+    p.add_argument("targets", metavar="TARGET", nargs="+", help="bundle folder, bench JSON file, or folder of them")
     p.add_argument("--prompt-lengths", type=_lengths, default=[128, 512], metavar="N,N",
                    help="prompt lengths to time prefill at (default 128,512)")
     p.add_argument("--gen", type=_positive, default=64, help="tokens to decode per run (default %(default)s)")

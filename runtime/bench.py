@@ -176,6 +176,100 @@ def load_results(path: str | Path) -> list[dict]:
     return items
 
 
+def load_result_folder(folder: str | Path) -> tuple[list[dict], list[Path]]:
+    """Every bench result under `folder` (a device farm's artifacts: one subfolder per device, logs beside them).
+
+    JSON files that say they are bench results (`"format": "qwen-mobile-bench"`) are validated, and a bad one is an
+    error naming it; other JSON files (a runner's launch.json, farm metadata) are returned as skipped.
+    """
+    folder = Path(folder)
+    results, skipped = [], []
+    for path in sorted(folder.rglob("*.json")):
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+            skipped.append(path)
+            continue
+        items = data if isinstance(data, list) else [data]
+        if not all(isinstance(i, dict) and i.get("format") == FORMAT for i in items) or not items:
+            skipped.append(path)
+            continue
+        results += load_results(path)
+    if not results:
+        raise BundleError(f"{folder}: no bench results (JSON files with \"format\": \"{FORMAT}\") in it or its "
+                          f"subfolders; {len(skipped)} other JSON files")
+    return results, skipped
+
+
+def _energy_text(res: dict) -> str:
+    energy = res.get("energy") or {}
+    per_token = energy.get("joules_per_token")
+    if per_token is None:
+        return "-"
+    if energy.get("valid") is False or energy.get("invalid_reasons"):
+        return f"({per_token:.3g}, invalid: charging/plugged)"
+    return f"{per_token:.3g}"
+
+
+def device_table(results: list[dict]) -> str:
+    """One row per device and bundle (results from many phones, e.g. a device farm run), sorted by device."""
+    lengths = sorted({r["prompt_tokens"] for res in results for r in res["results"]})
+    head = ("device", "bundle", "producer", *(f"pp{n} tok/s" for n in lengths), f"TTFT@{lengths[0]} ms",
+            "decode tok/s (p10-p90)", "J/token", "peak RSS")
+    rows = []
+    for res in sorted(results, key=lambda r: (r["device"]["model"], r["bundle"]["model_id"], r["bundle"]["qlinear"])):
+        dev, b = res["device"], res["bundle"]
+        by_len = {r["prompt_tokens"]: r for r in res["results"]}
+        decode = [r["decode_tok_s"] for r in res["results"] if r["decode_tok_s"]]
+        d = decode[0] if decode else None
+        first = by_len.get(lengths[0])
+        rss = (res.get("memory") or {}).get("peak_rss_bytes")
+        rows.append((f"{dev['model']} ({dev['os']}{', emulated' if dev.get('emulated') else ''})",
+                     f"{b['model_id']} {b['qlinear']}/{b['qembedding']}", res["producer"]["name"],
+                     *(f"{by_len[n]['prefill_tok_s']['median']:.1f}" if n in by_len else "-" for n in lengths),
+                     f"{first['ttft_ms']['median']:.1f}" if first else "-",
+                     f"{d['median']:.1f} ({d['p10']:.1f}-{d['p90']:.1f})" if d else "-",
+                     _energy_text(res), f"{rss / 1e9:.2f} GB" if rss else "-"))
+    widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(head)]
+    line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths))  # noqa: E731
+    return "\n".join([line(head), line(["-" * w for w in widths])] + [line(r) for r in rows])
+
+
+def device_plot(results: list[dict], out: str | Path) -> Path:
+    """Horizontal bars, one per device and bundle: decode tok/s and prefill tok/s at the first prompt length."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ordered = sorted(results, key=lambda r: (r["device"]["model"], r["bundle"]["model_id"], r["bundle"]["qlinear"]))
+    names = [f"{r['device']['model']} | {r['bundle']['model_id']} {r['bundle']['qlinear']}" for r in ordered]
+    first_len = min(x["prompt_tokens"] for r in ordered for x in r["results"])
+    fig, axes = plt.subplots(1, 2, figsize=(12, 0.45 * len(ordered) + 1.6), sharey=True)
+    for ax, key, title in ((axes[0], "decode_tok_s", "decode tok/s"),
+                           (axes[1], "prefill_tok_s", f"prefill tok/s (prompt {first_len})")):
+        med, lo, hi = [], [], []
+        for r in ordered:
+            pick = [x[key] for x in r["results"]
+                    if x[key] and (key == "decode_tok_s" or x["prompt_tokens"] == first_len)]
+            s = pick[0] if pick else {"median": 0.0, "p10": 0.0, "p90": 0.0}
+            med.append(s["median"])
+            lo.append(s["median"] - s["p10"])
+            hi.append(s["p90"] - s["median"])
+        ax.barh(range(len(ordered)), med, xerr=[lo, hi], capsize=3, color="tab:blue" if key == "decode_tok_s" else
+                "tab:orange")
+        ax.set_title(title)
+        ax.grid(axis="x", alpha=0.3)
+    axes[0].set_yticks(range(len(ordered)), names, fontsize=8)
+    axes[0].invert_yaxis()
+    fig.suptitle("qwen-mobile bench across devices: median with p10-p90")
+    fig.tight_layout()
+    out = Path(out)
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out
+
+
 def label(result: dict) -> str:
     b = result["bundle"]
     where = result["device"]["model"]

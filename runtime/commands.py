@@ -211,11 +211,18 @@ def _interruptible():
 def cmd_bench(args) -> int:
     from . import bench
 
-    results = []
+    results, from_folders = [], False
     for item in args.targets:
         path = Path(item)
         if path.is_file() and path.suffix == ".json":
             results += bench.load_results(path)
+            continue
+        if path.is_dir() and not (path / "manifest.json").is_file():  # a folder of results, e.g. from a device farm
+            found, skipped = bench.load_result_folder(path)
+            print(f"[{path}: {len(found)} bench results"
+                  + (f", {len(skipped)} other JSON files skipped" if skipped else "") + "]", file=sys.stderr)
+            results += found
+            from_folders = True
             continue
         print(f"[bench {path}: prompts {args.prompt_lengths}, {args.gen} new tokens, {args.warmup} warm-up + "
               f"{args.runs} runs, in its own process]", file=sys.stderr)
@@ -223,13 +230,16 @@ def cmd_bench(args) -> int:
                                                   args.seed)
         bench.validate_bench(result)
         results.append(result)
-    print(bench.table(results))
+    many_devices = len({r["device"]["model"] for r in results}) > 1
+    by_device = from_folders or many_devices
+    print(bench.device_table(results) if by_device else bench.table(results))
     if args.json:
         doc = results[0] if len(results) == 1 else results
         Path(args.json).write_text(json.dumps(doc, indent=2) + "\n")
         print(f"wrote {args.json}", file=sys.stderr)
     if args.plot:
-        print(f"wrote {bench.plot(results, args.plot)}", file=sys.stderr)
+        drawn = bench.device_plot(results, args.plot) if by_device else bench.plot(results, args.plot)
+        print(f"wrote {drawn}", file=sys.stderr)
     return 0
 
 
