@@ -211,13 +211,33 @@ def _energy_text(res: dict) -> str:
     return f"{per_token:.3g}"
 
 
+def _format_table(head: tuple, rows: list[tuple]) -> str:
+    widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(head)]
+    line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths))  # noqa: E731
+    return "\n".join([line(head), line(["-" * w for w in widths])] + [line(r) for r in rows])
+
+
+def _save_figure(fig, out: str | Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    out = Path(out)
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out
+
+
+def _by_device(results: list[dict]) -> list[dict]:
+    return sorted(results, key=lambda r: (r["device"]["model"], r["bundle"]["model_id"], r["bundle"]["qlinear"]))
+
+
 def device_table(results: list[dict]) -> str:
     """One row per device and bundle (results from many phones, e.g. a device farm run), sorted by device."""
     lengths = sorted({r["prompt_tokens"] for res in results for r in res["results"]})
     head = ("device", "bundle", "producer", *(f"pp{n} tok/s" for n in lengths), f"TTFT@{lengths[0]} ms",
             "decode tok/s (p10-p90)", "J/token", "peak RSS")
     rows = []
-    for res in sorted(results, key=lambda r: (r["device"]["model"], r["bundle"]["model_id"], r["bundle"]["qlinear"])):
+    for res in _by_device(results):
         dev, b = res["device"], res["bundle"]
         by_len = {r["prompt_tokens"]: r for r in res["results"]}
         decode = [r["decode_tok_s"] for r in res["results"] if r["decode_tok_s"]]
@@ -230,9 +250,7 @@ def device_table(results: list[dict]) -> str:
                      f"{first['ttft_ms']['median']:.1f}" if first else "-",
                      f"{d['median']:.1f} ({d['p10']:.1f}-{d['p90']:.1f})" if d else "-",
                      _energy_text(res), f"{rss / 1e9:.2f} GB" if rss else "-"))
-    widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(head)]
-    line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths))  # noqa: E731
-    return "\n".join([line(head), line(["-" * w for w in widths])] + [line(r) for r in rows])
+    return _format_table(head, rows)
 
 
 def device_plot(results: list[dict], out: str | Path) -> Path:
@@ -242,7 +260,7 @@ def device_plot(results: list[dict], out: str | Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    ordered = sorted(results, key=lambda r: (r["device"]["model"], r["bundle"]["model_id"], r["bundle"]["qlinear"]))
+    ordered = _by_device(results)
     names = [f"{r['device']['model']} | {r['bundle']['model_id']} {r['bundle']['qlinear']}" for r in ordered]
     first_len = min(x["prompt_tokens"] for r in ordered for x in r["results"])
     fig, axes = plt.subplots(1, 2, figsize=(12, 0.45 * len(ordered) + 1.6), sharey=True)
@@ -263,11 +281,7 @@ def device_plot(results: list[dict], out: str | Path) -> Path:
     axes[0].set_yticks(range(len(ordered)), names, fontsize=8)
     axes[0].invert_yaxis()
     fig.suptitle("qwen-mobile bench across devices: median with p10-p90")
-    fig.tight_layout()
-    out = Path(out)
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
-    return out
+    return _save_figure(fig, out)
 
 
 def label(result: dict) -> str:
@@ -298,9 +312,7 @@ def table(results: list[dict]) -> str:
                          f"{r['prefill_tok_s']['median']:.1f}",
                          f"{d['median']:.1f} ({d['p10']:.1f}-{d['p90']:.1f})" if d else "-", ratio,
                          f"{rss / 1e9:.2f} GB" if rss else "-"))
-    widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(head)]
-    line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths))  # noqa: E731
-    return "\n".join([line(head), line(["-" * w for w in widths])] + [line(r) for r in rows])
+    return _format_table(head, rows)
 
 
 def plot(results: list[dict], out: str | Path) -> Path:
@@ -332,11 +344,7 @@ def plot(results: list[dict], out: str | Path) -> Path:
         ax.grid(axis="y", alpha=0.3)
     axes[0].legend(fontsize=8, loc="best")
     fig.suptitle("qwen-mobile bench: median with p10-p90")
-    fig.tight_layout()
-    out = Path(out)
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
-    return out
+    return _save_figure(fig, out)
 
 
 def _main(argv=None) -> int:
