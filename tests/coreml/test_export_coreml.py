@@ -84,9 +84,19 @@ def test_mac_verify_script_path_with_the_evaluator(tiny_fp32_bundle, hf_checkpoi
     """scripts/verify_coreml_on_mac.py's logic, with the numpy evaluator standing in for MLModel.predict."""
     from qwen_mobile.export.coreml.mac_verify import main, verify
 
+    from qwen_mobile.export.coreml.api import verification_prompt
+    from qwen_mobile.export.coreml.graph import fp16_kv
+    from qwen_mobile.export.verify import eager_reference
+    from qwen_mobile.models import Qwen35ForCausalLM
+
     out, manifest = tiny_fp32_bundle
     report = verify(out, backend="evaluator", steps=4)
-    assert report["passed"] and report["max_abs_logit_diff"] <= FP32_REL_TOL * max(1.0, 10.0), report
+    # The bound the script's gate states, 1e-4 x max(1, max |logit|), with max |logit| from eager on the same prompt.
+    folder, _ = hf_checkpoint("causal", "hv2x")
+    eager = fp16_kv(Qwen35ForCausalLM.from_pretrained(folder, max_seq_len=64)).set_gdn_impl("reference")
+    prompt = verification_prompt(eager.config.vocab_size, None, manifest["program"]["methods"]["forward"]["max_tokens"])
+    max_logit = float(eager_reference(eager, prompt, steps=4).logits.abs().max())
+    assert report["passed"] and report["max_abs_logit_diff"] <= FP32_REL_TOL * max(1.0, max_logit), (report, max_logit)
     assert main([str(out), "--backend", "evaluator", "--steps", "2"]) == 0
 
 
