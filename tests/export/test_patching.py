@@ -32,7 +32,7 @@ def test_an_inherited_attribute_is_absent_again_and_an_own_one_is_the_same_descr
 def test_a_module_attribute_is_restored_even_when_the_block_raises():
     module = types.ModuleType("m")
     module.value = 1
-    with pytest.raises(RuntimeError), patched(module, "value", 2):
+    with pytest.raises(RuntimeError, match="raised inside the block"), patched(module, "value", 2):
         assert module.value == 2
-        raise RuntimeError
+        raise RuntimeError("raised inside the block")
     assert module.value == 1
