@@ -54,6 +54,25 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat([-x[..., half:], x[..., :half]], dim=-1)
 
 
+class Qwen35VisionLayerNorm(nn.Module):
+    """nn.LayerNorm's math (affine, eps 1e-6, statistics in fp32) with its mean and variance taken over a [1, N, D, 1]
+    view: XNNPACK delegates mean.dim only over dims (2, 3) of a 4-D tensor (as qwen35.rms_scale) and does not take
+    native_layer_norm, which split the exported tower around every norm (10 -> 5 delegate calls at depth 2)."""
+
+    def __init__(self, dim: int, eps: float = LAYER_NORM_EPS):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.bias = nn.Parameter(torch.zeros(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        v = x.float().reshape(1, -1, x.shape[-1], 1)  # [1,N,D,1]
+        centred = v - v.mean((2, 3), keepdim=True)
+        var = (centred * centred).mean((2, 3), keepdim=True)  # [1,N,1,1]
+        y = (centred * torch.rsqrt(var + self.eps)).reshape(x.shape)  # [...,D]
+        return (y * self.weight.float() + self.bias.float()).to(x.dtype)
+
+
 class Qwen35VisionPatchEmbed(nn.Module):
     def __init__(self, config: Qwen35VisionConfig):
         super().__init__()
@@ -99,8 +118,8 @@ class Qwen35VisionMLP(nn.Module):
 class Qwen35VisionBlock(nn.Module):
     def __init__(self, config: Qwen35VisionConfig):
         super().__init__()
-        self.norm1 = nn.LayerNorm(config.hidden_size, eps=LAYER_NORM_EPS)
-        self.norm2 = nn.LayerNorm(config.hidden_size, eps=LAYER_NORM_EPS)
+        self.norm1 = Qwen35VisionLayerNorm(config.hidden_size)
+        self.norm2 = Qwen35VisionLayerNorm(config.hidden_size)
         self.attn = Qwen35VisionAttention(config)
         self.mlp = Qwen35VisionMLP(config)
 
@@ -115,7 +134,7 @@ class Qwen35VisionPatchMerger(nn.Module):
     def __init__(self, config: Qwen35VisionConfig):
         super().__init__()
         self.merged_dim = config.hidden_size * config.spatial_merge_size ** 2
-        self.norm = nn.LayerNorm(config.hidden_size, eps=LAYER_NORM_EPS)  # per patch, before the fold
+        self.norm = Qwen35VisionLayerNorm(config.hidden_size)  # per patch, before the fold
         self.linear_fc1 = nn.Linear(self.merged_dim, self.merged_dim, bias=True)
         self.linear_fc2 = nn.Linear(self.merged_dim, config.out_hidden_size, bias=True)
 

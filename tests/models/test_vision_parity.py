@@ -119,6 +119,21 @@ def test_tower_matches_transformers(hf_vlm, vision, grid_thw):
     assert_relative_close(got, ref, f"tower {vision}, grids {grid_thw}")
 
 
+def test_layer_norm_is_torch_layer_norm():
+    """The export-friendly LayerNorm (statistics over a 4-D view) against F.layer_norm, fp32 and bf16 inputs."""
+    from qwen_mobile.models.vision import Qwen35VisionLayerNorm
+
+    gen = torch.Generator().manual_seed(0)
+    norm = Qwen35VisionLayerNorm(48)
+    with torch.no_grad():
+        norm.weight.copy_(torch.randn(48, generator=gen))
+        norm.bias.copy_(torch.randn(48, generator=gen))
+    x = 3 * torch.randn(37, 48, generator=gen) + 1
+    ref = torch.nn.functional.layer_norm(x, (48,), norm.weight, norm.bias, eps=1e-6)
+    torch.testing.assert_close(norm(x), ref, atol=1e-5, rtol=0)
+    torch.testing.assert_close(norm(x.bfloat16()).float(), ref, atol=0.05, rtol=0)  # bf16 output rounding only
+
+
 def test_two_images_equal_each_alone(hf_vlm):
     """Images do not see each other: encoding two at once is encoding each on its own (no cross-image leak)."""
     folder, _ = hf_vlm("A")
