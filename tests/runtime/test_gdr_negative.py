@@ -115,6 +115,9 @@ def test_fake_kernel_validates_under_export(qrt):
         def forward(self, q, k, v, g, beta):
             return torch.ops.qwen35.gated_delta_rule(q, k, v, g, beta, self.gdn_state)
 
+    from qwen_mobile.runtime.ops import GatedDeltaRuleArgumentError
+
     a = _good()
-    with pytest.raises(Exception, match="'state'"), torch.no_grad():
+    with pytest.raises(GatedDeltaRuleArgumentError, match=r"argument 'state' has shape \[1, 4, 6, 8\], must be "
+                                                          r"\[B, Hv, K, V\] = \[1, 4, 8, 6\]"), torch.no_grad():
         torch.export.export(Bad(), (a["q"], a["k"], a["v"], a["g"], a["beta"]), strict=False)
