@@ -38,6 +38,19 @@ class ConfigError(ValueError):
     """A config.json (or preset) that does not describe a Qwen3.5 text decoder we can build."""
 
 
+def read_config_json(path: str | Path) -> tuple[dict, Path]:
+    """A checkpoint's config.json (given the folder or the file) parsed, with the path it was read from."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"no config.json at {path}")
+    try:
+        return json.loads(path.read_text()), path
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"{path}: not valid JSON ({err})") from None
+
+
 @dataclass
 class Qwen35Config:
     vocab_size: int
@@ -166,15 +179,7 @@ class Qwen35Config:
 
     @classmethod
     def from_json(cls, path: str | Path) -> "Qwen35Config":
-        path = Path(path)
-        if path.is_dir():
-            path = path / "config.json"
-        if not path.is_file():
-            raise FileNotFoundError(f"no config.json at {path}")
-        try:
-            raw = json.loads(path.read_text())
-        except json.JSONDecodeError as err:
-            raise ConfigError(f"{path}: not valid JSON ({err})") from None
+        raw, path = read_config_json(path)
         return cls.from_dict(raw, source=str(path))
 
     @classmethod
@@ -306,15 +311,7 @@ class Qwen35VisionConfig:
     @classmethod
     def from_json(cls, path: str | Path) -> "Qwen35VisionConfig | None":
         """The tower of a checkpoint folder (or its config.json), or None when it has none (a text-only save)."""
-        path = Path(path)
-        if path.is_dir():
-            path = path / "config.json"
-        if not path.is_file():
-            raise FileNotFoundError(f"no config.json at {path}")
-        try:
-            raw = json.loads(path.read_text())
-        except json.JSONDecodeError as err:
-            raise ConfigError(f"{path}: not valid JSON ({err})") from None
+        raw, path = read_config_json(path)
         if raw.get("model_type") not in NESTED_MODEL_TYPES or raw.get("vision_config") is None:
             return None
         return cls.from_dict(raw, source=str(path))
