@@ -39,18 +39,13 @@ t0=$(date +%s)
 step() { printf '\n== %s (%ss)\n' "$*" "$(( $(date +%s) - t0 ))"; }
 
 step "tools"
-need=()
-command -v aarch64-linux-gnu-gcc >/dev/null || need+=(gcc-aarch64-linux-gnu)
+# shellcheck source=arm64_lib.sh
+source "$ROOT/runtime/scripts/arm64_lib.sh"
+install_missing check_android_native aarch64-linux-gnu-gcc:gcc-aarch64-linux-gnu
 QEMU=$(command -v qemu-aarch64 || command -v qemu-aarch64-static || true)
-[ -n "$QEMU" ] || need+=(qemu-user)
-if [ ${#need[@]} -gt 0 ]; then
-  if [ "$(id -u)" != 0 ]; then
-    echo "check_android_native: missing ${need[*]}; install them (apt-get install ${need[*]}) or run as root" >&2
-    exit 2
-  fi
-  apt-get update -q >/dev/null
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${need[@]}" >/dev/null
-  QEMU=$(command -v qemu-aarch64 || command -v qemu-aarch64-static)
+if [ -z "$QEMU" ]; then
+  install_missing check_android_native qemu-aarch64:qemu-user
+  QEMU=$(command -v qemu-aarch64)
 fi
 echo "emulator: $QEMU ($("$QEMU" --version | head -1))"
 
@@ -58,24 +53,7 @@ status=0
 step "ELF checks"
 "$PY" "$SECCOMP/check_payload.py" elf "$LIB_DIR" || status=1
 
-if [ -z "$BUNDLE" ]; then
-  BUNDLE=$BUILD/bundles/tiny-untied-fp32
-  if ! QWEN35_RUNTIME_NO_LOAD=1 "$PY" -c 'import sys; from qwen_mobile.runtime.bundle import load_manifest
-load_manifest(sys.argv[1])' "$BUNDLE" 2>/dev/null; then
-    step "export a tiny random model (xnnpack-fp32), as check_arm64.sh does"
-    "$PY" - "$ROOT/models/presets/tiny.json" "$BUILD/bundles/tiny-untied-src" <<'EOF'
-import json, sys, torch
-from transformers import Qwen3_5ForCausalLM, Qwen3_5TextConfig
-cfg = dict(json.load(open(sys.argv[1])), tie_word_embeddings=False)
-torch.manual_seed(0)
-Qwen3_5ForCausalLM(Qwen3_5TextConfig(**cfg)).save_pretrained(sys.argv[2])
-EOF
-    mkdir -p "$BUILD"
-    "$ROOT/.venv/bin/qwen-mobile" export "$BUILD/bundles/tiny-untied-src" --preset xnnpack-fp32 --max-seq-len 128 \
-      --out "$BUNDLE" --force --no-progress >"$BUILD/export-tiny.log" 2>&1 \
-      || { tail -20 "$BUILD/export-tiny.log" >&2; exit 1; }
-  fi
-fi
+[ -n "$BUNDLE" ] || BUNDLE=$(tiny_untied_bundle "$BUILD")
 BUNDLE=$(cd "$BUNDLE" && pwd)
 OUT=$BUILD/check-android && mkdir -p "$OUT"
 

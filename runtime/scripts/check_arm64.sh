@@ -16,7 +16,6 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 PY=${PYTHON:-$ROOT/.venv/bin/python}
 BUILD=${QWEN_NATIVE_BUILD:-$ROOT/runtime/build-native}
-CACHE=${QWEN_ARM64_WHEEL_CACHE:-$HOME/.cache/qwen_mobile/executorch-aarch64}
 GEN=${CHECK_GEN:-12}
 PROMPT_LEN=${CHECK_PROMPT_LEN:-24}
 SYSROOT=/usr/aarch64-linux-gnu
@@ -24,45 +23,20 @@ t0=$(date +%s)
 step() { printf '\n== %s (%ss)\n' "$*" "$(( $(date +%s) - t0 ))"; }
 
 step "tools"
-need=()
-command -v aarch64-linux-gnu-g++ >/dev/null || need+=(g++-aarch64-linux-gnu)
+# shellcheck source=arm64_lib.sh
+source "$ROOT/runtime/scripts/arm64_lib.sh"
+install_missing check_arm64 aarch64-linux-gnu-g++:g++-aarch64-linux-gnu
 QEMU=$(command -v qemu-aarch64-static || command -v qemu-aarch64 || true)
-[ -n "$QEMU" ] || need+=(qemu-user-static)
-if [ ${#need[@]} -gt 0 ]; then
-  if [ "$(id -u)" != 0 ]; then
-    echo "check_arm64: missing ${need[*]}; install them (apt-get install ${need[*]}) or run as root" >&2
-    exit 2
-  fi
-  apt-get update -q >/dev/null
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${need[@]}" >/dev/null
-  QEMU=$(command -v qemu-aarch64-static || command -v qemu-aarch64)
+if [ -z "$QEMU" ]; then
+  install_missing check_arm64 qemu-aarch64-static:qemu-user-static
+  QEMU=$(command -v qemu-aarch64-static)
 fi
 echo "compiler: $(aarch64-linux-gnu-g++ --version | head -1)"
 echo "emulator: $QEMU ($("$QEMU" --version | head -1))"
 
 step "aarch64 executorch wheel"
-ET_VERSION=$("$PY" -c 'from importlib.metadata import version; print(version("executorch"))')
-WHEEL_DIR=$CACHE/$ET_VERSION
-if [ ! -f "$WHEEL_DIR/executorch/lib/cmake/executorch/executorch-config.cmake" ]; then
-  mkdir -p "$CACHE/download"
-  # Same version as the host wheel: the .pte format and kernel names must match what exported the bundle.
-  "$PY" -m pip download -q --no-deps --only-binary=:all: --platform manylinux_2_28_aarch64 --python-version 3.11 \
-    -d "$CACHE/download" "executorch==$ET_VERSION"
-  rm -rf "$WHEEL_DIR.partial" && mkdir -p "$WHEEL_DIR.partial"
-  "$PY" - "$CACHE/download" "$WHEEL_DIR.partial" "$ET_VERSION" <<'EOF'
-import glob, sys, zipfile
-src, dst, ver = sys.argv[1:]
-wheels = glob.glob(f"{src}/executorch-{ver}-*manylinux*aarch64.whl")
-if not wheels:
-    sys.exit(f"check_arm64: no aarch64 wheel for executorch {ver} in {src}")
-with zipfile.ZipFile(wheels[0]) as z:
-    # Only the C++ parts: headers, shared libraries and the CMake package.
-    keep = ("executorch/include/", "executorch/lib/", "executorch/share/")
-    z.extractall(dst, [n for n in z.namelist() if n.startswith(keep)])
-EOF
-  rm -rf "$WHEEL_DIR" && mv "$WHEEL_DIR.partial" "$WHEEL_DIR"
-fi
-echo "executorch $ET_VERSION aarch64: $WHEEL_DIR"
+executorch_aarch64_wheel check_arm64
+echo "executorch aarch64: $WHEEL_DIR"
 
 step "build x86-64"
 native() { "$PY" -c "import sys; from qwen_mobile.runtime import native as n; print($1)" "${@:2}"; }
@@ -74,26 +48,8 @@ file "$ARM" | sed 's/, BuildID.*//'
 
 BUNDLES=("$@")
 if [ ${#BUNDLES[@]} -eq 0 ]; then
-  TINY=$BUILD/bundles/tiny-untied-fp32
-  # A bundle cached by an earlier run is re-exported when this toolkit no longer reads it (e.g. an older manifest
-  # schema_version, whose program the runner cannot call).
-  if ! QWEN35_RUNTIME_NO_LOAD=1 "$PY" -c 'import sys; from qwen_mobile.runtime.bundle import load_manifest
-load_manifest(sys.argv[1])' "$TINY" 2>/dev/null; then
-    step "export a tiny random model (xnnpack-fp32)"
-    # The `tiny` preset with its own lm_head: a random model with a tied table greedily repeats one token, which
-    # would make the token comparison trivial; this one emits a different token at each of the 12 steps.
-    "$PY" - "$ROOT/models/presets/tiny.json" "$BUILD/bundles/tiny-untied-src" <<'EOF'
-import json, sys, torch
-from transformers import Qwen3_5ForCausalLM, Qwen3_5TextConfig
-cfg = dict(json.load(open(sys.argv[1])), tie_word_embeddings=False)
-torch.manual_seed(0)
-Qwen3_5ForCausalLM(Qwen3_5TextConfig(**cfg)).save_pretrained(sys.argv[2])
-EOF
-    # The CLI of the same interpreter as every other step (PYTHON may be a venv other than .venv).
-    "$PY" -m qwen_mobile.export.cli export "$BUILD/bundles/tiny-untied-src" --preset xnnpack-fp32 --max-seq-len 128 \
-      --out "$TINY" --force --no-progress >"$BUILD/export-tiny.log" 2>&1 \
-      || { tail -20 "$BUILD/export-tiny.log" >&2; exit 1; }
-  fi
+  step "tiny bundle"
+  TINY=$(tiny_untied_bundle "$BUILD")
   BUNDLES=("$TINY")
 fi
 

@@ -40,46 +40,16 @@ case "${2:-}" in
 esac
 PY=${PYTHON:-$ROOT/.venv/bin/python}
 BUILD=${QWEN_NATIVE_BUILD:-$ROOT/runtime/build-native}
-CACHE=${QWEN_ARM64_WHEEL_CACHE:-$HOME/.cache/qwen_mobile/executorch-aarch64}
 SYSROOT=/usr/aarch64-linux-gnu
 READELF=aarch64-linux-gnu-readelf
 t0=$(date +%s)
 log() { printf 'package_android: %s (%ss)\n' "$*" "$(( $(date +%s) - t0 ))" >&2; }
 
-need=()
-command -v aarch64-linux-gnu-g++ >/dev/null || need+=(g++-aarch64-linux-gnu)
-command -v patchelf >/dev/null || need+=(patchelf)
-if [ ${#need[@]} -gt 0 ]; then
-  if [ "$(id -u)" != 0 ]; then
-    echo "package_android: missing ${need[*]}; install them (apt-get install ${need[*]}) or run as root" >&2
-    exit 2
-  fi
-  log "apt-get install ${need[*]}"
-  apt-get update -q >/dev/null
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${need[@]}" >/dev/null
-fi
-
-# The aarch64 executorch wheel, as check_arm64.sh fetches it (same cache).
-ET_VERSION=$("$PY" -c 'from importlib.metadata import version; print(version("executorch"))')
-WHEEL_DIR=$CACHE/$ET_VERSION
-if [ ! -f "$WHEEL_DIR/executorch/lib/cmake/executorch/executorch-config.cmake" ]; then
-  log "download the executorch $ET_VERSION aarch64 wheel"
-  mkdir -p "$CACHE/download"
-  "$PY" -m pip download -q --no-deps --only-binary=:all: --platform manylinux_2_28_aarch64 --python-version 3.11 \
-    -d "$CACHE/download" "executorch==$ET_VERSION"
-  rm -rf "$WHEEL_DIR.partial" && mkdir -p "$WHEEL_DIR.partial"
-  "$PY" - "$CACHE/download" "$WHEEL_DIR.partial" "$ET_VERSION" <<'EOF'
-import glob, sys, zipfile
-src, dst, ver = sys.argv[1:]
-wheels = glob.glob(f"{src}/executorch-{ver}-*manylinux*aarch64.whl")
-if not wheels:
-    sys.exit(f"package_android: no aarch64 wheel for executorch {ver} in {src}")
-with zipfile.ZipFile(wheels[0]) as z:
-    keep = ("executorch/include/", "executorch/lib/", "executorch/share/")
-    z.extractall(dst, [n for n in z.namelist() if n.startswith(keep)])
-EOF
-  rm -rf "$WHEEL_DIR" && mv "$WHEEL_DIR.partial" "$WHEEL_DIR"
-fi
+# shellcheck source=arm64_lib.sh
+source "$ROOT/runtime/scripts/arm64_lib.sh"
+install_missing package_android aarch64-linux-gnu-g++:g++-aarch64-linux-gnu patchelf:patchelf
+log "the executorch aarch64 wheel (check_arm64.sh's cache)"
+executorch_aarch64_wheel package_android
 WHEEL_LIB=$WHEEL_DIR/executorch/lib
 
 log "build qwen-bench for aarch64"
