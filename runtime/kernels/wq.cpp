@@ -14,6 +14,11 @@
 #include <executorch/runtime/kernel/thread_parallel_interface.h>
 #endif
 
+#if defined(QWEN35_HAVE_NEON_DOT_TU) && defined(__aarch64__) && defined(__linux__)
+#include <sys/auxv.h>
+#define QWEN35_NEON_DOT_DISPATCH 1
+#endif
+
 namespace qwen35 {
 namespace {
 
@@ -215,6 +220,25 @@ bool a8_paired_layout(const WqLinear& p) {
   return avx2_active() && p.bits == 4 && (gs == 32 || gs == 64 || gs == 128) && p.K % (8 * kA8Block) == 0;
 }
 
+namespace {
+using A8Rows = void (*)(const WqLinear&, const WqActQ8&, int64_t, int64_t);
+
+#ifdef QWEN35_NEON_DOT_DISPATCH
+bool neon_dot_active() {
+  static const bool on = (getauxval(AT_HWCAP) & (1ul << 20)) != 0;  // HWCAP_ASIMDDP (asm/hwcap.h)
+  return on;
+}
+#endif
+
+A8Rows a8_rows() {
+  if (avx2_active()) return &detail::wq_linear_a8_rows_avx2;
+#ifdef QWEN35_NEON_DOT_DISPATCH
+  if (neon_dot_active()) return &detail::wq_linear_a8_rows_neon_dot;
+#endif
+  return &detail::wq_linear_a8_rows_generic;
+}
+}  // namespace
+
 void run_linear_a8(const WqLinear& p, int max_threads) {
   if (p.M == 0 || p.N == 0) return;
   const int64_t G = p.K / p.group_size;
@@ -224,7 +248,7 @@ void run_linear_a8(const WqLinear& p, int max_threads) {
   const bool paired = a8_paired_layout(p);
   detail::quantize_act_q8(p.x, p.M, p.K, p.group_size, p.bits, paired, q.data(), sx.data(), qsum.data());
   const WqActQ8 a{q.data(), sx.data(), qsum.data(), paired};
-  auto rows = avx2_active() ? &detail::wq_linear_a8_rows_avx2 : &detail::wq_linear_a8_rows_generic;
+  auto rows = a8_rows();
   parallel_rows(p.N, p.M * p.N * p.K, max_threads, [&](int64_t n0, int64_t n1) { rows(p, a, n0, n1); });
 }
 

@@ -116,6 +116,8 @@ void wq_linear_rows_generic(const WqLinear& p, int64_t n0, int64_t n1);
 void wq_linear_rows_avx2(const WqLinear& p, int64_t n0, int64_t n1);
 void wq_linear_a8_rows_generic(const WqLinear& p, const WqActQ8& a, int64_t n0, int64_t n1);
 void wq_linear_a8_rows_avx2(const WqLinear& p, const WqActQ8& a, int64_t n0, int64_t n1);
+// aarch64 with the dot-product extension (wq_neon_dot.cpp; built when QWEN35_HAVE_NEON_DOT_TU is defined).
+void wq_linear_a8_rows_neon_dot(const WqLinear& p, const WqActQ8& a, int64_t n0, int64_t n1);
 // x [M, K] -> q, sx, qsum as WqActQ8 describes them (portable C++: M * K divisions, noise next to the M * N * K dot).
 void quantize_act_q8(const float* x, int64_t M, int64_t K, int64_t group_size, int32_t bits, bool paired, int8_t* q,
                      float* sx, int32_t* qsum);

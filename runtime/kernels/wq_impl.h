@@ -519,10 +519,87 @@ static float dot_row_a8_q4_paired_gs(int64_t gs, const uint8_t* row, const void*
 }
 #endif
 
+#if defined(__ARM_NEON) && !defined(QWEN35_ISA_AVX2)
+// Sum over one 32-block of raw nibbles (0..15) times the block's codes (16 even, then 16 odd, as quantize_act_q8
+// wrote them). One 16-byte weight load gives both halves. With the dot-product extension two sdots; without it four
+// widening multiplies into one int16 vector (4 products per lane, each |.| <= 15 * 127: at most 7,620, no overflow)
+// and one pairwise widening add.
+static inline int32x4_t block_q4_raw(int32x4_t acc, const uint8_t* w, const int8_t* q) {
+  const uint8x16_t b = vld1q_u8(w);
+  const int8x16_t lo = vreinterpretq_s8_u8(vandq_u8(b, vdupq_n_u8(0x0f)));
+  const int8x16_t hi = vreinterpretq_s8_u8(vshrq_n_u8(b, 4));
+  const int8x16_t qe = vld1q_s8(q), qo = vld1q_s8(q + 16);
+#if defined(__ARM_FEATURE_DOTPROD)
+  return vdotq_s32(vdotq_s32(acc, lo, qe), hi, qo);
+#else
+  int16x8_t p = vmull_s8(vget_low_s8(lo), vget_low_s8(qe));
+  p = vmlal_high_s8(p, lo, qe);
+  p = vmlal_s8(p, vget_low_s8(hi), vget_low_s8(qo));
+  p = vmlal_high_s8(p, hi, qo);
+  return vpadalq_s16(acc, p);
+#endif
+}
+
+// int4, group size a multiple of kA8Block, 4 groups per step. Raw nibbles against the codes, the -8 offsets taken off
+// as integers through qsum (8 * qsum per group), then three pairwise adds turn the 4 groups' lane sums into one vector
+// of 4 exact group sums, and one multiply by sc * sx and one FMA apply the scales. The per-group body (dot_row_a8)
+// subtracted 8 from every weight byte, reduced each group across lanes on its own and converted its fp16 scale as a
+// scalar: about 15 instructions per group beyond the products.
+template <bool F16>
+static float dot_row_a8_q4_neon(const uint8_t* row, const void* scales_row, const int8_t* qx, const float* sx,
+                                const int32_t* qsum, int64_t G, int64_t gs) {
+  const int64_t blocks = gs / kA8Block, wbytes = gs / 2;
+  float32x4_t acc = vdupq_n_f32(0.f);
+  int64_t g = 0;
+  for (; g + 4 <= G; g += 4) {
+    const uint8_t* w = row + g * wbytes;
+    const int8_t* q = qx + g * gs;
+    __builtin_prefetch(w + kPrefetchBytes);
+    int32x4_t gi[4];
+    for (int j = 0; j < 4; ++j) {
+      gi[j] = vdupq_n_s32(0);
+      for (int64_t b = 0; b < blocks; ++b)
+        gi[j] = block_q4_raw(gi[j], w + j * wbytes + b * (kA8Block / 2), q + j * gs + b * kA8Block);
+    }
+    int32x4_t sums = vpaddq_s32(vpaddq_s32(gi[0], gi[1]), vpaddq_s32(gi[2], gi[3]));  // groups g .. g+3
+    sums = vsubq_s32(sums, vshlq_n_s32(vld1q_s32(qsum + g), 3));
+    const float32x4_t sc = F16 ? vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(static_cast<const uint16_t*>(scales_row) + g)))
+                               : vld1q_f32(static_cast<const float*>(scales_row) + g);
+    acc = vfmaq_f32(acc, vcvtq_f32_s32(sums), vmulq_f32(sc, vld1q_f32(sx + g)));
+  }
+  float tail = 0.f;
+  for (; g < G; ++g) {
+    int32x4_t gi = vdupq_n_s32(0);
+    for (int64_t b = 0; b < blocks; ++b)
+      gi = block_q4_raw(gi, row + g * wbytes + b * (kA8Block / 2), qx + g * gs + b * kA8Block);
+    const int32_t isum = vaddvq_s32(gi) - 8 * qsum[g];
+    tail += static_cast<float>(isum) * (scale_at(scales_row, F16 ? kWqF16 : kWqF32, g) * sx[g]);
+  }
+  return vaddvq_f32(acc) + tail;
+}
+#endif
+
 template <int BITS>
 static void linear_a8_rows(const WqLinear& p, const WqActQ8& a, int64_t n0, int64_t n1) {
   const int64_t G = p.K / p.group_size, row_bytes = BITS == 4 ? p.K / 2 : p.K;
   const uint8_t* qw = static_cast<const uint8_t*>(p.qweight);
+#if defined(__ARM_NEON) && !defined(QWEN35_ISA_AVX2)
+  if (BITS == 4 && p.group_size % kA8Block == 0) {
+    const bool f16 = p.scale_dtype == kWqF16;
+    const int64_t scale_bytes = f16 ? 2 : 4;
+    const char* scales = static_cast<const char*>(p.scales);
+    for (int64_t n = n0; n < n1; ++n)
+      for (int64_t m = 0; m < p.M; ++m) {
+        const void* sr = scales + n * G * scale_bytes;
+        p.out[m * p.N + n] =
+            f16 ? dot_row_a8_q4_neon<true>(qw + n * row_bytes, sr, a.q + m * p.K, a.sx + m * G, a.qsum + m * G, G,
+                                           p.group_size)
+                : dot_row_a8_q4_neon<false>(qw + n * row_bytes, sr, a.q + m * p.K, a.sx + m * G, a.qsum + m * G, G,
+                                            p.group_size);
+      }
+    return;
+  }
+#endif
 #if defined(QWEN35_ISA_AVX2)
   if (BITS == 4 && a.paired) {
     const int64_t scale_bytes = p.scale_dtype == kWqF16 ? 2 : 4;

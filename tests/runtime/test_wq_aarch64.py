@@ -53,3 +53,31 @@ def test_portable_weight_only_matches_fp64_standalone(tmp_path):
     if platform.machine() not in ("x86_64", "AMD64"):
         pytest.skip("the portable build is the baseline only on x86")
     _build_and_run("g++", tmp_path / "wq_selftest", [], "portable")
+
+
+@pytest.mark.skipif(shutil.which("aarch64-linux-gnu-g++") is None or QEMU is None or shutil.which("gcc") is None,
+                    reason="needs aarch64-linux-gnu-g++, qemu-aarch64 and gcc")
+def test_dotprod_tu_is_chosen_at_run_time_under_qemu(tmp_path):
+    # The library's own build: baseline armv8-a plus wq_neon_dot.cpp, dispatched on HWCAP_ASIMDDP. On a Cortex-A76
+    # model the a8 bodies must run sdot, on a Cortex-A53 (Armv8.0, no dot product) none, and both must be correct.
+    # Which instructions ran is counted by bench/arm_cost's qemu plugin (sdot/udot class), not inferred.
+    import sys
+
+    sys.path.insert(0, str(ROOT))
+    from bench.arm_cost import tools
+    from bench.arm_cost.counting import run_counted
+
+    exe, dot_obj = tmp_path / "wq_selftest", tmp_path / "wq_neon_dot.o"
+    cxx = ["aarch64-linux-gnu-g++", "-std=c++17", "-O2", f"-I{KERNELS}"]
+    for cmd in (cxx + ["-march=armv8.2-a+dotprod", "-c", str(KERNELS / "wq_neon_dot.cpp"), "-o", str(dot_obj)],
+                cxx + ["-static", "-DQWEN35_HAVE_NEON_DOT_TU=1", *map(str, SOURCES), str(dot_obj), "-o", str(exe)]):
+        build = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+        assert build.returncode == 0, build.stderr[-3000:]
+    plugin = tools.build_plugin(Path(tmp_path / "cache"))
+    dots = {}
+    for cpu in ("cortex-a76", "cortex-a53"):
+        counts = run_counted([exe], cpu=cpu, plugin=plugin, workdir=tmp_path / "w", out_prefix=tmp_path / cpu)
+        out = (tmp_path / f"{cpu}.stdout").read_text()
+        assert "ALL OK" in out and "dotprod=0" in out, out[-3000:]
+        dots[cpu] = counts.totals["dot"]
+    assert dots["cortex-a76"] > 1000 and dots["cortex-a53"] == 0, dots

@@ -181,6 +181,7 @@ int main() {
       ok &= run_case_a8(bits, 3, 19, 256, gs, true);
     }
   ok &= run_case_a8(4, 2, 21, 72, 24);
+  ok &= run_case_a8(4, 1, 13, 192, 32, true);  // 6 groups: NEON's 4-group step, then 2 single groups
   ok &= run_case_a8(4, 1, 9, 160, 80);
   ok &= run_case_a8(8, 2, 11, 80, 40);
   ok &= run_case_a8(8, 1, 33, 1024, 1024);
