@@ -40,7 +40,11 @@ print(json.dumps({"bundle": sys.argv[2]}))  # figures are read from the bundle's
 
 RUN_CHILD = r"""
 import json, statistics, sys, time, torch
+from executorch.extension.pybindings import portable_lib
 torch.set_num_threads(int(sys.argv[4]))
+# The bundle's kernels run on ExecuTorch's thread pool (one thread per core by default), which torch's setting does
+# not reach: without this, --threads 1 still ran 2 threads on this host.
+portable_lib._unsafe_reset_threadpool(int(sys.argv[4]))
 from qwen_mobile.runtime.bundle import load_manifest
 from qwen_mobile.runtime.program import BundleProgram
 bundle, steps = sys.argv[1], int(sys.argv[2])
@@ -63,6 +67,7 @@ for i in range(steps):
     tok = int(logits.argmax())
 line = next(l for l in open("/proc/self/status") if l.startswith("VmHWM:"))
 res["run_peak_rss_bytes"] = int(line.split()[1]) * 1024
+res["executorch_threads"] = portable_lib._threadpool_get_thread_count()
 print(json.dumps(res))
 """
 
@@ -112,6 +117,7 @@ def time_row(row: dict, out: Path, args) -> None:
         "decode_tok_s_p10": 1 / statistics.quantiles(decode, n=10)[-1],
         "decode_tok_s_p90": 1 / statistics.quantiles(decode, n=10)[0], "decode_steps": len(decode),
         "run_peak_rss_bytes": run["run_peak_rss_bytes"], "threads": args.threads,
+        "executorch_threads": run.get("executorch_threads"),
     })
     if args.native:
         row["native"] = native_run(out, args)
