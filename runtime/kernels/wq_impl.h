@@ -540,26 +540,28 @@ static inline int32x4_t block_q4_raw(int32x4_t acc, const uint8_t* w, const int8
 #endif
 }
 
-// int4, group size a multiple of kA8Block, 4 groups per step. Raw nibbles against the codes, the -8 offsets taken off
+// int4, group size 32, 64 or 128, 4 groups per step. Raw nibbles against the codes, the -8 offsets taken off
 // as integers through qsum (8 * qsum per group), then three pairwise adds turn the 4 groups' lane sums into one vector
 // of 4 exact group sums, and one multiply by sc * sx and one FMA apply the scales. The per-group body (dot_row_a8)
 // subtracted 8 from every weight byte, reduced each group across lanes on its own and converted its fp16 scale as a
 // scalar: about 15 instructions per group beyond the products.
-template <bool F16>
+template <int GS, bool F16>
 static float dot_row_a8_q4_neon(const uint8_t* row, const void* scales_row, const int8_t* qx, const float* sx,
-                                const int32_t* qsum, int64_t G, int64_t gs) {
-  const int64_t blocks = gs / kA8Block, wbytes = gs / 2;
+                                const int32_t* qsum, int64_t G) {
+  // GS a compile-time constant: the block loops unroll and the 4 group accumulators stay in registers (with GS a
+  // run-time value they were kept on the stack: 173 MB of stores per 0.8B token, bench/README.md "ARM cost").
+  constexpr int kBlocks = GS / kA8Block, kWBytes = GS / 2;
   float32x4_t acc = vdupq_n_f32(0.f);
   int64_t g = 0;
   for (; g + 4 <= G; g += 4) {
-    const uint8_t* w = row + g * wbytes;
-    const int8_t* q = qx + g * gs;
+    const uint8_t* w = row + g * kWBytes;
+    const int8_t* q = qx + g * GS;
     __builtin_prefetch(w + kPrefetchBytes);
     int32x4_t gi[4];
     for (int j = 0; j < 4; ++j) {
       gi[j] = vdupq_n_s32(0);
-      for (int64_t b = 0; b < blocks; ++b)
-        gi[j] = block_q4_raw(gi[j], w + j * wbytes + b * (kA8Block / 2), q + j * gs + b * kA8Block);
+      for (int b = 0; b < kBlocks; ++b)
+        gi[j] = block_q4_raw(gi[j], w + j * kWBytes + b * (kA8Block / 2), q + j * GS + b * kA8Block);
     }
     int32x4_t sums = vpaddq_s32(vpaddq_s32(gi[0], gi[1]), vpaddq_s32(gi[2], gi[3]));  // groups g .. g+3
     sums = vsubq_s32(sums, vshlq_n_s32(vld1q_s32(qsum + g), 3));
@@ -570,12 +572,22 @@ static float dot_row_a8_q4_neon(const uint8_t* row, const void* scales_row, cons
   float tail = 0.f;
   for (; g < G; ++g) {
     int32x4_t gi = vdupq_n_s32(0);
-    for (int64_t b = 0; b < blocks; ++b)
-      gi = block_q4_raw(gi, row + g * wbytes + b * (kA8Block / 2), qx + g * gs + b * kA8Block);
+    for (int b = 0; b < kBlocks; ++b)
+      gi = block_q4_raw(gi, row + g * kWBytes + b * (kA8Block / 2), qx + g * GS + b * kA8Block);
     const int32_t isum = vaddvq_s32(gi) - 8 * qsum[g];
     tail += static_cast<float>(isum) * (scale_at(scales_row, F16 ? kWqF16 : kWqF32, g) * sx[g]);
   }
   return vaddvq_f32(acc) + tail;
+}
+
+template <bool F16>
+static float dot_row_a8_q4_neon_gs(int64_t gs, const uint8_t* row, const void* scales_row, const int8_t* qx,
+                                   const float* sx, const int32_t* qsum, int64_t G) {
+  switch (gs) {
+    case 32: return dot_row_a8_q4_neon<32, F16>(row, scales_row, qx, sx, qsum, G);
+    case 64: return dot_row_a8_q4_neon<64, F16>(row, scales_row, qx, sx, qsum, G);
+    default: return dot_row_a8_q4_neon<128, F16>(row, scales_row, qx, sx, qsum, G);
+  }
 }
 #endif
 
@@ -584,7 +596,7 @@ static void linear_a8_rows(const WqLinear& p, const WqActQ8& a, int64_t n0, int6
   const int64_t G = p.K / p.group_size, row_bytes = BITS == 4 ? p.K / 2 : p.K;
   const uint8_t* qw = static_cast<const uint8_t*>(p.qweight);
 #if defined(__ARM_NEON) && !defined(QWEN35_ISA_AVX2)
-  if (BITS == 4 && p.group_size % kA8Block == 0) {
+  if (BITS == 4 && (p.group_size == 32 || p.group_size == 64 || p.group_size == 128)) {
     const bool f16 = p.scale_dtype == kWqF16;
     const int64_t scale_bytes = f16 ? 2 : 4;
     const char* scales = static_cast<const char*>(p.scales);
@@ -592,10 +604,10 @@ static void linear_a8_rows(const WqLinear& p, const WqActQ8& a, int64_t n0, int6
       for (int64_t m = 0; m < p.M; ++m) {
         const void* sr = scales + n * G * scale_bytes;
         p.out[m * p.N + n] =
-            f16 ? dot_row_a8_q4_neon<true>(qw + n * row_bytes, sr, a.q + m * p.K, a.sx + m * G, a.qsum + m * G, G,
-                                           p.group_size)
-                : dot_row_a8_q4_neon<false>(qw + n * row_bytes, sr, a.q + m * p.K, a.sx + m * G, a.qsum + m * G, G,
-                                            p.group_size);
+            f16 ? dot_row_a8_q4_neon_gs<true>(p.group_size, qw + n * row_bytes, sr, a.q + m * p.K, a.sx + m * G,
+                                              a.qsum + m * G, G)
+                : dot_row_a8_q4_neon_gs<false>(p.group_size, qw + n * row_bytes, sr, a.q + m * p.K, a.sx + m * G,
+                                               a.qsum + m * G, G);
       }
     return;
   }
