@@ -51,6 +51,20 @@ def read_config_json(path: str | Path) -> tuple[dict, Path]:
         raise ConfigError(f"{path}: not valid JSON ({err})") from None
 
 
+def known_fields(cls, section: dict) -> dict:
+    """The keys of an HF config section that the dataclass `cls` keeps (unknown keys and nulls are left out)."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    return {k: v for k, v in section.items() if k in known and v is not None}
+
+
+def build_config(cls, kwargs: dict, source: str):
+    """`cls(**kwargs)`, with a validation error prefixed by the file it came from."""
+    try:
+        return cls(**kwargs)
+    except ConfigError as err:
+        raise ConfigError(f"{source}: {err}") from None
+
+
 @dataclass
 class Qwen35Config:
     vocab_size: int
@@ -168,14 +182,9 @@ class Qwen35Config:
         if rope_type != "default":
             raise ConfigError(f"{source}: field 'rope_parameters.rope_type' is {rope_type!r}; only 'default' is supported")
 
-        known = {f.name for f in dataclasses.fields(cls)}
-        kwargs = {k: v for k, v in text.items() if k in known and v is not None}
+        kwargs = known_fields(cls, text)
         kwargs.update({k: rope[k] for k in ("rope_theta", "partial_rotary_factor", "mrope_section") if k in rope})
-        kwargs["model_type"] = "qwen3_5_text"
-        try:
-            return cls(**kwargs)
-        except ConfigError as err:
-            raise ConfigError(f"{source}: {err}") from None
+        return build_config(cls, kwargs | {"model_type": "qwen3_5_text"}, source)
 
     @classmethod
     def from_json(cls, path: str | Path) -> "Qwen35Config":
@@ -297,16 +306,11 @@ class Qwen35VisionConfig:
         if rope_type != "axial":
             raise ConfigError(f"{source}: field 'vision_config.rope_parameters.rope_type' is {rope_type!r}; only "
                               "'axial' is supported")
-        known = {f.name for f in dataclasses.fields(cls)}
-        kwargs = {k: v for k, v in vision.items() if k in known and v is not None}
+        kwargs = known_fields(cls, vision)
         if rope.get("rope_theta") is not None:
             kwargs["rope_theta"] = rope["rope_theta"]
         kwargs.update({k: raw[k] for k in VISION_TOKEN_KEYS if raw.get(k) is not None})
-        kwargs["model_type"] = "qwen3_5_vision"
-        try:
-            return cls(**kwargs)
-        except ConfigError as err:
-            raise ConfigError(f"{source}: {err}") from None
+        return build_config(cls, kwargs | {"model_type": "qwen3_5_vision"}, source)
 
     @classmethod
     def from_json(cls, path: str | Path) -> "Qwen35VisionConfig | None":

@@ -110,6 +110,14 @@ class TensorReader:
         return tensor
 
 
+def read_tensor(reader: TensorReader, key: str, file: Path) -> torch.Tensor:
+    """reader.read(key), any failure named as an unreadable tensor of `file`."""
+    try:
+        return reader.read(key)
+    except (SafetensorError, OSError, ValueError) as err:
+        raise CheckpointError(f"{file}: tensor '{key}' cannot be read (truncated or corrupt?): {err}") from None
+
+
 def map_key(key: str) -> str | None:
     """Checkpoint key -> our parameter name, or None if the key is on the ignore list."""
     for pattern, _reason in IGNORED:
@@ -163,11 +171,7 @@ def load_pretrained(cls, path, *, dtype=torch.float32, max_seq_len=None, max_bat
                 if name not in expected:
                     raise CheckpointError(f"{file.name}: unexpected tensor '{key}' (maps to '{name}', which this "
                                           "model does not have); the config and the checkpoint disagree")
-                try:
-                    tensor = reader.read(key)
-                except (SafetensorError, OSError, ValueError) as err:
-                    raise CheckpointError(f"{file}: tensor '{key}' cannot be read (truncated or corrupt?): {err}") \
-                        from None
+                tensor = read_tensor(reader, key, file)
                 want = tuple(expected[name].shape)
                 if tuple(tensor.shape) != want:
                     raise CheckpointError(f"{file.name}: tensor '{key}' has shape {tuple(tensor.shape)}, expected "
@@ -245,11 +249,7 @@ def load_vision_pretrained(cls, path, *, dtype=torch.float32):
                 if name not in expected:
                     raise CheckpointError(f"{file.name}: unexpected tensor '{key}' (maps to '{name}', which the "
                                           "vision tower does not have); the config and the checkpoint disagree")
-                try:
-                    tensor = reader.read(key)
-                except (SafetensorError, OSError, ValueError) as err:
-                    raise CheckpointError(f"{file}: tensor '{key}' cannot be read (truncated or corrupt?): {err}") \
-                        from None
+                tensor = read_tensor(reader, key, file)
                 want = conv_shape if name == PATCH_EMBED_WEIGHT else tuple(expected[name].shape)
                 if tuple(tensor.shape) != want:
                     raise CheckpointError(f"{file.name}: tensor '{key}' has shape {tuple(tensor.shape)}, expected "
