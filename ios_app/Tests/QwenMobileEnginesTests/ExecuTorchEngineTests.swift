@@ -33,15 +33,46 @@ final class ExecuTorchEngineTests: XCTestCase {
     }
   }
 
-  func testProbeAcceptsSharedStateAndRefusesSeparateStates() throws {
+  func testSharedStateDecodesThroughDecodeToken() throws {
     let manifest = try nanoManifest()
     let planner = try EnginePlanner(manifest: manifest)
     let shared = ToyProgram(vocab: manifest.vocabSize, shared: true)
-    XCTAssertNoThrow(try ExecuTorchEngine(planner: planner, probeSharedState: true, run: shared.run))
+    let engine = try ExecuTorchEngine(planner: planner, probeSharedState: true, run: shared.run)
     XCTAssertEqual(shared.calls, ["forward", "decode_token", "forward"])
+    XCTAssertEqual(engine.decodeMethod, "decode_token")
+  }
+
+  func testSeparateStatesDecodeThroughForwardAndStayCorrect() throws {
+    let manifest = try nanoManifest()
+    let planner = try EnginePlanner(manifest: manifest)
     let separate = ToyProgram(vocab: manifest.vocabSize, shared: false)
-    XCTAssertThrowsError(try ExecuTorchEngine(planner: planner, probeSharedState: true, run: separate.run)) {
-      XCTAssertTrue("\($0)".contains("do not share the model state"), "\($0)")
+    let engine = try ExecuTorchEngine(planner: planner, probeSharedState: true, run: separate.run)
+    XCTAssertEqual(engine.decodeMethod, "forward")
+    XCTAssertTrue(engine.runtimeDescription.contains("decode through forward"), engine.runtimeDescription)
+    let callsBefore = separate.calls.count
+    // A prompt then three decode steps equal one prefill of the whole sequence (the toy's logits see every token).
+    let ids = [5, 9, 11, 2, 7, 4]
+    var stepwise: [Float] = []
+    for step in try planner.prefill(Array(ids.prefix(3)), start: 0) { stepwise = try engine.execute(step) }
+    for (i, token) in ids.dropFirst(3).enumerated() {
+      stepwise = try engine.execute(try planner.decode(token, position: 3 + i))
+    }
+    var whole: [Float] = []
+    for step in try planner.prefill(ids, start: 0) { whole = try engine.execute(step) }
+    XCTAssertEqual(stepwise, whole)
+    XCTAssertFalse(separate.calls[callsBefore...].contains("decode_token"))
+  }
+
+  func testADecodeThatLosesStateOnEveryPathIsRefused() throws {
+    let manifest = try nanoManifest()
+    let planner = try EnginePlanner(manifest: manifest)
+    let broken = ToyProgram(vocab: manifest.vocabSize, shared: false)
+    let forgetful: ExecuTorchEngine.Run = { method, inputs in
+      if inputs.first(where: { $0.name == "tokens" })!.shape == [1, 1] { broken.states = [:] }  // T = 1 forgets
+      return try broken.run(method, inputs)
+    }
+    XCTAssertThrowsError(try ExecuTorchEngine(planner: planner, probeSharedState: true, run: forgetful)) {
+      XCTAssertTrue("\($0)".contains("through decode_token"), "\($0)")
     }
   }
 }
