@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -96,6 +97,7 @@ def build_runner(build_dir: str | Path, executorch_cmake_dir: str | Path, toolch
 
     cmake = _find_cmake()
     build_dir = Path(build_dir)
+    _forget_other_checkouts_build(build_dir)
     configure = [cmake, "-S", str(RUNTIME_DIR), "-B", str(build_dir), "-DCMAKE_BUILD_TYPE=Release",
                  f"-Dexecutorch_DIR={executorch_cmake_dir}", "-DQWEN35_BUILD_RUNNER=ON"]
     if toolchain:
@@ -109,6 +111,20 @@ def build_runner(build_dir: str | Path, executorch_cmake_dir: str | Path, toolch
     if not exe.exists():
         raise RuntimeError(f"the build finished but {exe} is missing")
     return exe
+
+
+def _forget_other_checkouts_build(build_dir: Path) -> None:
+    """A build folder outside the checkout (a cache shared by clones, as CI's fresh clone meets a developer's) may
+    have been configured from another source tree, which CMake refuses to reuse: start that folder over."""
+    cache = build_dir / "CMakeCache.txt"
+    if not cache.is_file():
+        return
+    for line in cache.read_text(errors="replace").splitlines():
+        if line.startswith("CMAKE_HOME_DIRECTORY:"):
+            configured_from = Path(line.split("=", 1)[1])
+            if configured_from.resolve() != RUNTIME_DIR.resolve():
+                shutil.rmtree(build_dir)
+            return
 
 
 def host_executorch_cmake_dir() -> Path:
