@@ -1,16 +1,24 @@
 """Corpus and tokenizer for the nano checkpoint (not run in CI).
 
-    python models/nano/prepare.py [--data /tmp/nano_data]
+    python models/nano/prepare.py [--data /tmp/nano_data] [--cache ~/.cache/qwen_mobile/nano-corpus]
 
-The corpus is the Python standard library that ships with the interpreter running this script
-(PSF licence), found through ``sysconfig`` because ``sys.prefix`` differs between machines.
-Files are sorted and filtered (no test suites, site-packages or generated tables), and a fixed 5 % of
-them, chosen by a hash of the relative path, is held out for evaluation.
+The corpus has two parts:
 
-Writes into ``models/nano/``: ``tokenizer.json``, ``tokenizer_config.json``, ``corpus.json`` (Python
-version and every file used, with its split) and ``heldout.json`` (the held-out files and a fixed
-evaluation sample of token ids, so later quality gates need no corpus). Writes the token streams of
-both splits into ``--data`` as uint16 ``.npy`` files for ``train.py``.
+* the Python standard library that ships with the interpreter running this script (PSF licence),
+  found through ``sysconfig`` because ``sys.prefix`` differs between machines. Files are sorted and
+  filtered (no test suites, site-packages or generated tables), and a fixed 5 % of them, chosen by a
+  hash of the relative path, is held out. The tokenizer is trained on the stdlib train files only
+  (as for the first nano), so it is the same tokenizer and per-token scores stay comparable.
+* the ``*.py`` files of the pinned pure-Python packages in ``PACKAGES`` (PSF, BSD, MIT or Apache-2.0
+  licences only), downloaded as wheels with ``pip download --no-deps`` into ``--cache`` (outside the
+  repo; nothing downloaded is committed). Whole packages are held out (``split="heldout"``): the
+  model never trains on them, and they are what the goal "perplexity on unseen packages" measures.
+
+Writes into ``models/nano/``: ``tokenizer.json``, ``tokenizer_config.json``, ``corpus.json`` (the
+manifest: Python version, every package with version, licence, wheel sha256, file count and split,
+and every file with its split and a sha256 prefix) and ``heldout.json`` (a fixed evaluation sample
+of token ids from the held-out packages, so later quality gates need no corpus). Writes the token
+streams into ``--data`` as uint16 ``.npy`` files for ``train.py``.
 """
 
 from __future__ import annotations
@@ -18,12 +26,24 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import platform
+import subprocess
+import sys
 import sysconfig
+import zipfile
+from email.parser import Parser
 from pathlib import Path
 
 import numpy as np
-from tokenizers import AddedToken, Regex, Tokenizer, decoders, normalizers, pre_tokenizers
+from tokenizers import (
+    AddedToken,
+    Regex,
+    Tokenizer,
+    decoders,
+    normalizers,
+    pre_tokenizers,
+)
 from tokenizers.models import BPE
 from tokenizers.trainers import BpeTrainer
 
@@ -114,8 +134,50 @@ EXCLUDED_DIRS = {
     "encodings": "generated codec tables",
     "pydoc_data": "one generated 700 KB string of documentation",
 }
+# Pinned packages: (name, version, licence as declared by the project, split). Pure Python (or with
+# pure-Python sources in the wheel); only permissive licences. Held out, whole: requests, click,
+# markdown: three unrelated styles (HTTP client, CLI toolkit, text processor) a user would try.
+PACKAGES = [
+    ("attrs", "26.1.0", "MIT", "train"),
+    ("black", "26.10.1", "MIT", "train"),
+    ("django", "6.1.3", "BSD-3-Clause", "train"),
+    ("flask", "3.1.3", "BSD-3-Clause", "train"),
+    ("httpx", "0.28.1", "BSD-3-Clause", "train"),
+    ("ipython", "9.18.1", "BSD-3-Clause", "train"),
+    ("jedi", "0.20.1", "MIT", "train"),
+    ("jinja2", "3.1.6", "BSD-3-Clause", "train"),
+    ("networkx", "3.7", "BSD-3-Clause", "train"),
+    ("packaging", "26.3", "Apache-2.0 OR BSD-2-Clause", "train"),
+    ("parso", "0.8.7", "MIT", "train"),
+    ("prompt-toolkit", "3.0.53", "BSD-3-Clause", "train"),
+    ("pygments", "2.21.0", "BSD-2-Clause", "train"),
+    ("pyparsing", "3.3.3", "MIT", "train"),
+    ("pytest", "9.2.0", "MIT", "train"),
+    ("rich", "15.0.0", "MIT", "train"),
+    ("scrapy", "2.19.0", "BSD-3-Clause", "train"),
+    ("setuptools", "84.2.1", "MIT", "train"),
+    ("six", "1.17.0", "MIT", "train"),
+    ("sphinx", "9.2.0", "BSD-2-Clause", "train"),
+    ("sqlalchemy", "2.1.9", "MIT", "train"),
+    ("starlette", "1.10.0", "BSD-3-Clause", "train"),
+    ("sympy", "1.14.0", "BSD-3-Clause", "train"),
+    ("tomli", "2.5.0", "MIT", "train"),
+    ("traitlets", "5.16.1", "BSD-3-Clause", "train"),
+    ("twisted", "26.10.0", "MIT", "train"),
+    ("urllib3", "2.8.0", "MIT", "train"),
+    ("werkzeug", "3.1.9", "BSD-3-Clause", "train"),
+    ("click", "8.5.1", "BSD-3-Clause", "heldout"),
+    ("markdown", "3.11.3", "BSD-3-Clause", "heldout"),
+    ("requests", "2.34.2", "Apache-2.0", "heldout"),
+]
+ALLOWED_LICENCES = ("MIT", "BSD", "Apache-2.0", "PSF")
+# Package directories skipped besides EXCLUDED_DIRS: vendored copies of other projects (pip-style
+# _vendor trees could carry a held-out package into training) and bundled data.
+EXCLUDED_PACKAGE_DIRS = {"_vendor", "vendor", "vendored", "extern", "_distutils", "locale"}
+MAX_FILE_BYTES = 200_000  # larger .py files are generated tables (unicode data, lexer maps)
+DEFAULT_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "qwen_mobile" / "nano-corpus"
 HELDOUT_MODULUS = 20  # a file is held out when sha1(relative path) % 20 == 0, about 5 %
-EVAL_WINDOWS = 8  # fixed evaluation sample: 8 windows of SEQ_LEN tokens from the held-out stream
+EVAL_WINDOWS = 8  # fixed evaluation sample: 8 windows of SEQ_LEN tokens from the held-out packages
 SEQ_LEN = 512  # the training context
 
 
@@ -136,6 +198,51 @@ def corpus_files(stdlib: Path) -> list[str]:
 
 def is_heldout(rel: str) -> bool:
     return int(hashlib.sha1(rel.encode()).hexdigest()[:8], 16) % HELDOUT_MODULUS == 0
+
+
+def download_wheel(name: str, version: str, cache: Path) -> Path:
+    """The wheel of name==version in cache, downloaded with pip if missing. Any Python tag is accepted
+    (``--python-version 3.13``: django 6 needs >= 3.12); only its .py sources are read, never run."""
+    cache.mkdir(parents=True, exist_ok=True)
+    norm = name.replace("-", "_").lower()
+
+    def find() -> list[Path]:
+        return [p for p in cache.glob("*.whl")
+                if p.name.lower().startswith(f"{norm}-{version}-")]
+
+    if not find():
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:",
+               "--python-version", "3.13", "--dest", str(cache), "--quiet", f"{name}=={version}"]
+        subprocess.run(cmd, check=True)
+    found = sorted(find())
+    if not found:
+        raise SystemExit(f"prepare.py: pip downloaded no wheel for {name}=={version} into {cache}")
+    return found[0]
+
+
+def wheel_sources(wheel: Path) -> tuple[dict[str, str], str]:
+    """The wheel's .py files after the exclusions (path -> text), and the licence its METADATA states."""
+    out = {}
+    with zipfile.ZipFile(wheel) as zf:
+        meta_name = next(n for n in zf.namelist() if n.endswith(".dist-info/METADATA"))
+        meta = Parser().parsestr(zf.read(meta_name).decode("utf-8", "replace"), headersonly=True)
+        classifiers = [c.split(" :: ")[-1] for c in meta.get_all("Classifier", []) if c.startswith("License ::")]
+        licence_lines = (meta.get("License") or "").strip().splitlines()
+        licence = meta.get("License-Expression") or "; ".join(classifiers) or (licence_lines[0][:80] if licence_lines else "")
+        for info in sorted(zf.infolist(), key=lambda i: i.filename):
+            rel = info.filename
+            parts = rel.split("/")
+            if not rel.endswith(".py") or info.file_size > MAX_FILE_BYTES:
+                continue
+            if any(p in EXCLUDED_DIRS or p in EXCLUDED_PACKAGE_DIRS or p.endswith(".data") for p in parts[:-1]):
+                continue
+            if parts[-1].startswith("test_") or parts[-1].endswith("_test.py") or parts[-1] == "conftest.py":
+                continue
+            try:
+                out[rel] = zf.read(info).decode("utf-8")
+            except UnicodeDecodeError:  # a latin-1 source; not worth a special case
+                continue
+    return out, licence
 
 
 def build_tokenizer(texts: list[str]) -> Tokenizer:
@@ -188,6 +295,7 @@ def tokenizer_config(tok: Tokenizer) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=Path("/tmp/nano_data"), help="token streams (not committed)")
+    ap.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="downloaded wheels (not committed)")
     ap.add_argument("--out", type=Path, default=HERE)
     args = ap.parse_args()
 
@@ -199,64 +307,117 @@ def main() -> None:
     print(f"python {platform.python_version()} stdlib {stdlib}: {len(files)} files, "
           f"{len(train)} train / {len(held)} held out, {sum(len(t.encode()) for t in texts.values())} bytes")
 
+    # The tokenizer is the first nano's: trained on the stdlib train files only, so token ids, the
+    # app test vectors and per-token scores of old and new checkpoints stay comparable.
     tok = build_tokenizer([texts[rel] for rel in train])
     eot = tok.token_to_id("<|endoftext|>")
     args.out.mkdir(parents=True, exist_ok=True)
     tok.save(str(args.out / "tokenizer.json"))
     (args.out / "tokenizer_config.json").write_text(json.dumps(tokenizer_config(tok), indent=2) + "\n")
 
+    packages, seen = [], {}
+    pkg_texts: dict[str, dict[str, str]] = {}
+    for name, version, licence, split in PACKAGES:
+        if not licence.startswith(ALLOWED_LICENCES):
+            raise SystemExit(f"prepare.py: PACKAGES entry {name}: licence {licence!r} is not permissive")
+        wheel = download_wheel(name, version, args.cache)
+        sources, meta_licence = wheel_sources(wheel)
+        kept = {}
+        for rel, text in sources.items():
+            digest = hashlib.sha256(text.encode()).hexdigest()
+            if digest in seen:  # the same file shipped twice (copies between packages): keep the first
+                continue
+            seen[digest] = name
+            kept[rel] = text
+        pkg_texts[name] = kept
+        packages.append({
+            "name": name, "version": version, "licence": licence, "metadata_licence": meta_licence,
+            "split": split, "wheel": wheel.name,
+            "wheel_sha256_16": hashlib.sha256(wheel.read_bytes()).hexdigest()[:16],
+            "files": len(kept), "bytes": sum(len(t.encode()) for t in kept.values()),
+        })
+        print(f"  {name}=={version} ({licence}; metadata: {meta_licence}) {split}: "
+              f"{len(kept)} files, {packages[-1]['bytes']:,} bytes", flush=True)
+
     # Each file is one document followed by <|endoftext|>, as in Qwen's pretraining format.
-    def stream(rels: list[str]) -> np.ndarray:
+    def stream(docs: list[str]) -> np.ndarray:
         ids = []
-        for enc in tok.encode_batch([texts[rel] for rel in rels], add_special_tokens=False):
+        for enc in tok.encode_batch(docs, add_special_tokens=False):
             ids.extend(enc.ids)
             ids.append(eot)
         return np.asarray(ids, dtype=np.uint16)
 
+    train_docs = [texts[rel] for rel in train]
+    held_pkg_docs = []
+    for p in packages:
+        docs = [pkg_texts[p["name"]][rel] for rel in sorted(pkg_texts[p["name"]])]
+        (train_docs if p["split"] == "train" else held_pkg_docs).extend(docs)
     args.data.mkdir(parents=True, exist_ok=True)
-    train_ids, held_ids = stream(train), stream(held)
+    train_ids = stream(train_docs)
+    stdlib_held_ids = stream([texts[rel] for rel in held])
+    pkg_held_ids = stream(held_pkg_docs)
     np.save(args.data / "train.npy", train_ids)
-    np.save(args.data / "heldout.npy", held_ids)
-    train_bytes = sum(len(texts[r].encode()) for r in train)
+    np.save(args.data / "heldout.npy", stdlib_held_ids)  # the first nano's held-out stdlib files
+    np.save(args.data / "heldout_packages.npy", pkg_held_ids)
+    train_bytes = sum(len(d.encode()) for d in train_docs)
     held_bytes = sum(len(texts[r].encode()) for r in held)
-    print(f"tokens: train {len(train_ids)} ({train_bytes / len(train_ids):.2f} bytes/token), "
-          f"held out {len(held_ids)} ({held_bytes / len(held_ids):.2f} bytes/token)")
+    pkg_held_bytes = sum(len(d.encode()) for d in held_pkg_docs)
+    print(f"tokens: train {len(train_ids):,} ({train_bytes / len(train_ids):.2f} bytes/token), "
+          f"held-out stdlib {len(stdlib_held_ids):,}, held-out packages {len(pkg_held_ids):,} "
+          f"({pkg_held_bytes / len(pkg_held_ids):.2f} bytes/token)")
 
-    def sha(rel: str) -> str:
-        return hashlib.sha256(texts[rel].encode()).hexdigest()[:16]
+    def sha(text: str) -> str:
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     corpus = {
-        "source": "CPython standard library (*.py), PSF License Agreement",
+        "sources": ["CPython standard library (*.py), PSF License Agreement",
+                    "the *.py files of the wheels in 'packages' (licences listed per package)"],
         "python_version": platform.python_version(),
         "stdlib": "sysconfig.get_paths()['stdlib']",
         "excluded_dirs": EXCLUDED_DIRS,
-        "excluded_files": ["test_*.py (tests)", "_sysconfigdata_*.py (machine-specific)"],
-        "heldout_rule": f"int(sha1(relative path)[:8], 16) % {HELDOUT_MODULUS} == 0",
-        "train_tokens": int(len(train_ids)), "train_bytes": train_bytes,
-        "heldout_tokens": int(len(held_ids)), "heldout_bytes": held_bytes,
-        "files": [{"path": rel, "split": "heldout" if is_heldout(rel) else "train", "sha256_16": sha(rel)}
-                  for rel in files],
+        "excluded_package_dirs": sorted(EXCLUDED_PACKAGE_DIRS),
+        "excluded_files": ["test_*.py, *_test.py, conftest.py (tests)", "_sysconfigdata_*.py (machine-specific)",
+                           f".py files over {MAX_FILE_BYTES} bytes (generated tables)",
+                           "a file whose exact text was already taken from an earlier package"],
+        "heldout_rule": f"stdlib: int(sha1(relative path)[:8], 16) % {HELDOUT_MODULUS} == 0; "
+                        "packages: whole packages with split 'heldout'",
+        "tokenizer": "trained on the stdlib train files only (the first nano's tokenizer)",
+        "train_tokens": len(train_ids), "train_bytes": train_bytes,
+        "heldout_stdlib_tokens": len(stdlib_held_ids), "heldout_stdlib_bytes": held_bytes,
+        "heldout_packages_tokens": len(pkg_held_ids), "heldout_packages_bytes": pkg_held_bytes,
+        "packages": packages,
+        "files": [{"path": rel, "split": "heldout" if is_heldout(rel) else "train", "sha256_16": sha(texts[rel])}
+                  for rel in files]
+                 + [{"path": f"{p['name']}:{rel}", "split": p["split"], "sha256_16": sha(pkg_texts[p['name']][rel])}
+                    for p in packages for rel in sorted(pkg_texts[p["name"]])],
     }
     (args.out / "corpus.json").write_text(json.dumps(corpus, indent=0) + "\n")
 
-    # Fixed evaluation sample: EVAL_WINDOWS windows spread evenly over the held-out stream. Each window
-    # is scored on its own (no context before it): tokens 1..SEQ_LEN-1 are predicted from the prefix.
-    stride = (len(held_ids) - SEQ_LEN) // (EVAL_WINDOWS - 1)
-    windows = [held_ids[i * stride: i * stride + SEQ_LEN].tolist() for i in range(EVAL_WINDOWS)]
+    # Fixed evaluation sample: EVAL_WINDOWS windows spread evenly over the held-out packages' stream.
+    # Each window is scored on its own (no context before it): tokens 1..SEQ_LEN-1 are predicted.
+    windows = spread_windows(pkg_held_ids, EVAL_WINDOWS)
     # UTF-8 bytes of the predicted tokens (byte-level BPE: each token is a whole number of bytes).
     decoder_bytes = _token_bytes(tok)
     target_bytes = sum(len(decoder_bytes[t]) for w in windows for t in w[1:])
     heldout = {
         "python_version": platform.python_version(),
+        "packages": [f"{p['name']}=={p['version']}" for p in packages if p["split"] == "heldout"],
         "files": held,
         "seq_len": SEQ_LEN,
         "windows": windows,
         "target_tokens": sum(len(w) - 1 for w in windows),
         "target_bytes": target_bytes,
-        "note": "score each window alone; predict w[1:] from w[:-1]; bits/byte = sum NLL / ln 2 / target_bytes",
+        "note": "windows come from the held-out packages; 'files' are the held-out stdlib files. "
+                "Score each window alone; predict w[1:] from w[:-1]; bits/byte = sum NLL / ln 2 / target_bytes",
     }
     (args.out / "heldout.json").write_text(json.dumps(heldout, separators=(",", ":")) + "\n")
     print(f"eval sample: {heldout['target_tokens']} target tokens, {target_bytes} bytes")
+
+
+def spread_windows(ids: np.ndarray, n: int) -> list[list[int]]:
+    """n windows of SEQ_LEN token ids spread evenly over the stream (first at 0, last at the end)."""
+    stride = (len(ids) - SEQ_LEN) // (n - 1)
+    return [ids[i * stride: i * stride + SEQ_LEN].tolist() for i in range(n)]
 
 
 def _token_bytes(tok: Tokenizer) -> dict[int, bytes]:

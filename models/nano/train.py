@@ -1,21 +1,28 @@
-"""Train the nano Qwen3.5 checkpoint on CPU (not run in CI; 22 minutes on one thread of a shared box).
+"""Train the nano Qwen3.5 checkpoint on CPU (not run in CI; about 100 minutes on one thread).
 
-    python models/nano/prepare.py                      # corpus, tokenizer, heldout.json (seconds)
-    nice -n 10 python models/nano/train.py --steps 320 --batch 4 --threads 1  # writes models/nano/
+    python models/nano/prepare.py                                   # corpus, tokenizer, heldout.json (~1 min)
+    python models/nano/train.py --steps 1400 --batch 4 --threads 1 --until 00:25   # writes models/nano/
+    python models/nano/train.py ... --resume                        # continue an interrupted run
 
 The model is transformers' own ``Qwen3_5ForCausalLM`` (``qwen3_5_text``), the architecture reference,
 trained in fp32 and saved in bf16 like the real checkpoints. The run is deterministic for a given
-``--steps`` (seeded init and batches, fixed thread count); ``--time-budget`` only stops a run that
-overruns, and says so in the log. After training it scores the held-out split with the saved file
-reloaded through ``transformers``, greedy-decodes a sample, and writes ``train_log.json`` and
-``loss.png``.
+``--steps`` (seeded init and batches, fixed thread count). Every ``--checkpoint-minutes`` it writes
+the full training state (weights, optimiser, batch generator, log) to ``--state`` and scores the fixed
+held-out sample, so ``--resume`` continues an interrupted run exactly. ``--until HH:MM`` is a
+wall-clock deadline: when the measured step time says the planned steps would overrun it, the run
+shortens its plan (the cosine then ends at the new last step) and says so in the log, so it always
+ends with a decayed learning rate, an evaluation, the checkpoint and the plot. After training it
+scores the held-out packages and stdlib files with the saved file reloaded through ``transformers``,
+greedy-decodes the demo prompts, and writes ``train_log.json`` and ``loss.png``.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import math
+import os
 import platform
 import time
 from pathlib import Path
@@ -65,6 +72,11 @@ CONFIG = dict(
 )
 STOP_IDS = [8168, 8166]  # <|im_end|>, <|endoftext|>
 SAMPLE_PROMPT = "def fibonacci(n):\n"
+# Greedy 64-token samples are logged for these: the README/CLI default prompt and the demo's prompt
+# (export/cli.py cmd_demo), plus two shapes the first nano looped on.
+DEMO_PROMPTS = ["def fibonacci(n):\n", "def fibonacci(n):\n    if n < 2:\n",
+                "class Stack:\n    def __init__(self):\n", "import os\n\n\ndef read_config(path):\n"]
+EVAL_WINDOWS = 64  # windows (of --seq-len tokens) spread over each held-out stream for the final scores
 
 
 def make_model(config_dict: dict):
@@ -114,10 +126,47 @@ def token_byte_lengths(tokenizer_path: Path, vocab: int) -> np.ndarray:
     return out
 
 
-def windows_of(ids: np.ndarray, seq_len: int) -> torch.Tensor:
-    """Non-overlapping windows covering the stream; the ragged tail is dropped. Shape [N, seq_len]."""
-    n = len(ids) // seq_len
-    return torch.from_numpy(ids[: n * seq_len].astype(np.int64).reshape(n, seq_len))
+def windows_of(ids: np.ndarray, seq_len: int, n: int | None = None) -> torch.Tensor:
+    """n windows spread evenly over the stream (first at 0, last at the end), or, with n=None,
+    non-overlapping windows covering it (ragged tail dropped). Shape [N, seq_len]."""
+    if n is None:
+        count = len(ids) // seq_len
+        return torch.from_numpy(ids[: count * seq_len].astype(np.int64).reshape(count, seq_len))
+    stride = (len(ids) - seq_len) // (n - 1)
+    return torch.from_numpy(np.stack([ids[i * stride: i * stride + seq_len] for i in range(n)]).astype(np.int64))
+
+
+def deadline_of(hhmm: str) -> float:
+    """The next wall-clock time HH:MM (today, or tomorrow if already past) as a Unix time."""
+    try:
+        h, m = (int(x) for x in hhmm.split(":"))
+        now = dt.datetime.now()
+        at = now.replace(hour=h, minute=m, second=0, microsecond=0)
+    except ValueError:
+        raise SystemExit(f"train.py: --until {hhmm!r} is not a time HH:MM")
+    if at <= now:
+        at += dt.timedelta(days=1)
+    return at.timestamp()
+
+
+def save_state(path: Path, **state) -> None:
+    """Training state for --resume, written under a temporary name and renamed (never half-written)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def greedy_samples(model, tok, prompts: list[str], new_tokens: int = 64) -> list[dict]:
+    """Greedy continuations and whether any non-blank line repeats (the first nano's failure)."""
+    out = []
+    for prompt in prompts:
+        ids = tok(prompt, return_tensors="pt")
+        gen = model.generate(**ids, max_new_tokens=new_tokens, do_sample=False)
+        text = tok.decode(gen[0, ids["input_ids"].shape[1]:], skip_special_tokens=False)
+        lines = [ln.strip() for ln in (prompt + text).split("\n")[:-1] if ln.strip()]  # last may be cut
+        out.append(dict(prompt=prompt, continuation=text, repeated_line=len(lines) != len(set(lines))))
+    return out
 
 
 def main() -> None:
@@ -133,7 +182,14 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     # One thread: on a shared machine two OpenMP threads wait on each other whenever one is preempted.
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--time-budget", type=float, default=28.0, help="minutes; stop early (and log it) if exceeded")
+    ap.add_argument("--until", metavar="HH:MM", default=None,
+                    help="wall-clock deadline for training; the plan shrinks to end before it (logged)")
+    ap.add_argument("--eval-reserve", type=float, default=6.0,
+                    help="minutes kept before --until for the final evaluation, save and plot")
+    ap.add_argument("--checkpoint-minutes", type=float, default=5.0, help="how often to write --state")
+    ap.add_argument("--state", type=Path, default=Path("/tmp/nano_data/train_state.pt"),
+                    help="training state for --resume (not committed)")
+    ap.add_argument("--resume", action="store_true", help="continue from --state")
     ap.add_argument("--data", type=Path, default=Path("/tmp/nano_data"))
     ap.add_argument("--out", type=Path, default=HERE)
     ap.add_argument("--no-save", action="store_true", help="timing runs: train, print tokens/s, write nothing")
@@ -149,7 +205,8 @@ def main() -> None:
     torch.set_flush_denormal(True)  # decays like exp(-80) would otherwise crawl through denormal arithmetic
 
     train_ids = np.load(args.data / "train.npy")
-    held_ids = np.load(args.data / "heldout.npy")
+    held_ids = np.load(args.data / "heldout.npy")  # held-out stdlib files
+    pkg_ids = np.load(args.data / "heldout_packages.npy")  # held-out packages
     model = make_model(CONFIG)
     n_params = sum(p.numel() for p in model.parameters())  # tied table counted once
     print(f"params {n_params:,}; train tokens {len(train_ids):,}; torch {torch.__version__}, "
@@ -166,10 +223,30 @@ def main() -> None:
     gen = torch.Generator().manual_seed(args.seed)
     train_t = torch.from_numpy(train_ids.astype(np.int64))
     hi = len(train_t) - args.seq_len - 1
-    log, t0, tokens_seen, stopped_early = [], time.time(), 0, False
+    heldout = json.loads((args.out / "heldout.json").read_text())
+    sample_windows = torch.tensor(heldout["windows"])  # [8, seq_len], the fixed held-out sample
+    token_bytes = token_byte_lengths(args.out / "tokenizer.json", CONFIG["vocab_size"])
+    log, evals, tokens_seen, stopped_early, replans, start_step, prior_seconds = [], [], 0, False, [], 0, 0.0
+    steps = args.steps
+    if args.resume:
+        if not args.state.exists():
+            raise SystemExit(f"train.py: --resume: no training state at {args.state}")
+        st = torch.load(args.state, weights_only=False)
+        model.load_state_dict(st["model"])
+        opt.load_state_dict(st["opt"])
+        gen.set_state(st["gen"])
+        torch.set_rng_state(st["torch_rng"])
+        log, evals, tokens_seen, replans = st["log"], st["evals"], st["tokens_seen"], st["replans"]
+        start_step, prior_seconds = st["step"], st["train_seconds"]
+        steps = args.steps if args.until else st["steps"]  # with a deadline, the plan is fitted again
+        print(f"resumed at step {start_step} of {steps} ({prior_seconds / 60:.1f} min trained)", flush=True)
+    deadline = deadline_of(args.until) - args.eval_reserve * 60 if args.until else None
+    t0 = time.time() - prior_seconds  # elapsed counts training time only, across resumes
+    last_ckpt = time.time()
     model.train()
-    for step in range(args.steps):
-        lr = lr_at(step, args.steps, args.lr, args.warmup, args.min_lr_ratio)
+    step = start_step
+    while step < steps:
+        lr = lr_at(step, steps, args.lr, args.warmup, args.min_lr_ratio)
         for g in opt.param_groups:
             g["lr"] = lr
         starts = torch.randint(0, hi, (args.batch,), generator=gen)
@@ -183,24 +260,47 @@ def main() -> None:
         elapsed = time.time() - t0
         log.append(dict(step=step, loss=round(loss.item(), 4), lr=lr, grad_norm=round(gnorm, 3),
                         elapsed=round(elapsed, 1)))
-        if step % 10 == 0 or step == args.steps - 1:
-            print(f"step {step:5d} loss {loss.item():.4f} lr {lr:.2e} gnorm {gnorm:.2f} "
+        step += 1
+        if step % 10 == 0 or step == steps:
+            print(f"step {step - 1:5d}/{steps} loss {loss.item():.4f} lr {lr:.2e} gnorm {gnorm:.2f} "
                   f"{tokens_seen / elapsed:.0f} tok/s {elapsed / 60:.1f} min", flush=True)
-        if elapsed > args.time_budget * 60 and step < args.steps - 1:
-            print(f"time budget exceeded at step {step}; stopping early", flush=True)
-            stopped_early = True
-            break
+        # Deadline: from the last 200 steps' pace, fit the plan (at most --steps) so the cosine ends
+        # before it. A slow patch shrinks the plan and a fast one gives the steps back; in the last
+        # 15 % of the plan only shrinking is allowed, so the decay is not stretched at the end.
+        if deadline and step % 50 == 0 and len(log) > 200:
+            pace = (log[-1]["elapsed"] - log[-201]["elapsed"]) / 200  # seconds per step
+            fits = max(step + 1, min(args.steps, step + int((deadline - time.time()) / pace)))
+            late = step > 0.85 * steps
+            if fits < steps or (fits > steps + 20 and not late):
+                replans.append(dict(at_step=step, steps_before=steps, steps_after=fits,
+                                    seconds_per_step=round(pace, 2)))
+                print(f"--until {args.until}: at {pace:.2f} s/step the plan changes from {steps} to {fits} steps",
+                      flush=True)
+                steps = fits
+        stopped_early = steps < args.steps
+        if time.time() - last_ckpt > args.checkpoint_minutes * 60 and step < steps:
+            sample = score(model, sample_windows, token_bytes)
+            model.train()
+            evals.append(dict(step=step, tokens_seen=tokens_seen, ppl=sample["ppl"], bits_per_byte=sample["bits_per_byte"],
+                              loss=sample["loss"]))
+            save_state(args.state, model=model.state_dict(), opt=opt.state_dict(), gen=gen.get_state(),
+                       torch_rng=torch.get_rng_state(), log=log, evals=evals, tokens_seen=tokens_seen,
+                       replans=replans, step=step, steps=steps, train_seconds=time.time() - t0)
+            print(f"checkpoint at step {step}: held-out sample ppl {sample['ppl']:.2f} "
+                  f"bpb {sample['bits_per_byte']:.4f}", flush=True)
+            last_ckpt = time.time()
     train_seconds = time.time() - t0
     print(f"trained {len(log)} steps, {tokens_seen:,} tokens in {train_seconds / 60:.1f} min "
           f"({tokens_seen / train_seconds:.0f} tok/s)", flush=True)
     if args.no_save:
         return
 
-    # Held-out score of the fp32 weights as trained, then of the shipped bf16 file reloaded from disk.
-    token_bytes = token_byte_lengths(args.out / "tokenizer.json", CONFIG["vocab_size"])
-    held_windows = windows_of(held_ids, args.seq_len)
-    fp32_full = score(model, held_windows, token_bytes)
-    print(f"held-out (fp32 as trained): ppl {fp32_full['ppl']:.3f} bpb {fp32_full['bits_per_byte']:.4f}", flush=True)
+    # Held-out scores of the fp32 weights as trained, then of the shipped bf16 file reloaded from disk:
+    # EVAL_WINDOWS windows spread over the held-out packages and over the held-out stdlib files.
+    pkg_windows = windows_of(pkg_ids, args.seq_len, EVAL_WINDOWS)
+    held_windows = windows_of(held_ids, args.seq_len, EVAL_WINDOWS)
+    fp32_full = score(model, pkg_windows, token_bytes)
+    print(f"held-out packages (fp32 as trained): ppl {fp32_full['ppl']:.3f} bpb {fp32_full['bits_per_byte']:.4f}", flush=True)
 
     model.to(torch.bfloat16).save_pretrained(args.out)
     from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
@@ -208,33 +308,38 @@ def main() -> None:
     GenerationConfig(bos_token_id=None, eos_token_id=STOP_IDS, pad_token_id=CONFIG["pad_token_id"],
                      do_sample=False).save_pretrained(args.out)
     shipped = AutoModelForCausalLM.from_pretrained(args.out, dtype=torch.float32)
-    full = score(shipped, held_windows, token_bytes)
-    heldout = json.loads((args.out / "heldout.json").read_text())
-    sample = score(shipped, torch.tensor(heldout["windows"]), token_bytes)
-    print(f"held-out (bf16 file, fp32 compute): ppl {full['ppl']:.3f} bpb {full['bits_per_byte']:.4f}; "
+    full = score(shipped, pkg_windows, token_bytes)
+    stdlib_full = score(shipped, held_windows, token_bytes)
+    sample = score(shipped, sample_windows, token_bytes)
+    print(f"held-out packages (bf16 file, fp32 compute): ppl {full['ppl']:.3f} bpb {full['bits_per_byte']:.4f}; "
+          f"held-out stdlib ppl {stdlib_full['ppl']:.3f} bpb {stdlib_full['bits_per_byte']:.4f}; "
           f"fixed sample ppl {sample['ppl']:.3f} bpb {sample['bits_per_byte']:.4f}", flush=True)
 
     tok = AutoTokenizer.from_pretrained(args.out)
-    prompt = tok(SAMPLE_PROMPT, return_tensors="pt")
-    gen_ids = shipped.generate(**prompt, max_new_tokens=96, do_sample=False)
-    text = tok.decode(gen_ids[0], skip_special_tokens=False)
-    print("sample:\n" + text, flush=True)
+    samples = greedy_samples(shipped, tok, DEMO_PROMPTS)
+    for smp in samples:
+        print(f"sample (repeated line: {smp['repeated_line']}):\n{smp['prompt']}{smp['continuation']}\n", flush=True)
 
     result = dict(
-        command=f"nice -n 10 python models/nano/train.py --steps {args.steps} --batch {args.batch} --threads {args.threads}",
+        command=(f"python models/nano/train.py --steps {args.steps} --batch {args.batch} --threads {args.threads}"
+                 + (f" --until {args.until}" if args.until else "")),
         args={k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         python=platform.python_version(), torch=torch.__version__, transformers=transformers.__version__,
-        params=n_params, steps_done=len(log), stopped_early=stopped_early, tokens_seen=tokens_seen,
+        params=n_params, steps_planned=args.steps, steps_done=len(log), replans=replans,
+        stopped_early=stopped_early, tokens_seen=tokens_seen,
         train_seconds=round(train_seconds, 1), tokens_per_second=round(tokens_seen / train_seconds, 1),
-        heldout_full_fp32=fp32_full, heldout_full=full, heldout_sample=sample,
-        sample_prompt=SAMPLE_PROMPT, sample_greedy=text,
+        eval_windows=EVAL_WINDOWS,
+        heldout_packages_fp32=fp32_full, heldout_packages=full, heldout_stdlib=stdlib_full, heldout_sample=sample,
+        samples=samples, evals=evals,
         log=log,
     )
-    (args.out / "train_log.json").write_text(json.dumps(result, indent=1) + "\n")
-    plot_loss(log, args.out / "loss.png", full["loss"])
+    tmp = args.out / "train_log.json.tmp"
+    tmp.write_text(json.dumps(result, indent=1) + "\n")
+    os.replace(tmp, args.out / "train_log.json")
+    plot_loss(log, args.out / "loss.png", full["loss"], evals)
 
 
-def plot_loss(log: list[dict], path: Path, heldout_loss: float) -> None:
+def plot_loss(log: list[dict], path: Path, heldout_loss: float, evals: list[dict] = ()) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -242,12 +347,15 @@ def plot_loss(log: list[dict], path: Path, heldout_loss: float) -> None:
 
     steps = np.array([r["step"] for r in log])
     loss = np.array([r["loss"] for r in log])
-    k = 10  # moving average over 10 steps
+    k = 20  # moving average over 20 steps
     smooth = np.convolve(loss, np.ones(k) / k, mode="valid")
     fig, ax = plt.subplots(figsize=(5, 3), dpi=80)
     ax.plot(steps, loss, lw=0.5, alpha=0.4, label="train (per step)")
-    ax.plot(steps[k - 1:], smooth, lw=1.2, label="train (10-step mean)")
-    ax.axhline(heldout_loss, color="k", ls="--", lw=0.8, label=f"held-out {heldout_loss:.3f}")
+    ax.plot(steps[k - 1:], smooth, lw=1.2, label="train (20-step mean)")
+    if evals:
+        ax.plot([e["step"] for e in evals], [e["loss"] for e in evals], "o-", ms=2.5, lw=0.8,
+                label="held-out packages, fixed sample")
+    ax.axhline(heldout_loss, color="k", ls="--", lw=0.8, label=f"held-out packages, final {heldout_loss:.3f}")
     ax.set_xlabel("step")
     ax.set_ylabel("loss (nats/token)")
     ax.set_ylim(min(loss.min(), heldout_loss) - 0.2, min(loss.max(), 9.5))
