@@ -1,6 +1,6 @@
 """Plot an export's memory over time from bench/tree_rss.sh samples, with the stages from its manifest.
 
-    python bench/plot_rss.py rss.txt BUNDLE/manifest.json --budget-gb 16 --out bench/figures/export_4b_rss.png
+    python bench/plot_rss.py rss.txt BUNDLE/manifest.json --budget-gb 16 --out bench/results/figures/export_4b_rss.png
 
 Drawn: the exporter's RSS; exporter + forked XNNPACK worker RSS (an upper bound: the pages the worker shares with the
 exporter after fork count twice); and the exporter plus the worker's growth since the fork (the estimate)."""
