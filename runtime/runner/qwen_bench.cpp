@@ -1049,13 +1049,8 @@ void write_etdump_file(const std::string& path, const void* buf, size_t size) {
   if (std::rename(tmp.c_str(), path.c_str()) != 0) throw Failure(path + ": cannot rename " + tmp);
 }
 
-int run_bench(const Options& o) {
-  const auto t_start = clock_type::now();
-  const Bundle b = open_bundle(o.bundle, o.verify);
-  LoadInfo load;
-  load.threads = init_runtime(b.manifest, o.threads);
-
-  // Prompts and bounds first: a bad request fails before the model loads.
+// The run's settings from the flags, checked against the bundle.
+BenchSettings bench_settings(const Options& o, const Bundle& b) {
   BenchSettings s;
   s.gen = o.gen;
   s.runs = o.runs;
@@ -1066,80 +1061,124 @@ int run_bench(const Options& o) {
   if (s.chunk > b.max_prefill)
     throw Failure("--prefill-chunk " + std::to_string(s.chunk) + " exceeds the forward method's max_tokens " +
                   std::to_string(b.max_prefill));
-  const PromptSet ps = make_prompts(b, o.prompt_ids, o.prompt_lens, o.seed, "token ids from --prompt-ids");
-  check_prompts(b, ps, o.gen, "--prompt-ids", "--gen");
+  return s;
+}
 
-  const auto t_load = clock_type::now();
-  et::EventTracer* tracer = nullptr;
+// --etdump: one generator for both methods (each execute() opens its own event block, in call order), written after
+// the runs. A runner built without ETDump support refused the flag in parse_args, so there `tracer()` is null.
+class EtdumpRecorder {
+ public:
+  explicit EtdumpRecorder(const std::string& path) : path_(path) {
 #if QWEN_BENCH_HAVE_ETDUMP
-  // One generator for both methods: each execute() opens its own event block, in call order.
-  std::unique_ptr<::executorch::etdump::ETDumpGen> etdump;
-  if (!o.etdump.empty()) {
-    etdump = std::make_unique<::executorch::etdump::ETDumpGen>();
-    tracer = etdump.get();
-  }
+    if (!path_.empty()) gen_ = std::make_unique<::executorch::etdump::ETDumpGen>();
 #endif
-  Model model(b, !o.unshared_arenas, tracer);
-  load.ms = now_s(t_load) * 1e3;
-  load.rss_bytes = rss_bytes();
-  load.arena_bytes = model.arena_bytes();
+  }
 
-  // Power: an idle baseline first, then warmups (ignored) and measured runs.
-  std::unique_ptr<PowerSampler> sampler;
-  std::string power_why;
-  if (!o.no_power) sampler = PowerSampler::open(o.power_root, o.power_hz, &power_why);
+  et::EventTracer* tracer() const {
+#if QWEN_BENCH_HAVE_ETDUMP
+    return gen_.get();
+#else
+    return nullptr;
+#endif
+  }
+
+  void write(Json& notes) {
+#if QWEN_BENCH_HAVE_ETDUMP
+    if (!gen_) return;
+    const ::executorch::etdump::ETDumpResult dump = gen_->get_etdump_data();
+    if (dump.buf == nullptr || dump.size == 0) throw Failure(path_ + ": the ETDump is empty");
+    write_etdump_file(path_, dump.buf, dump.size);
+    free(dump.buf);
+    notes.push("ETDump recorded (" + path_ + "): timings include the profiler's overhead");
+#else
+    (void)notes;
+#endif
+  }
+
+ private:
+  std::string path_;
+#if QWEN_BENCH_HAVE_ETDUMP
+  std::unique_ptr<::executorch::etdump::ETDumpGen> gen_;
+#endif
+};
+
+// Battery sampling around the runs: an idle baseline first, then warmups (ignored) and measured runs. Null (with
+// *why) when not asked for or no battery is readable.
+std::unique_ptr<PowerSampler> start_power(const Options& o, std::string* why) {
+  if (o.no_power) return nullptr;
+  std::unique_ptr<PowerSampler> sampler = PowerSampler::open(o.power_root, o.power_hz, why);
   if (sampler) {
     sampler->set_phase("idle");
     sampler->start();
     std::this_thread::sleep_for(std::chrono::duration<double>(o.idle_seconds));
   }
+  return sampler;
+}
 
-  BenchOutcome outcome = run_benchmark(model, b, ps, s, sampler.get());
-
-  Json energy;  // null unless sampled
-  if (sampler) {
-    PowerTrace trace = sampler->stop();
-    trace.tokens = outcome.run_tokens;
-    trace.run_wall_s = outcome.run_wall_s;
-    if (!o.power_log.empty()) write_trace(o.power_log, trace);
-    energy = summarize_energy(trace, o.current_unit);
-  } else if (!o.no_power) {
-    outcome.notes.push("energy not sampled: " + power_why);
+// The energy summary of the runs (null unless sampled; then a note says why when sampling was asked for).
+Json finish_power(PowerSampler* sampler, const Options& o, const std::string& why, BenchOutcome& outcome) {
+  if (!sampler) {
+    if (!o.no_power) outcome.notes.push("energy not sampled: " + why);
+    return Json();
   }
+  PowerTrace trace = sampler->stop();
+  trace.tokens = outcome.run_tokens;
+  trace.run_wall_s = outcome.run_wall_s;
+  if (!o.power_log.empty()) write_trace(o.power_log, trace);
+  return summarize_energy(trace, o.current_unit);
+}
 
-#if QWEN_BENCH_HAVE_ETDUMP
-  if (etdump) {
-    const ::executorch::etdump::ETDumpResult dump = etdump->get_etdump_data();
-    if (dump.buf == nullptr || dump.size == 0) throw Failure(o.etdump + ": the ETDump is empty");
-    write_etdump_file(o.etdump, dump.buf, dump.size);
-    free(dump.buf);
-    outcome.notes.push("ETDump recorded (" + o.etdump + "): timings include the profiler's overhead");
-  }
-#endif
+void write_logits_dump(const std::string& path, const std::vector<float>& logits) {
+  std::ofstream f(path, std::ios::binary);
+  f.write(reinterpret_cast<const char*>(logits.data()), static_cast<std::streamsize>(logits.size() * sizeof(float)));
+  if (!f) throw Failure(path + ": cannot write the logits dump");
+}
 
-  if (s.dump_logits) {
-    std::ofstream f(o.dump_logits, std::ios::binary);
-    f.write(reinterpret_cast<const char*>(outcome.dumped.data()),
-            static_cast<std::streamsize>(outcome.dumped.size() * sizeof(float)));
-    if (!f) throw Failure(o.dump_logits + ": cannot write the logits dump");
-  }
-
-  const Json out = bench_report(b, ps, s, load, outcome, std::move(energy), o.emulated, t_start);
-  const std::string text = out.dump() + "\n";
-  if (o.json_out.empty()) {
+// The report as one JSON line on stdout, or into --json with a one-line summary per prompt on stderr.
+void emit_report(const Json& report, const std::string& json_out) {
+  const std::string text = report.dump() + "\n";
+  if (json_out.empty()) {
     std::fputs(text.c_str(), stdout);
-  } else {
-    std::ofstream f(o.json_out);
-    f << text;
-    if (!f) throw Failure(o.json_out + ": cannot write");
-    for (const Json& r : out.at("results").items()) {
-      const std::string decode =
-          r.at("decode_tok_s").is_null() ? "-" : std::to_string(r.at("decode_tok_s").at("median").as_double());
-      std::fprintf(stderr, "prompt %lld: TTFT %.2f ms, prefill %.1f tok/s, decode %s tok/s (median)\n",
-                   static_cast<long long>(r.at("prompt_tokens").as_int()), r.at("ttft_ms").at("median").as_double(),
-                   r.at("prefill_tok_s").at("median").as_double(), decode.c_str());
-    }
+    return;
   }
+  std::ofstream f(json_out);
+  f << text;
+  if (!f) throw Failure(json_out + ": cannot write");
+  for (const Json& r : report.at("results").items()) {
+    const std::string decode =
+        r.at("decode_tok_s").is_null() ? "-" : std::to_string(r.at("decode_tok_s").at("median").as_double());
+    std::fprintf(stderr, "prompt %lld: TTFT %.2f ms, prefill %.1f tok/s, decode %s tok/s (median)\n",
+                 static_cast<long long>(r.at("prompt_tokens").as_int()), r.at("ttft_ms").at("median").as_double(),
+                 r.at("prefill_tok_s").at("median").as_double(), decode.c_str());
+  }
+}
+
+int run_bench(const Options& o) {
+  const auto t_start = clock_type::now();
+  const Bundle b = open_bundle(o.bundle, o.verify);
+  LoadInfo load;
+  load.threads = init_runtime(b.manifest, o.threads);
+
+  // Prompts and bounds first: a bad request fails before the model loads.
+  const BenchSettings s = bench_settings(o, b);
+  const PromptSet ps = make_prompts(b, o.prompt_ids, o.prompt_lens, o.seed, "token ids from --prompt-ids");
+  check_prompts(b, ps, o.gen, "--prompt-ids", "--gen");
+
+  const auto t_load = clock_type::now();
+  EtdumpRecorder etdump(o.etdump);
+  Model model(b, !o.unshared_arenas, etdump.tracer());
+  load.ms = now_s(t_load) * 1e3;
+  load.rss_bytes = rss_bytes();
+  load.arena_bytes = model.arena_bytes();
+
+  std::string power_why;
+  const std::unique_ptr<PowerSampler> sampler = start_power(o, &power_why);
+  BenchOutcome outcome = run_benchmark(model, b, ps, s, sampler.get());
+  Json energy = finish_power(sampler.get(), o, power_why, outcome);
+  etdump.write(outcome.notes);
+  if (s.dump_logits) write_logits_dump(o.dump_logits, outcome.dumped);
+
+  emit_report(bench_report(b, ps, s, load, outcome, std::move(energy), o.emulated, t_start), o.json_out);
   return 0;
 }
 
