@@ -70,7 +70,6 @@ def eager_reference(eager, prompt: list[int], steps: int = 32) -> EagerReference
     """Run eager once, teacher-forcing itself. Taken before quantization so the exporter can quantize the very same
     model in place instead of holding an fp32 copy beside it (a 0.8B model is 3 GB in fp32)."""
     eager.reset()
-    eager.logits_to_keep = 0
     ref = [eager(torch.tensor([prompt]), torch.arange(len(prompt)))[0, -1]]
     fed, pos = [], len(prompt)
     for _ in range(steps):

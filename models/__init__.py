@@ -2,11 +2,10 @@
 
 from .config import ConfigError, Qwen35Config, available_presets
 from .gated_delta import chunked_reference, gated_delta_rule, recurrent_reference
-from .qwen35 import Qwen35ForCausalLM, fp32_compute
+from .qwen35 import Qwen35ForCausalLM
 from .weights import CheckpointError
 
 __all__ = [
-    "fp32_compute",
     "CheckpointError",
     "ConfigError",
     "Qwen35Config",

@@ -11,25 +11,29 @@ under `torch.export`:
 
 The caller owns positions: `input_pos` holds the absolute positions of `tokens`. `reset()` zeroes every state; a new
 sequence must start with it, since stale delta-net state leaks silently.
+
+This file holds the model only. Export-time rewrites (fused projections, the KV-cache op, last-position logits,
+weight-only linears) are module swaps in export/transforms/ and export/quantize.py, applied to a loaded model. Graphs
+that carry state as inputs and outputs (Core ML) call the layers' explicit-state entry points instead of copying them:
+`Qwen35GatedDeltaNet.forward_state`, `Qwen35Attention.heads` / `output`, `Qwen35DecoderLayer.residual`.
 """
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .config import Qwen35Config
-from .gated_delta import IMPLS, gated_delta_rule, native_op
+from .gated_delta import IMPLS, gated_delta_rule
 
 
 DEFAULT_MAX_SEQ_LEN = 2048
-# How attention layers write new keys and values into their caches: "index_copy" (cache.index_copy_, eager and Core
-# ML) or "op" (qwen35::kv_cache_update, which ExecuTorch runs in place; runtime/state_ops.py says why).
-KV_WRITES = ("index_copy", "op")
+# rule(q, k, v, g, beta, state) -> (out, next state): the delta rule as Qwen35GatedDeltaNet.forward_state takes it.
+DeltaRule = Callable[..., tuple[torch.Tensor, torch.Tensor]]
 
 
 def default_max_seq_len(config: Qwen35Config) -> int:
@@ -80,20 +84,6 @@ class Qwen35RMSNormGated(nn.Module):
         return (y * F.silu(gate.float())).to(dtype)
 
 
-def fuse_linears(*linears: nn.Linear) -> nn.Linear:
-    """One Linear whose output rows are the given linears' rows, in order (same input, no bias).
-
-    Exact under every quantization scheme we use: int4 groups and int8 channels run along each output row's inputs,
-    so a row is quantized the same wherever it sits. The exported graph gets one GEMM, one activation quantization
-    and one delegate op where it had several.
-    """
-    if any(m.bias is not None for m in linears) or len({m.in_features for m in linears}) != 1:
-        raise ValueError("fuse_linears: expected bias-free linears over one input width")
-    fused = nn.Linear(linears[0].in_features, sum(m.out_features for m in linears), bias=False)
-    fused.weight = nn.Parameter(torch.cat([m.weight.detach() for m in linears], dim=0), requires_grad=False)
-    return fused
-
-
 class Qwen35MLP(nn.Module):
     def __init__(self, hidden: int, intermediate: int):
         super().__init__()
@@ -101,18 +91,9 @@ class Qwen35MLP(nn.Module):
         self.gate_proj = nn.Linear(hidden, intermediate, bias=False)
         self.up_proj = nn.Linear(hidden, intermediate, bias=False)
         self.down_proj = nn.Linear(intermediate, hidden, bias=False)
-        self.gate_up_proj = None  # set by fuse_projections()
-
-    def fuse_projections(self) -> None:
-        self.gate_up_proj = fuse_linears(self.gate_proj, self.up_proj)
-        del self.gate_proj, self.up_proj
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.gate_up_proj is None:
-            return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
-        gate_up = self.gate_up_proj(x)  # [B,T,2I]
-        i = self.intermediate
-        return self.down_proj(F.silu(gate_up[..., :i]) * gate_up[..., i:])
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
 
 
 class Qwen35GatedDeltaNet(nn.Module):
@@ -139,19 +120,10 @@ class Qwen35GatedDeltaNet(nn.Module):
         self.A_log = nn.Parameter(torch.zeros(self.num_v_heads))
         self.norm = Qwen35RMSNormGated(self.head_v_dim, eps=config.rms_norm_eps)
         self.out_proj = nn.Linear(self.value_dim, config.hidden_size, bias=False)
-        self.in_proj = None  # in_proj_qkv|z|b|a fused by fuse_projections()
 
-    def fuse_projections(self) -> None:
-        self.in_proj = fuse_linears(self.in_proj_qkv, self.in_proj_z, self.in_proj_b, self.in_proj_a)
-        del self.in_proj_qkv, self.in_proj_z, self.in_proj_b, self.in_proj_a
-
-    def _project(self, x: torch.Tensor):
-        """x [B,T,h] -> mixed [B,T,conv_dim], z [B,T,Hv*V], b [B,T,Hv], a [B,T,Hv]."""
-        if self.in_proj is None:
-            return self.in_proj_qkv(x), self.in_proj_z(x), self.in_proj_b(x), self.in_proj_a(x)
-        y = self.in_proj(x)  # [B,T,conv_dim + Hv*V + 2*Hv]
-        c, zv, hv = self.conv_dim, self.value_dim, self.num_v_heads
-        return y[..., :c], y[..., c:c + zv], y[..., c + zv:c + zv + hv], y[..., c + zv + hv:]
+    def project(self, x: torch.Tensor):
+        """x [B,T,h] -> mixed [B,T,conv_dim], z [B,T,Hv*V], b [B,T,Hv], a [B,T,Hv] (export fuses these linears)."""
+        return self.in_proj_qkv(x), self.in_proj_z(x), self.in_proj_b(x), self.in_proj_a(x)
 
     def setup_state(self, batch_size: int, dtype: torch.dtype) -> None:
         # 3 raw columns suffice for a width-4 filter; transformers keeps 4.
@@ -161,15 +133,31 @@ class Qwen35GatedDeltaNet(nn.Module):
         self.register_buffer("recurrent_state", rec, persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x [B,T,h] -> [B,T,h], advancing conv_state and recurrent_state in place."""
+        def rule_in_place(q, k, v, g, beta, state):
+            return gated_delta_rule(q, k, v, g, beta, state, impl=self.gdn_impl), state
+
+        y, conv_state, _ = self.forward_state(x, self.conv_state, self.recurrent_state, rule_in_place)
+        self.conv_state.copy_(conv_state)
+        return y
+
+    def forward_state(self, x: torch.Tensor, conv_state: torch.Tensor, recurrent_state: torch.Tensor,
+                      rule: DeltaRule) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The mixer over explicit state, for graphs that pass state in and out (export/coreml/graph.py).
+
+        x [B,T,h], conv_state [B,conv_dim,K-1] (raw pre-conv inputs), recurrent_state [B,Hv,K,V] ->
+        y [B,T,h], the next conv_state [B,conv_dim,K-1], the next recurrent state [B,Hv,K,V] (rule's).
+        rule(q [B,T,Hk,K], k, v [B,T,Hv,V], g, beta [B,T,Hv], state) -> (out [B,T,Hv,V], next state).
+        """
         b, t, _ = x.shape
-        mixed, z, b_proj, a_proj = self._project(x)
+        mixed, z, b_proj, a_proj = self.project(x)
         mixed = mixed.transpose(1, 2)  # [B,conv_dim,T]
         beta = b_proj.float().sigmoid()  # [B,T,Hv]
         # fp32 island: exp(A_log) overflows in fp16.
         g = -self.A_log.float().exp() * softplus(a_proj.float() + self.dt_bias.float())  # [B,T,Hv]
 
-        window = torch.cat([self.conv_state, mixed.to(self.conv_state.dtype)], dim=-1)  # [B,conv_dim,K-1+T]
-        self.conv_state.copy_(window[:, :, -(self.conv_kernel_size - 1):])
+        window = torch.cat([conv_state, mixed.to(conv_state.dtype)], dim=-1)  # [B,conv_dim,K-1+T]
+        next_conv_state = window[:, :, -(self.conv_kernel_size - 1):]  # [B,conv_dim,K-1]
         conv = F.conv1d(window.to(self.conv1d.weight.dtype), self.conv1d.weight, groups=self.conv_dim)  # [B,conv_dim,T]
         mixed = F.silu(conv).to(x.dtype).transpose(1, 2)  # [B,T,conv_dim]
 
@@ -177,11 +165,20 @@ class Qwen35GatedDeltaNet(nn.Module):
         q = q.reshape(b, t, self.num_k_heads, self.head_k_dim)  # [B,T,Hk,K]
         k = k.reshape(b, t, self.num_k_heads, self.head_k_dim)  # [B,T,Hk,K]
         v = v.reshape(b, t, self.num_v_heads, self.head_v_dim)  # [B,T,Hv,V]
-        out = gated_delta_rule(q, k, v, g, beta, self.recurrent_state, impl=self.gdn_impl)  # [B,T,Hv,V]
+        out, next_recurrent_state = rule(q, k, v, g, beta, recurrent_state)  # [B,T,Hv,V], [B,Hv,K,V]
 
         out = self.norm(out.reshape(b, t, self.num_v_heads, self.head_v_dim),
                         z.reshape(b, t, self.num_v_heads, self.head_v_dim))  # [B,T,Hv,V]
-        return self.out_proj(out.reshape(b, t, self.value_dim))  # [B,T,h]
+        return self.out_proj(out.reshape(b, t, self.value_dim)), next_conv_state, next_recurrent_state  # [B,T,h]
+
+
+class CacheWrite(nn.Module):
+    """How attention stores new rows in its cache: `index_copy_` at the given positions. Eager runs and the tests'
+    references use this; the ExecuTorch export swaps in qwen35::kv_cache_update (export/transforms/kv_cache.py)."""
+
+    def forward(self, cache: torch.Tensor, new: torch.Tensor, input_pos: torch.Tensor) -> None:
+        """cache [B,Hkv,S,D] <- new [B,Hkv,T,D] at slots input_pos [T], in the cache's dtype."""
+        cache.index_copy_(2, input_pos, new.to(cache.dtype))
 
 
 class Qwen35Attention(nn.Module):
@@ -201,20 +198,11 @@ class Qwen35Attention(nn.Module):
         self.o_proj = nn.Linear(self.num_heads * self.head_dim, h, bias=False)
         self.q_norm = Qwen35RMSNorm(self.head_dim, eps=config.rms_norm_eps)
         self.k_norm = Qwen35RMSNorm(self.head_dim, eps=config.rms_norm_eps)
-        self.qkv_proj = None  # q|k|v fused by fuse_projections()
-        self.kv_write = "index_copy"
+        self.cache_write = CacheWrite()
 
-    def fuse_projections(self) -> None:
-        self.qkv_proj = fuse_linears(self.q_proj, self.k_proj, self.v_proj)
-        del self.q_proj, self.k_proj, self.v_proj
-
-    def _project(self, x: torch.Tensor):
-        """x [B,T,h] -> query|gate [B,T,Hq*2D], k [B,T,Hkv*D], v [B,T,Hkv*D]."""
-        if self.qkv_proj is None:
-            return self.q_proj(x), self.k_proj(x), self.v_proj(x)
-        y = self.qkv_proj(x)  # [B,T,Hq*2D + 2*Hkv*D]
-        nq, nkv = self.num_heads * self.head_dim * 2, self.num_kv_heads * self.head_dim
-        return y[..., :nq], y[..., nq:nq + nkv], y[..., nq + nkv:]
+    def project(self, x: torch.Tensor):
+        """x [B,T,h] -> query|gate [B,T,Hq*2D], k [B,T,Hkv*D], v [B,T,Hkv*D] (export fuses these linears)."""
+        return self.q_proj(x), self.k_proj(x), self.v_proj(x)
 
     def setup_state(self, batch_size: int, max_seq_len: int, dtype: torch.dtype) -> None:
         shape = (batch_size, self.num_kv_heads, max_seq_len, self.head_dim)
@@ -228,9 +216,12 @@ class Qwen35Attention(nn.Module):
         rotated = torch.cat([-rot[..., half:], rot[..., :half]], dim=-1)
         return torch.cat([rot * cos + rotated * sin, rest], dim=-1)
 
-    def forward(self, x, input_pos, cos, sin, mask) -> torch.Tensor:
+    def heads(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
+        """x [B,T,h], cos/sin [T,R] -> q [B,Hq,T,D], k and v [B,Hkv,T,D] (q, k normed and rotated), gate [B,T,Hq*D].
+
+        With `output`, the layer's math outside the cache, for graphs that keep the cache elsewhere (Core ML)."""
         b, t, _ = x.shape
-        qg, k, v = self._project(x)
+        qg, k, v = self.project(x)
         qg = qg.reshape(b, t, self.num_heads, 2 * self.head_dim)  # [B,T,Hq,2D]
         q, gate = qg[..., : self.head_dim], qg[..., self.head_dim:]  # [B,T,Hq,D] each
         gate = gate.reshape(b, t, self.num_heads * self.head_dim)  # [B,T,Hq*D]
@@ -238,14 +229,17 @@ class Qwen35Attention(nn.Module):
         k = self.k_norm(k.reshape(b, t, self.num_kv_heads, self.head_dim)).transpose(1, 2)  # [B,Hkv,T,D]
         v = v.reshape(b, t, self.num_kv_heads, self.head_dim).transpose(1, 2)  # [B,Hkv,T,D]
         q, k = self._rope(q, cos, sin), self._rope(k, cos, sin)
+        return q, k, v, gate
 
-        if self.kv_write == "op":
-            update = native_op("kv_cache_update", "or set_kv_write('index_copy') for an eager-only run")
-            update(self.k_cache, k.to(self.k_cache.dtype), input_pos)
-            update(self.v_cache, v.to(self.v_cache.dtype), input_pos)
-        else:
-            self.k_cache.index_copy_(2, input_pos, k.to(self.k_cache.dtype))
-            self.v_cache.index_copy_(2, input_pos, v.to(self.v_cache.dtype))
+    def output(self, attn: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
+        """attn, gate [B,T,Hq*D] -> [B,T,h]: the sigmoid output gate, then o_proj."""
+        return self.o_proj(attn * torch.sigmoid(gate))
+
+    def forward(self, x, input_pos, cos, sin, mask) -> torch.Tensor:
+        b, t, _ = x.shape
+        q, k, v, gate = self.heads(x, cos, sin)
+        self.cache_write(self.k_cache, k, input_pos)
+        self.cache_write(self.v_cache, v, input_pos)
         # GQA without repeating the cache: query head i reads kv head i // G, so the G query heads of one kv head
         # are folded into its rows (t-major: row t*G + g) and attend to that kv head together. Batched 3-D matmuls
         # and t-major folding keep every shape guard provable under a dynamic T.
@@ -260,7 +254,7 @@ class Qwen35Attention(nn.Module):
         attn = attn.reshape(b, self.num_kv_heads, t, group, self.head_dim)  # [B,Hkv,T,G,D]
         attn = attn.permute(0, 2, 1, 3, 4)  # [B,T,Hkv,G,D] = [B,T,Hq,D] in head order
         attn = attn.reshape(b, t, self.num_heads * self.head_dim)  # [B,T,Hq*D]
-        return self.o_proj(attn * torch.sigmoid(gate))
+        return self.output(attn, gate)
 
 
 class Qwen35DecoderLayer(nn.Module):
@@ -281,7 +275,12 @@ class Qwen35DecoderLayer(nn.Module):
             h = self.linear_attn(h)
         else:
             h = self.self_attn(h, input_pos, cos, sin, mask)
-        x = x + h
+        return self.residual(x, h)
+
+    def residual(self, x: torch.Tensor, mixed: torch.Tensor) -> torch.Tensor:
+        """x, mixed [B,T,h] -> [B,T,h]: the layer after its mixer (mixed = mixer(input_layernorm(x))), for graphs
+        that run the mixer over explicit state: add it, then the MLP block."""
+        x = x + mixed
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -311,7 +310,6 @@ class Qwen35ForCausalLM(nn.Module):
         self.config = config
         self.max_seq_len = max_seq_len
         self.max_batch_size = max_batch_size
-        self.logits_to_keep = 0  # 0: logits for every position; K > 0: for the last K only (set by export)
         self.model = Qwen35Model(config, gdn_impl)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         if config.tie_word_embeddings:
@@ -328,15 +326,6 @@ class Qwen35ForCausalLM(nn.Module):
         for m in self.modules():
             if isinstance(m, Qwen35GatedDeltaNet):
                 m.gdn_impl = impl
-        return self
-
-    def set_kv_write(self, kv_write: str) -> "Qwen35ForCausalLM":
-        """How every attention layer writes its KV cache (KV_WRITES); the exporter picks "op"."""
-        if kv_write not in KV_WRITES:
-            raise ValueError(f"kv_write={kv_write!r}; expected one of {KV_WRITES}")
-        for m in self.modules():
-            if isinstance(m, Qwen35Attention):
-                m.kv_write = kv_write
         return self
 
     def setup_caches(self, max_batch_size: int, max_seq_len: int, dtype: torch.dtype | None = None) -> None:
@@ -359,19 +348,6 @@ class Qwen35ForCausalLM(nn.Module):
         self.register_buffer("rope_sin", emb.sin(), persistent=False)
 
     @torch.no_grad()
-    def fuse_projections(self) -> "Qwen35ForCausalLM":
-        """Merge the linears that read the same input: delta-net in_proj_{qkv,z,b,a}, attention q/k/v, MLP gate/up.
-
-        For export: the 0.8B layers' 186 linears become 96 (lm_head aside), so the graph has fewer quantize and
-        GEMM nodes to lower and run. The math is unchanged (fuse_linears); loading and the transformers names are
-        unaffected because fusion happens after loading.
-        """
-        for layer in self.model.layers:
-            (layer.linear_attn if layer.layer_type == "linear_attention" else layer.self_attn).fuse_projections()
-            layer.mlp.fuse_projections()
-        return self
-
-    @torch.no_grad()
     def reset(self) -> None:
         """Zero every state: KV caches, conv states, recurrent states."""
         for name, buf in self.named_buffers():
@@ -390,7 +366,7 @@ class Qwen35ForCausalLM(nn.Module):
                            rope_pos: torch.Tensor) -> torch.Tensor:
         """Multimodal forward: embeds [B,T,h] (token embeddings with image embeddings in the image slots, see
         vision_language.py), input_pos [T] cache slots, rope_pos [3,T] int64 M-RoPE positions (rows T, H, W; shared by
-        the batch) -> logits [B,T or K,vocab].
+        the batch) -> logits [B,T,vocab].
 
         Cache slots and rotary positions part ways once an image is in the sequence: an image of h x w merged tokens
         fills h*w slots but advances the rotary position by max(h, w) (transformers' get_rope_index). With the three
@@ -419,7 +395,7 @@ class Qwen35ForCausalLM(nn.Module):
         return emb.cos(), emb.sin()
 
     def _decoder(self, x: torch.Tensor, input_pos: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        """x [B,T,h] at cache slots input_pos [T], rotary tables cos/sin [T,R] -> logits [B,T or K,vocab]."""
+        """x [B,T,h] at cache slots input_pos [T], rotary tables cos/sin [T,R] -> logits [B,T,vocab]."""
         # Additive causal mask over the whole static cache: a query at position p sees slots 0..p. Rows repeat per
         # query head of a kv group (see Qwen35Attention), built once here for every layer.
         group = self.config.num_attention_heads // self.config.num_key_value_heads
@@ -428,10 +404,7 @@ class Qwen35ForCausalLM(nn.Module):
         mask = torch.where(visible, 0.0, float("-inf")).to(x.dtype)  # [T*G,S]
         for layer in self.model.layers:
             x = layer(x, input_pos, cos, sin, mask)
-        if self.logits_to_keep:
-            # Prefill only needs the next-token logits: skipping the others saves T-1 rows of the vocab matmul.
-            x = x[:, -self.logits_to_keep:]  # [B,K,h]
-        return self.lm_head(self.model.norm(x))  # [B,T or K,vocab]
+        return self.lm_head(self.model.norm(x))  # [B,T,vocab]
 
     def _check_embedding_inputs(self, embeds: torch.Tensor, input_pos: torch.Tensor, rope_pos: torch.Tensor) -> None:
         h = self.config.hidden_size
@@ -485,70 +458,3 @@ class Qwen35ForCausalLM(nn.Module):
                 break
             logits = self(torch.tensor([[nxt]]), torch.tensor([len(prompt) + i]))
         return out
-
-
-HEAD_ROWS_PER_CHUNK = 16384  # vocab rows of a bf16 lm_head upcast at a time (the 4B table is 2.5 GB in fp32)
-
-
-@contextmanager
-def fp32_compute(model: Qwen35ForCausalLM, upcast_whole_below: int = 0):
-    """Run a model whose weights are partly stored in bfloat16 (`keep_bf16` loading) as the fp32 model of the same
-    values: bf16 -> fp32 is exact, so inside this block it computes what the model loaded in fp32 computes, while only
-    one layer's weights exist in fp32 at a time. Activations and state must be fp32 (load with dtype=float32).
-
-    Each decoder layer and the final norm upcast their bf16 parameters on entry and put the stored tensors back on
-    exit. The embedding gathers bf16 rows and upcasts them (exact). A bf16 lm_head runs as an fp32 matmul over
-    HEAD_ROWS_PER_CHUNK vocab rows at a time, so the tied table is never upcast whole.
-
-    upcast_whole_below: when the fp32 copy of every bf16 parameter is smaller than this many bytes, upcast them all
-    once on entry instead (a step then costs no conversions: the 0.8B gate runs 33 steps at 3 GB each).
-    """
-    low = [p for p in model.parameters() if p.dtype == torch.bfloat16]
-    if not low:
-        yield model
-        return
-    if sum(p.numel() for p in low) * 4 < upcast_whole_below:
-        kept = [(p, p.data) for p in low]
-        try:
-            for p, data in kept:
-                p.data = data.float()
-            yield model
-        finally:
-            for p, data in kept:
-                p.data = data
-        return
-    stored: dict[nn.Module, list[tuple[nn.Parameter, torch.Tensor]]] = {}
-
-    def restore(module):
-        for p, data in stored.pop(module, ()):
-            p.data = data
-
-    def upcast(module, args):
-        restore(module)
-        stored[module] = [(p, p.data) for p in module.parameters() if p.dtype == torch.bfloat16]
-        for p, data in stored[module]:
-            p.data = data.float()
-
-    handles = []
-    for module in (*model.model.layers, model.model.norm):
-        handles.append(module.register_forward_pre_hook(upcast))
-        handles.append(module.register_forward_hook(lambda m, args, out: restore(m)))
-    handles.append(model.model.embed_tokens.register_forward_hook(lambda m, args, out: out.float()))
-    head = model.lm_head
-    if head.weight.dtype == torch.bfloat16:
-        def head_fp32(x: torch.Tensor) -> torch.Tensor:  # x [..., h] -> [..., vocab]
-            w = head.weight  # [vocab, h]
-            out = x.new_empty(*x.shape[:-1], w.shape[0])
-            for r in range(0, w.shape[0], HEAD_ROWS_PER_CHUNK):
-                out[..., r:r + HEAD_ROWS_PER_CHUNK] = F.linear(x, w[r:r + HEAD_ROWS_PER_CHUNK].float())
-            return out if head.bias is None else out + head.bias.float()
-
-        head.forward = head_fp32  # an instance attribute: shadows nn.Linear.forward until deleted below
-    try:
-        yield model
-    finally:
-        for handle in handles:
-            handle.remove()
-        for module in list(stored):
-            restore(module)
-        head.__dict__.pop("forward", None)

@@ -134,7 +134,7 @@ def map_key(key: str) -> str | None:
 def load_pretrained(cls, path, *, dtype=torch.float32, max_seq_len=None, max_batch_size=1, gdn_impl="op",
                     keep_bf16=False):
     """keep_bf16: tensors stored in bfloat16 stay bfloat16 (the rest load in `dtype`, caches use `dtype`). For the
-    exporter: bf16 -> fp32 is exact, so `fp32_compute` (qwen35.py) runs this model as the fp32 model of the same
+    exporter: bf16 -> fp32 is exact, so `fp32_compute` (export/transforms/) runs this model as the fp32 model of the same
     values at half the memory, and quantization upcasts one weight at a time (a 4B model is 16.8 GB in fp32)."""
     path = Path(path)
     if not path.is_dir():

@@ -24,11 +24,9 @@ from __future__ import annotations
 import copy
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from qwen_mobile.models import Qwen35ForCausalLM
-from qwen_mobile.models.qwen35 import softplus
 
 from .mil_gdn import functional_op
 
@@ -128,15 +126,15 @@ class CoreMLDecoder(nn.Module):
             h = layer.input_layernorm(x)
             if layer.layer_type == "linear_attention":
                 j = self.gdn_index.index(i)
-                h, conv_j, rec_j = _gdn(layer.linear_attn, h, conv_all[j:j + 1], rec_all[j:j + 1])
+                h, conv_j, rec_j = layer.linear_attn.forward_state(h, conv_all[j:j + 1], rec_all[j:j + 1],
+                                                                   _functional_rule)
                 new_conv.append(conv_j)
                 new_rec.append(rec_j)
             else:
                 j = self.attn_index.index(i)
                 h, k_j, v_j = _attention(layer.self_attn, h, cos, sin, mask, onehot, written, kv[2 * j], kv[2 * j + 1])
                 new_kv += [k_j, v_j]
-            x = x + h
-            x = x + layer.mlp(layer.post_attention_layernorm(x))
+            x = layer.residual(x, h)
         # The last part returns the next-token logits only; earlier parts every position's hidden state.
         out = m.lm_head(m.model.norm(x[:, t - 1:])) if self.last else x  # [1,1,vocab] or [1,T,h]
 
@@ -167,38 +165,19 @@ def make_decoder(model: Qwen35ForCausalLM, gdn_layout: str = "io",
     return (CoreMLDecoder if first else CoreMLDecoderPart)(model, gdn_layout, layers)
 
 
-def _gdn(mod, x, conv_state, rec_state):
-    """The delta-net mixer of models/qwen35.py with explicit state. x [1,T,h]; conv [1,C,K-1]; rec [1,Hv,K,V]."""
-    b, t, _ = x.shape
-    mixed = mod.in_proj_qkv(x).transpose(1, 2)  # [1,C,T]
-    z = mod.in_proj_z(x)  # [1,T,Hv*V]
-    beta = mod.in_proj_b(x).sigmoid()  # [1,T,Hv]
-    g = -mod.A_log.exp() * softplus(mod.in_proj_a(x) + mod.dt_bias)  # [1,T,Hv]
-    window = torch.cat([conv_state, mixed], dim=-1)  # [1,C,K-1+T]
-    conv_new = window[:, :, t:]  # [1,C,K-1]: the last K-1 raw columns
-    mixed = F.silu(F.conv1d(window, mod.conv1d.weight, groups=mod.conv_dim)).transpose(1, 2)  # [1,T,C]
-    q, k, v = torch.split(mixed, [mod.key_dim, mod.key_dim, mod.value_dim], dim=-1)
-    q = q.reshape(b, t, mod.num_k_heads, mod.head_k_dim)  # [1,T,Hk,K]
-    k = k.reshape(b, t, mod.num_k_heads, mod.head_k_dim)  # [1,T,Hk,K]
-    v = v.reshape(b, t, mod.num_v_heads, mod.head_v_dim)  # [1,T,Hv,V]
-    # The functional twin of qwen35::gated_delta_rule (mil_gdn.functional_op): Core ML inputs are immutable and
-    # ExecuTorch's partitioner only takes functional ops; eagerly it runs our op on a copy of the state.
-    out, rec = functional_op()(q, k, v, g, beta, rec_state, True)  # [1,T,Hv,V], [1,Hv,K,V]
-    out = mod.norm(out, z.reshape(b, t, mod.num_v_heads, mod.head_v_dim))  # [1,T,Hv,V]
-    return mod.out_proj(out.reshape(b, t, mod.value_dim)), conv_new, rec  # [1,T,h]
+def _functional_rule(q, k, v, g, beta, state):
+    """The delta rule as Qwen35GatedDeltaNet.forward_state takes it, through the functional twin of
+    qwen35::gated_delta_rule (mil_gdn.functional_op): Core ML inputs are immutable and ExecuTorch's partitioner only
+    takes functional ops; eagerly it runs our op on a copy of the state. -> out [1,T,Hv,V], state [1,Hv,K,V]."""
+    return functional_op()(q, k, v, g, beta, state, True)
 
 
 def _attention(mod, x, cos, sin, mask, onehot, written, k_cache, v_cache):
-    """Gated attention of models/qwen35.py over one layer's slice of the packed cache. caches [Hkv,S,D]."""
+    """The model's gated attention (Qwen35Attention.heads / output) over one layer's slice of the packed fp16 cache,
+    written and read the Core ML way. x [1,T,h]; caches [Hkv,S,D]."""
     b, t, _ = x.shape
     hq, hkv, d = mod.num_heads, mod.num_kv_heads, mod.head_dim
-    qg = mod.q_proj(x).reshape(b, t, hq, 2 * d)  # [1,T,Hq,2D]: query and gate interleaved per head
-    q, gate = qg[..., :d], qg[..., d:]  # [1,T,Hq,D] each
-    gate = gate.reshape(b, t, hq * d)  # [1,T,Hq*D]
-    q = mod.q_norm(q).transpose(1, 2)  # [1,Hq,T,D]
-    k = mod.k_norm(mod.k_proj(x).reshape(b, t, hkv, d)).transpose(1, 2)  # [1,Hkv,T,D]
-    v = mod.v_proj(x).reshape(b, t, hkv, d).transpose(1, 2)  # [1,Hkv,T,D]
-    q, k = mod._rope(q, cos, sin), mod._rope(k, cos, sin)
+    q, k, v, gate = mod.heads(x, cos, sin)  # q [1,Hq,T,D], k/v [1,Hkv,T,D], gate [1,T,Hq*D]
     # Cache write without dynamic slicing: onehot^T [S,T] @ k [Hkv,T,D] puts each new row in its slot; the cache keeps
     # fp16 precision, as on the device.
     k_cache = torch.where(written, onehot.transpose(0, 1) @ k[0], k_cache).to(torch.float16)  # [Hkv,S,D]
@@ -208,7 +187,7 @@ def _attention(mod, x, cos, sin, mask, onehot, written, k_cache, v_cache):
     scores = qf @ k_cache.float().transpose(1, 2) * d ** -0.5 + mask  # [Hkv,G*T,S]
     attn = torch.softmax(scores, dim=-1) @ v_cache.float()  # [Hkv,G*T,D]
     attn = attn.reshape(hq, t, d).transpose(0, 1).reshape(b, t, hq * d)  # [1,T,Hq*D]
-    return mod.o_proj(attn * torch.sigmoid(gate)), k_cache, v_cache
+    return mod.output(attn, gate), k_cache, v_cache
 
 
 def state_shapes(cfg, max_seq_len: int, layers: tuple[int, int] | None = None) -> dict[str, tuple[int, ...]]:

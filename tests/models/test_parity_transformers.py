@@ -147,39 +147,3 @@ def test_tied_table_is_stored_once(loaded):
     assert ours.lm_head.weight is ours.model.embed_tokens.weight
     names = [n for n, _ in ours.named_parameters()]
     assert "lm_head.weight" not in names and "model.embed_tokens.weight" in names
-
-
-@pytest.mark.parametrize("regime", ["hv1x", "hv2x"])
-def test_fused_projections_match_transformers(hf_checkpoint, regime):
-    """The export-time fusion (q/k/v, in_proj_{qkv,z,b,a}, gate/up) changes no logit: prefill then decode, against
-    transformers itself, at the unfused model's bound."""
-    folder, hf = hf_checkpoint("causal", regime, True)
-    ours = Qwen35ForCausalLM.from_pretrained(folder, max_seq_len=256).fuse_projections()
-    linears = [n for n, m in ours.named_modules() if isinstance(m, torch.nn.Linear)]
-    n_layers = ours.config.num_hidden_layers
-    assert len(linears) == 4 * n_layers + 1, linears  # 4 per layer + lm_head
-    ids = token_ids(20, ours.config.vocab_size, seed=4)
-    ref = hf_logits(hf, ids)[0]  # [20, vocab]
-    with torch.no_grad():
-        ours.reset()
-        prefill = ours(ids[:, :13], torch.arange(13))[0]
-        steps = [ours(ids[:, i:i + 1], torch.tensor([i]))[0, -1] for i in range(13, 20)]
-    torch.testing.assert_close(prefill, ref[:13], atol=LOGITS_ATOL, rtol=0)
-    torch.testing.assert_close(torch.stack(steps), ref[13:], atol=LOGITS_ATOL, rtol=0)
-
-
-def test_fused_rows_quantize_like_the_separate_linears():
-    """Group-wise int4 runs along each output row, so a fused weight quantizes to the separate ones' rows, stacked."""
-    from qwen_mobile.export.quantize import quantize_weight
-    from qwen_mobile.models.qwen35 import fuse_linears
-
-    gen = torch.Generator().manual_seed(0)
-    parts = [torch.nn.Linear(64, n, bias=False) for n in (48, 16, 2)]
-    for p in parts:
-        p.weight.data = torch.randn(p.weight.shape, generator=gen)
-    fused = fuse_linears(*parts)
-    q_fused, s_fused = quantize_weight(fused.weight, 4, 32)
-    q_parts, s_parts = zip(*(quantize_weight(p.weight, 4, 32) for p in parts))
-    assert torch.equal(q_fused, torch.cat(q_parts)) and torch.equal(s_fused, torch.cat(s_parts))
-    with pytest.raises(ValueError, match="bias-free linears over one input width"):
-        fuse_linears(torch.nn.Linear(64, 8, bias=False), torch.nn.Linear(32, 8, bias=False))

@@ -147,7 +147,7 @@ def _escape(s: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def tiny_program(tmp_path_factory):
+def tiny_program(qrt, tmp_path_factory):  # qrt: our kernels registered before the .pte loads
     """The tiny preset in fp32 (max_seq_len 64) exported and lowered like a bundle, and its eager twin."""
     torch.manual_seed(0)
     from qwen_mobile.models import Qwen35ForCausalLM
@@ -162,8 +162,10 @@ def tiny_program(tmp_path_factory):
 
 def test_export_leaves_the_eager_model_on_index_copy(tiny_program):
     model, _, _ = tiny_program
-    writes = {m.kv_write for m in model.modules() if hasattr(m, "kv_write")}
-    assert writes == {"index_copy"}
+    from qwen_mobile.models.qwen35 import CacheWrite
+
+    writes = {type(m.cache_write) for m in model.modules() if hasattr(m, "cache_write")}
+    assert writes == {CacheWrite}  # the export's kv_cache_op swap is undone
 
 
 def test_decode_writes_the_caches_in_place(tiny_program):

@@ -7,9 +7,10 @@ in fp32, 8.4 GB as stored). References: the same checkpoint loaded fully in fp32
 import pytest
 import torch
 
-import qwen_mobile.models.qwen35 as qwen35
+import qwen_mobile.export.transforms.bf16_weights as bf16_weights
 from checkpoints import make_hf_causal_lm
-from qwen_mobile.models import Qwen35ForCausalLM, fp32_compute
+from qwen_mobile.export.transforms import fp32_compute
+from qwen_mobile.models import Qwen35ForCausalLM
 
 
 @pytest.fixture(scope="module", params=[("hv1x", True), ("hv2x", False)], ids=["tied", "own-head"])
@@ -27,7 +28,7 @@ def prompt_ids() -> torch.Tensor:
 
 def test_bf16_tensors_stay_bf16_and_compute_matches_the_fp32_load(bf16_checkpoint, monkeypatch):
     src, hf = bf16_checkpoint
-    monkeypatch.setattr(qwen35, "HEAD_ROWS_PER_CHUNK", 48)  # 160-token vocab: the chunked head path runs 4 chunks
+    monkeypatch.setattr(bf16_weights, "HEAD_ROWS_PER_CHUNK", 48)  # 160-token vocab: the chunked head path runs 4 chunks
     stored = Qwen35ForCausalLM.from_pretrained(src, max_seq_len=64, keep_bf16=True)
     full = Qwen35ForCausalLM.from_pretrained(src, max_seq_len=64)
     dtypes = {n: p.dtype for n, p in stored.named_parameters()}
