@@ -7,7 +7,8 @@ no artifact: run it before and after, then `diff` the two JSON files.
 
 The manifest is compared as JSON without the fields that say when, with which toolkit version and how fast it was
 written (`created_utc`, `toolkit_version`, and at any depth keys ending in `seconds` or naming RSS/PSS/memory); everything
-else, the program and the Core ML packages included, is compared byte for byte. `--rehash` recomputes the digests of
+else, the program and the Core ML packages included, is compared byte for byte (a package's Manifest.json with its
+random item UUIDs numbered instead). `--rehash` recomputes the digests of
 bundles already under --work without exporting again.
 The quality gate is off: this checks that the bytes did not move, not that the recipe is good.
 """
@@ -18,6 +19,7 @@ import argparse
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -50,6 +52,15 @@ def _stable(value):
     return value
 
 
+UUID = re.compile(rb"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
+def _without_uuids(data: bytes) -> bytes:
+    """An .mlpackage's Manifest.json names its items by fresh random UUIDs: number them in order of appearance."""
+    order: dict[bytes, bytes] = {}
+    return UUID.sub(lambda m: order.setdefault(m.group(0), b"uuid-%d" % len(order)), data)
+
+
 def file_digests(bundle: Path) -> dict[str, str]:
     digests = {}
     for path in sorted(p for p in bundle.rglob("*") if p.is_file()):
@@ -58,7 +69,12 @@ def file_digests(bundle: Path) -> dict[str, str]:
             manifest = json.loads(path.read_text())
             for field in VOLATILE_MANIFEST_FIELDS:
                 manifest.pop(field, None)
+            for name, entry in manifest.get("files", {}).items():
+                if name.endswith(".mlpackage/Manifest.json"):
+                    entry.pop("sha256")  # compared above, without its UUIDs
             data = json.dumps(_stable(manifest), sort_keys=True).encode()
+        elif rel.endswith(".mlpackage/Manifest.json"):
+            data = _without_uuids(path.read_bytes())
         else:
             data = path.read_bytes()
         digests[rel] = hashlib.sha256(data).hexdigest()
