@@ -281,8 +281,8 @@ def _peak_rss_bytes() -> int:
 def _memory_record(parallel_preprocess) -> dict:
     """The export's memory figures for the manifest (export/README.md, "Manifest").
 
-    `peak_rss_bytes` is this process's ru_maxrss. The forked XNNPACK worker (export/parallel_preprocess.py) overlaps
-    it only while partitions are preprocessed: `worker_peak_rss_bytes` is its ru_maxrss and
+    `peak_rss_bytes` is this process's ru_maxrss. The forked XNNPACK worker
+    (lowering_shortcuts/parallel_preprocess.py) overlaps it only while partitions are preprocessed: `worker_peak_rss_bytes` is its ru_maxrss and
     `pair_peak_pss_bytes` the highest sampled PSS sum of the two while it ran. `peak_memory_bytes`, the larger of
     this process's peak and that sum, is the export's peak use (a sampled lower bound, tight to the sampling
     interval); exporter + worker RSS is an upper bound that counts the pages they share after fork twice.
@@ -307,7 +307,7 @@ def export(source: str, out: str | Path, *, preset: str | None = DEFAULT_PRESET,
     from qwen_mobile.runtime import bundle
     from .lowering import (DECODE_METHOD, TOKEN_METHODS, export_methods, lower_to_executorch, program_op_namespaces,
                            seq_axis, state_buffers)
-    from . import parallel_preprocess
+    from .lowering_shortcuts import parallel_preprocess
     from .quantize import check_weight_only_nodes, quantize_model
     from .verify import (VerificationError, compare_with_reference, eager_reference, fixed_prompt, gate,
                          op_nodes_per_method)

@@ -132,30 +132,15 @@ def lower_to_executorch(programs: dict, metadata: dict, parallel: bool | None = 
                         lean: bool = True):
     """XNNPACK-lower every method and emit one program whose methods share their mutable buffers.
 
-    parallel: preprocess XNNPACK partitions in two processes (parallel_preprocess.py); None = when there are at least
-    two CPUs. share_constants: the per-partition copies ExecuTorch makes for preprocessing share the weight tensors
-    (parallel_preprocess.shared_constant_copies). lean: skip the edge lowering's two retraces that change nothing
-    (lean_decompositions.py), the edge and XNNPACK passes with nothing to act on (lean_edge_passes.py,
-    lean_xnnpack_passes.py) and the per-partition code generation (lean_partitioning.py). The program's bytes are the
-    same either way."""
-    import os
-
+    parallel, share_constants, lean: which lowering shortcuts to take (lowering_shortcuts/__init__.py says what each
+    does; they run only on the pinned torch and executorch). The program's bytes are the same either way."""
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import EdgeCompileConfig, ExecutorchBackendConfig, to_edge_transform_and_lower
     from executorch.exir.passes import MemoryPlanningPass
 
-    from .lean_decompositions import lean_decompositions
-    from .lean_edge_passes import lean_edge_passes
-    from .lean_partitioning import lean_partitioning
-    from .lean_xnnpack_passes import lean_xnnpack_passes
-    from .parallel_preprocess import parallel_preprocess, quiet_pytree_spec_warnings, shared_constant_copies
+    from .lowering_shortcuts import lowering_shortcuts
 
-    if parallel is None:
-        parallel = len(os.sched_getaffinity(0)) >= 2 if hasattr(os, "sched_getaffinity") else os.cpu_count() >= 2
-    # The warnings filter first: building XNNPACK's pattern graphs (lean_xnnpack_passes) warns too.
-    with (quiet_pytree_spec_warnings(), parallel_preprocess(parallel), shared_constant_copies(share_constants),
-          lean_decompositions(programs, lean), lean_edge_passes(lean), lean_partitioning(lean),
-          lean_xnnpack_passes(lean)):
+    with lowering_shortcuts(programs, parallel=parallel, share_constants=share_constants, lean=lean):
         edge = to_edge_transform_and_lower(
             programs, partitioner=[XnnpackPartitioner()], constant_methods=metadata,
             compile_config=EdgeCompileConfig(_check_ir_validity=False),

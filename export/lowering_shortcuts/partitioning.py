@@ -10,7 +10,8 @@ profiler, against well under 1 % at 4 layers.
 Nothing runs that code until the partitions are cut: the loop reads and edits graphs only. Within
 `lean_partitioning()`, the re-sort is torch's own function, run on a stand-in that holds the graph, so the order, which
 decides the emitted program, is exactly the one it always was; the module's source is regenerated once, after its
-last partition. The program is byte-identical to ExecuTorch's own path (tests/export/test_parallel_preprocess.py).
+last partition. The program is byte-identical to ExecuTorch's own path
+(tests/export/lowering_shortcuts/test_byte_identity.py).
 """
 
 from __future__ import annotations

@@ -1,11 +1,11 @@
 """lean_partitioning regenerates a method's Python code once per method instead of once per partition, and leaves the
 program as it was. (On our model's graphs, byte-identity is tested with the other lowering shortcuts in
-test_parallel_preprocess.py.)"""
+test_byte_identity.py.)"""
 
 import torch
 from torch import nn
 
-from qwen_mobile.export.lean_partitioning import lean_partitioning
+from qwen_mobile.export.lowering_shortcuts.partitioning import lean_partitioning
 
 
 class Chain(nn.Module):

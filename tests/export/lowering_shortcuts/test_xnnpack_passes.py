@@ -1,6 +1,6 @@
 """lean_xnnpack_passes skips an XNNPACK pass only when the partition has nothing for it: on graphs that hold each pass's
 ops, the pass still runs and the program is byte-identical to ExecuTorch's own path. (On our model's graphs, where most
-passes are skipped, byte-identity is tested with the other lowering shortcuts in test_parallel_preprocess.py.)"""
+passes are skipped, byte-identity is tested with the other lowering shortcuts in test_byte_identity.py.)"""
 
 from types import SimpleNamespace
 
@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from qwen_mobile.export import lean_xnnpack_passes as lean
+from qwen_mobile.export.lowering_shortcuts import xnnpack_passes as lean
 
 
 class ConvNet(nn.Module):

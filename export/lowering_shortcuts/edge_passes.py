@@ -12,8 +12,8 @@ something our graphs do not have (measured on a 4-layer 0.8B-width model, each a
 `lean_edge_passes()` runs each of these only when the graph, as it is when the pass's turn comes, has what the pass
 rewrites; the checks read the schema the same way the passes do (`executorch.exir.pass_base.map_args`). Every other
 pass runs as before, in the same order. The program is byte-identical to ExecuTorch's own path
-(tests/export/test_parallel_preprocess.py), and each check is tested on a graph that has its case
-(tests/export/test_lean_edge_passes.py).
+(tests/export/lowering_shortcuts/test_byte_identity.py), and each check is tested on a graph that has its case
+(tests/export/lowering_shortcuts/test_edge_passes.py).
 """
 
 from __future__ import annotations

@@ -1,10 +1,10 @@
 """What lean_decompositions skips, and what it leaves alone. That the emitted program is byte-identical to ExecuTorch's
-own path, with fewer retraces, is tested with the other lowering shortcuts in test_parallel_preprocess.py."""
+own path, with fewer retraces, is tested with the other lowering shortcuts in test_byte_identity.py."""
 
 import torch
 from torch.export import ExportedProgram
 
-from qwen_mobile.export.lean_decompositions import lean_decompositions
+from qwen_mobile.export.lowering_shortcuts.decompositions import lean_decompositions
 from qwen_mobile.export.lowering import export_methods
 
 

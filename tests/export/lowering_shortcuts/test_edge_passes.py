@@ -1,13 +1,13 @@
 """lean_edge_passes skips an ATen-to-edge pass only when the graph has nothing for it: on a graph that has each pass's
 case, the pass still runs and the program is byte-identical to ExecuTorch's own path. (On our model's graphs, where
 the passes are mostly skipped, byte-identity is tested with the other lowering shortcuts in
-test_parallel_preprocess.py.)"""
+test_byte_identity.py.)"""
 
 import pytest
 import torch
 from torch import nn
 
-from qwen_mobile.export import lean_edge_passes as lean
+from qwen_mobile.export.lowering_shortcuts import edge_passes as lean
 
 
 class EveryCase(nn.Module):

@@ -7,13 +7,13 @@ hook ExecuTorch provides for lowering all partitions of all methods together) fo
 a forked child preprocesses part of the partitions while this process does the rest, and the child's results come
 back pickled. Fork gives the child every partition program without serializing graphs (edge-dialect programs do not
 pickle); only `PreprocessResult`s (bytes and plain data) travel. Results are reassembled in the original order, so
-the emitted program is byte-identical to a sequential lowering (tests/export/test_parallel_preprocess.py).
+the emitted program is byte-identical to a sequential lowering (tests/export/lowering_shortcuts/test_byte_identity.py).
 
 `shared_constant_copies` removes a copy of its own: before preprocessing, ExecuTorch deep-copies every partition's
 program "in case backends change graph inside preprocess", weights included, all partitions at once, so a 4B export
 briefly held its quantized weights twice (+5 GB). XNNPACK's preprocess rewrites graphs but only reads the constant
 tensors (it serializes them), so inside that block the copy shares them: graphs are still copied, tensors are not. The
-bytes are unchanged (tests/export/test_parallel_preprocess.py).
+bytes are unchanged (tests/export/lowering_shortcuts/test_byte_identity.py).
 
 The child runs torch single-threaded and never enters an OpenMP region, which is what makes fork after torch has
 used its thread pool safe. A failed child fails the export loudly (its traceback is on stderr), never quietly

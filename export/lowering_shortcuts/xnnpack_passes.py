@@ -10,9 +10,9 @@ rewrite. They retrace whether or not they found anything: on our partitions, whi
 `lean_xnnpack_passes()` skips a pass only when the partition, as it is when that pass's turn comes, has none of the ops
 the pass acts on (`_trigger_ops`), or, for the pattern passes, lacks at least one op of every pattern (a
 subgraph match needs every op of the pattern). Anything else runs as before, in the same order. The emitted program
-is byte-identical to ExecuTorch's own path (tests/export/test_parallel_preprocess.py), and each predicate is tested
-against a graph that holds its op (tests/export/test_lean_xnnpack_passes.py); if a future ExecuTorch changes what
-a pass does, those tests fail instead of the export changing quietly.
+is byte-identical to ExecuTorch's own path (tests/export/lowering_shortcuts/test_byte_identity.py), and each
+predicate is tested against a graph that holds its op (tests/export/lowering_shortcuts/test_xnnpack_passes.py); if a
+future ExecuTorch changes what a pass does, those tests fail instead of the export changing quietly.
 """
 
 from __future__ import annotations

@@ -17,8 +17,8 @@ On our graphs two of the three trace for nothing (measured: a 4-layer 0.8B-width
   such a call on its other path ("safe to skip when none of those targets occur in the graph").
 
 `lean_decompositions()` applies both within a `with` block, to the programs it is given only. The emitted program
-is byte-identical to ExecuTorch's own path (tests/export/test_lean_decompositions.py); if a future ExecuTorch
-calls these steps differently, that test fails instead of the export changing quietly.
+is byte-identical to ExecuTorch's own path (tests/export/lowering_shortcuts/test_byte_identity.py); if a future
+ExecuTorch calls these steps differently, that test fails instead of the export changing quietly.
 """
 
 from __future__ import annotations

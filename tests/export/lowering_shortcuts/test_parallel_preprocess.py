@@ -1,11 +1,12 @@
-"""XNNPACK partitions preprocessed in a forked worker (and the other lowering shortcuts) give the very program
-ExecuTorch's own sequential lowering gives."""
+"""XNNPACK partitions preprocessed in a forked worker: the work is split evenly, the copies share the weights, a failed
+worker fails the lowering, and the memory figures count shared pages once. (That the program is the very one
+ExecuTorch's own sequential lowering gives is tested with the other shortcuts in test_byte_identity.py.)"""
 
 import os
 
 import pytest
 
-from qwen_mobile.export import parallel_preprocess as pp
+from qwen_mobile.export.lowering_shortcuts import parallel_preprocess as pp
 from qwen_mobile.export.lowering import export_methods, lower_to_executorch
 
 
@@ -21,33 +22,6 @@ def test_split_jobs_gives_every_job_once_and_balances_the_load():
 def lower(model, parallel, share_constants=True, lean=True):
     return lower_to_executorch(export_methods(model, 16), {"get_max_seq_len": 16}, parallel=parallel,
                                share_constants=share_constants, lean=lean)[0].buffer
-
-
-def test_our_lowering_is_byte_identical_to_executorchs_own_path(tiny_8da4w_model, monkeypatch):
-    """Ours: a forked preprocess worker, shared constant copies, two retraces skipped (lean_decompositions.py), the
-    edge and XNNPACK passes without work skipped (lean_edge_passes.py, lean_xnnpack_passes.py). ExecuTorch's:
-    sequential, deep copies, everything."""
-    from torch.export import ExportedProgram
-
-    forks, retraces = [], []
-    real_fork, real_decompose = os.fork, ExportedProgram.run_decompositions
-    monkeypatch.setattr(pp.os, "fork", lambda: forks.append(1) or real_fork())
-
-    def counting(self, *args, **kwargs):
-        if sum(1 for _ in self.graph.nodes) > 50:  # our methods, not the partitioner's few-node pattern graphs
-            retraces.append(1)
-        return real_decompose(self, *args, **kwargs)
-
-    monkeypatch.setattr(ExportedProgram, "run_decompositions", counting)
-    ours = lower(tiny_8da4w_model, True)
-    assert forks == [1], "the parallel path did not fork a worker"
-    ours_retraces = len(retraces)
-    upstream = lower(tiny_8da4w_model, False, share_constants=False, lean=False)
-    assert len(forks) == 1
-    assert ours == upstream
-    # Three retraces of forward and of decode_token upstream; lean keeps one of each (nothing for step 3 to do).
-    upstream_retraces = len(retraces) - ours_retraces
-    assert upstream_retraces >= 6 and ours_retraces <= upstream_retraces - 4, (ours_retraces, upstream_retraces)
 
 
 def test_preprocess_copies_share_the_weights_and_still_copy_the_graph(tiny_8da4w_model):

@@ -4,7 +4,7 @@ import types
 
 import pytest
 
-from qwen_mobile.export.patching import patched
+from qwen_mobile.export.lowering_shortcuts.patching import patched
 
 
 class Base:
