@@ -184,8 +184,9 @@ def gated_delta_rule(q, k, v, g, beta, state: torch.Tensor, *, impl: str = "op",
 
 
 def native_op(name: str, alternative: str):
-    """torch.ops.qwen35.<name>.default, importing qwen_mobile.runtime (which defines the op and loads its kernel
-    library) on first use; a clear error naming the op, and `alternative` (what the caller can do instead), if not."""
+    """torch.ops.qwen35.<name>.default, importing qwen_mobile.runtime (which defines the op; its kernel library is
+    built and loaded on the op's first call) on first use; a clear error naming the op, and `alternative` (what the
+    caller can do instead), if not."""
     try:
         import qwen_mobile.runtime  # noqa: F401
 

@@ -1,30 +1,22 @@
-"""qwen_mobile.runtime: the native ``qwen35::gated_delta_rule`` op.
+"""qwen_mobile.runtime: our native ops (``qwen35::gated_delta_rule``, ``linear_wq``, ``embedding_wq``,
+``kv_cache_update``, ``reset_state``) and the host runtime for exported bundles.
 
-Importing this package defines ``torch.ops.qwen35.gated_delta_rule`` (eager and export/fake) and
-loads the native library, which registers the ExecuTorch kernel ``qwen35::gated_delta_rule.out``;
-the library is built with CMake on first use if it is missing (see runtime/README.md).
-Set ``QWEN35_RUNTIME_NO_LOAD=1`` to only define the schema (export-only machines without a
-compiler); the eager op then builds/loads the library on its first call.
+Importing this package defines the torch ops (eager and export/fake) and nothing else: no C++ is compiled or
+loaded. The native library, which holds the eager kernels and registers the same kernels with ExecuTorch, is built
+(if missing) and loaded by ``load_library()``, which the first eager op call makes, and so does loading a ``.pte``
+through ``program.BundleProgram`` (runtime/README.md, "Build and load").
 """
 
-import os as _os
-
+from .library import build_library, is_loaded, library_path, load_library  # noqa: F401
 from .ops import (  # noqa: F401
     ET_KERNEL_NAME,
     OP_NAME,
     GatedDeltaRuleArgumentError,
-    build_library,
     chunk_size,
-    is_loaded,
     isa_name,
-    library_path,
-    load_library,
     set_chunk_size,
     validate_args,
 )
 
 from . import wq  # noqa: E402,F401  qwen35::linear_wq / embedding_wq (same native library)
 from . import state_ops  # noqa: E402,F401  qwen35::kv_cache_update, reset_state (same native library)
-
-if not _os.environ.get("QWEN35_RUNTIME_NO_LOAD"):
-    load_library()

@@ -93,7 +93,7 @@ def compare(a: Run, b: Run, tol: float) -> tuple[bool, str]:
 def build_runner(build_dir: str | Path, executorch_cmake_dir: str | Path, toolchain: str | Path | None = None,
                  jobs: int = 2) -> Path:
     """Configure and build runtime/ with the runner; returns the qwen-bench path. Raises with the build's tail."""
-    from .ops import _find_cmake
+    from .library import _find_cmake
 
     cmake = _find_cmake()
     build_dir = Path(build_dir)

@@ -19,7 +19,8 @@ import torch
 
 from qwen_mobile.export.lowering import DECODE_METHOD
 
-from .ops import enable_xnnpack_weight_cache, load_library
+from .library import load_library
+from .xnnpack_options import enable_xnnpack_weight_cache
 
 
 def check_pte_header(path: Path) -> None:

@@ -32,7 +32,7 @@ import ctypes
 
 import torch
 
-from .ops import load_library
+from .library import load_library
 
 __all__ = ["OP_NAME", "RESET_OP_NAME", "ET_KERNEL_NAMES", "KvCacheArgumentError", "StateArgumentError",
            "validate_kv_cache_update", "validate_reset_state"]

@@ -37,7 +37,7 @@ import ctypes
 
 import torch
 
-from .ops import load_library
+from .library import load_library
 
 __all__ = ["LINEAR_OP", "LINEAR_A8_OP", "EMBEDDING_OP", "ET_KERNEL_NAMES", "WeightOnlyArgumentError", "validate_linear",
            "validate_embedding", "packed_cols"]

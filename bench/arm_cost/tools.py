@@ -127,7 +127,7 @@ def llama_source(cache: Path, python: str = sys.executable) -> Path:
 
 def _cmake() -> str:
     sys.path.insert(0, str(ROOT))
-    from qwen_mobile.runtime.ops import _find_cmake
+    from qwen_mobile.runtime.library import _find_cmake
 
     return _find_cmake()
 

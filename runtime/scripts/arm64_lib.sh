@@ -49,7 +49,7 @@ PYEOF
 # once into BUILD/bundles and re-exported when this toolkit no longer reads the cached one (e.g. an older schema).
 tiny_untied_bundle() {
   local build=$1 bundle=$1/bundles/tiny-untied-fp32
-  if ! QWEN35_RUNTIME_NO_LOAD=1 "$PY" -c 'import sys; from qwen_mobile.runtime.bundle import load_manifest
+  if ! "$PY" -c 'import sys; from qwen_mobile.runtime.bundle import load_manifest
 load_manifest(sys.argv[1])' "$bundle" 2>/dev/null; then
     echo "exporting a tiny random model (xnnpack-fp32) into $bundle" >&2
     "$PY" - "$ROOT/models/presets/tiny.json" "$build/bundles/tiny-untied-src" <<'PYEOF'

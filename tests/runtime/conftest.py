@@ -5,8 +5,9 @@ import pytest
 
 @pytest.fixture(scope="session")
 def qrt():
-    import qwen_mobile.runtime as qrt  # builds the library on first use, registers the op and the ET kernel
+    import qwen_mobile.runtime as qrt  # defines the ops; loads nothing (test_lazy_library.py)
 
+    qrt.load_library()  # builds it on first use and registers our ExecuTorch kernels before a test loads a .pte
     assert qrt.is_loaded()
     return qrt
 

@@ -93,7 +93,7 @@ def test_c_core_validates_too(qrt):
 
     from qwen_mobile.runtime import ops
 
-    lib = ops.load_library()
+    lib = ops._lib()  # the library with this op's C entry points bound (argtypes)
     a = _good()
     out = torch.empty(B, T, Hv, V)
     err = ctypes.create_string_buffer(256)
