@@ -18,6 +18,7 @@ from qwen_mobile.export import lowering_shortcuts as shortcuts
 from qwen_mobile.export.lowering import export_methods, lower_to_executorch, program_op_namespaces
 from qwen_mobile.export.lowering_shortcuts import edge_passes, parallel_preprocess, xnnpack_passes
 from qwen_mobile.export.quantize import quantize_model
+from qwen_mobile.export.transforms import fuse_projections
 from qwen_mobile.models import Qwen35Config, Qwen35ForCausalLM
 
 # name: (head regime, tied, qlinear, qembedding). Each regime meets each scheme once, tied once and untied once.
@@ -37,7 +38,7 @@ def make_model(regime: str, tied: bool, qlinear: str, qembedding: str) -> Qwen35
     config = Qwen35Config.from_dict(tiny_text_config(regime, tied) | {"model_type": "qwen3_5_text"})
     model = Qwen35ForCausalLM(config, max_seq_len=64).eval().requires_grad_(False)
     perturb_small_params(model)
-    model.fuse_projections()
+    fuse_projections(model)
     quantize_model(model, qlinear, qembedding, 32)
     return model
 
