@@ -91,9 +91,11 @@ struct Failure : std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
-// The bundle contract (runtime/schemas/manifest.schema.json; export/lowering.py DECODE_METHOD). Version 1 named the
-// one-token method `decode`, which ExecuTorch 1.5's stock LLM runner runs on memory it does not share with `forward`.
+// The bundle contract (runtime/contract.py, runtime/CONTRACT.md; tests/runtime/test_contract.py compares these copies).
+// Version 1 named the one-token method `decode`, which ExecuTorch 1.5's stock LLM runner runs on memory it does not
+// share with `forward`.
 constexpr int64_t kManifestVersion = 2;
+constexpr const char* kPrefillMethod = "forward";
 constexpr const char* kDecodeMethod = "decode_token";
 
 // ---- options --------------------------------------------------------------------------------------------------
@@ -629,7 +631,7 @@ Bundle open_bundle(const std::string& dir, bool verify) {
     b.pte = b.dir + "/" + m.at("program").at("file").as_string();
     b.vocab = m.at("model").at("config").at("vocab_size").as_int();
     b.max_seq_len = m.at("state").at("max_seq_len").as_int();
-    b.max_prefill = m.at("program").at("methods").at("forward").at("max_tokens").as_int();
+    b.max_prefill = m.at("program").at("methods").at(kPrefillMethod).at("max_tokens").as_int();
     for (const auto& s : m.at("tokenizer").at("stop_ids").items()) {
       if (b.stop_ids.insert(s.as_int()).second) b.stop_ids_in_order.push_back(s.as_int());
     }
@@ -697,7 +699,7 @@ class Model {
   Model(const Bundle& b, bool shared_arenas, et::EventTracer* tracer)
       : bundle_(b),
         program_(b.pte, shared_arenas),
-        forward_(program_.load_method("forward", tracer), "forward", b.vocab),
+        forward_(program_.load_method(kPrefillMethod, tracer), kPrefillMethod, b.vocab),
         decode_(program_.load_method(kDecodeMethod, tracer), kDecodeMethod, b.vocab) {}
 
   // ids[0..n) at positions start_pos.. through `forward`, at most `chunk` per call; logits after the last. A chunk

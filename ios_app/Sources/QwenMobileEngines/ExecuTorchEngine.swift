@@ -21,10 +21,10 @@
     public let planner: EnginePlanner
     let run: Run
     /// The method a planned decode step runs: `decode_token`, or `forward` when this Module keeps one state per method.
-    public private(set) var decodeMethod = "decode_token"
+    public private(set) var decodeMethod = Manifest.decodeMethod
     public var runtimeDescription: String {
       let note = ", decode through forward: this Module does not share state between methods"
-      return "ExecuTorch (\(planner.manifest.backend))" + (decodeMethod == "forward" ? note : "")
+      return "ExecuTorch (\(planner.manifest.backend))" + (decodeMethod == Manifest.prefillMethod ? note : "")
     }
 
     public convenience init(bundle: BundleFolder, probeSharedState: Bool = true) throws {
@@ -34,11 +34,11 @@
       }
       let module = Module(filePath: bundle.file(manifest.programFile).path, loadMode: .mmap)
       let names = try module.methodNames()
-      for method in ["forward", "decode_token"] where !names.contains(method) {
+      for method in [Manifest.prefillMethod, Manifest.decodeMethod] where !names.contains(method) {
         throw BundleError("\(manifest.programFile): no method '\(method)' (methods: \(names.sorted()))")
       }
-      try module.load("forward")
-      try module.load("decode_token")
+      try module.load(Manifest.prefillMethod)
+      try module.load(Manifest.decodeMethod)
       let vocab = manifest.vocabSize
       try self.init(planner: try EnginePlanner(manifest: manifest), probeSharedState: probeSharedState) {
         method, inputs in
@@ -55,7 +55,7 @@
     public func execute(_ step: PlannedStep) throws -> [Float] {
       var logits: [Float] = []
       for call in step.calls {
-        logits = try run(call.method == "decode_token" ? decodeMethod : call.method, call.inputs)
+        logits = try run(call.method == Manifest.decodeMethod ? decodeMethod : call.method, call.inputs)
       }
       return logits
     }
@@ -83,7 +83,7 @@
     func checkSharedState() throws {
       let shared = try decodeAgreesWithPrefill()
       guard !shared.agrees else { return }
-      decodeMethod = "forward"
+      decodeMethod = Manifest.prefillMethod
       let single = try decodeAgreesWithPrefill()
       if !single.agrees {
         throw BundleError(

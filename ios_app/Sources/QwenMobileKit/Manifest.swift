@@ -83,6 +83,9 @@ public struct FileEntry: Equatable {
 public struct Manifest {
   public static let schemaVersion = 2
   public static let fileName = "manifest.json"
+  /// The program's token methods (runtime/contract.py, runtime/CONTRACT.md).
+  public static let prefillMethod = "forward"
+  public static let decodeMethod = "decode_token"
 
   public let source: String
   public let modelID: String
@@ -108,8 +111,8 @@ public struct Manifest {
   public let files: [String: FileEntry]
   public let samplePromptIDs: [Int]?
 
-  public var forward: MethodSpec { methods["forward"]! }
-  public var decode: MethodSpec { methods["decode_token"]! }
+  public var forward: MethodSpec { methods[Manifest.prefillMethod]! }
+  public var decode: MethodSpec { methods[Manifest.decodeMethod]! }
   /// The most tokens one prefill call takes (a `.pte`'s dynamic bound, or a Core ML package's fixed chunk).
   public var maxPrefillTokens: Int { forward.maxTokens ?? 1 }
   public var isCoreMLPackage: Bool { recipeName == "coreml" }
@@ -148,12 +151,12 @@ public struct Manifest {
       }
       methods[key] = try MethodSpec(key: key, node)
     }
-    for required in ["forward", "decode_token"] where methods[required] == nil {
+    for required in [Manifest.prefillMethod, Manifest.decodeMethod] where methods[required] == nil {
       throw program["methods"][required].fail("missing (every bundle has forward and decode_token)")
     }
     self.methods = methods
-    if methods["forward"]!.maxTokens == nil {
-      throw program["methods"]["forward"]["max_tokens"].fail("missing")
+    if methods[Manifest.prefillMethod]!.maxTokens == nil {
+      throw program["methods"][Manifest.prefillMethod]["max_tokens"].fail("missing")
     }
     if program["packages"].exists {
       packages = try program["packages"].array().map { p in

@@ -48,7 +48,7 @@ enum ManifestSchema {
     }
     for ns in try program["kernel_namespaces"].array() { _ = try ns.string() }
     let methods = program["methods"]
-    try requireObject(methods, ["forward", "decode_token"])
+    try requireObject(methods, [Manifest.prefillMethod, Manifest.decodeMethod])
     for key in try methods.keys() {
       let m = methods[key]
       try requireObject(m, ["inputs", "outputs"])
