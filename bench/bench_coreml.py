@@ -18,10 +18,10 @@ from pathlib import Path
 
 CHILD = r"""
 import json, resource, sys, time
-from qwen_mobile.export.coreml import export_coreml
+from qwen_mobile.export import export
 source, out, qlinear, layout, max_seq_len, chunk = sys.argv[1:7]
 t0 = time.perf_counter()
-m = export_coreml(source, out, qlinear=qlinear, gdn_layout=layout, max_seq_len=int(max_seq_len),
+m = export(source, out, recipe="coreml", qlinear=qlinear, gdn_layout=layout, max_seq_len=int(max_seq_len),
                   prefill_chunk=int(chunk), force=True, progress=False)
 print("RESULT " + json.dumps({"seconds": time.perf_counter() - t0,
                               "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,

@@ -32,7 +32,7 @@ from bench.peers.common import load_note  # noqa: E402
 
 EXPORT_CHILD = r"""
 import json, sys
-from qwen_mobile.export.api import export
+from qwen_mobile.export import export
 export(sys.argv[1], sys.argv[2], preset=sys.argv[3], force=True, progress=False, max_seq_len=int(sys.argv[4]),
        max_prefill_chunk=int(sys.argv[5]), quality_gate=False, tied_table=sys.argv[6])
 print(json.dumps({"bundle": sys.argv[2]}))  # figures are read from the bundle's manifest

@@ -29,9 +29,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
 
-    from qwen_mobile.export.api import _randomize_small_params
+    from qwen_mobile.export.source import randomize_small_params
     from qwen_mobile.export.lowering import export_methods, lower_to_executorch
     from qwen_mobile.export.quantize import quantize_model
+    from qwen_mobile.export.transforms import fuse_projections
     from qwen_mobile.models import Qwen35Config, Qwen35ForCausalLM
 
     raw = json.loads((Path(__file__).resolve().parent.parent / "models/presets/0_8b.json").read_text())
@@ -39,9 +40,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.small:
         raw.update(hidden_size=256, intermediate_size=512, vocab_size=1024)
     model = Qwen35ForCausalLM(Qwen35Config.from_dict(raw), max_seq_len=1024)
-    _randomize_small_params(model, 0)
+    randomize_small_params(model, 0)
     model.eval().requires_grad_(False)
-    model.fuse_projections()
+    fuse_projections(model)
     quantize_model(model, "8da4w", "4w", 32)
 
     runs = []

@@ -97,7 +97,7 @@ def bench_bundle(path: Path, steps: int, runs: int, prompt_len: int) -> dict:
 
 
 def export_nano(out: Path) -> list[Path]:
-    from qwen_mobile.export.api import export
+    from qwen_mobile.export import export
 
     paths = []
     for preset in ("xnnpack-4w", "xnnpack-8da4w", "xnnpack-8w"):

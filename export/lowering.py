@@ -23,16 +23,13 @@ from torch import nn
 from qwen_mobile.models import Qwen35ForCausalLM
 from qwen_mobile.models.gated_delta import native_op
 
-STATE_SUFFIXES = ("k_cache", "v_cache", "conv_state", "recurrent_state")
-# Not "decode": ExecuTorch 1.5's stock LLM runner (create_text_llm_runner) runs every token after the first through a
-# method of exactly that name, on a Module whose methods do not share memory arenas, so it would start from a state
-# `forward` never wrote. Under any other name the runner drives `forward` (which accepts T = 1) for every step.
-DECODE_METHOD = "decode_token"
-TOKEN_METHODS = ("forward", DECODE_METHOD)  # the methods that run the model (and must contain our op)
+from qwen_mobile.runtime.contract import (DECODE_METHOD, PREFILL_METHOD, STATE_READ_METHOD,  # noqa: F401
+                                          STATE_WRITE_METHOD, TOKEN_METHODS, is_state_buffer, seq_axis)
 
 
 def state_buffers(model: nn.Module) -> list[tuple[str, torch.Tensor]]:
-    return [(n, b) for n, b in model.named_buffers() if n.endswith(STATE_SUFFIXES)]
+    """The model's state buffers in the order every method and the manifest list them."""
+    return [(n, b) for n, b in model.named_buffers() if is_state_buffer(n)]
 
 
 class PrefillEntry(nn.Module):
@@ -87,31 +84,18 @@ class StateWriteEntry(nn.Module):
         return torch.zeros(1)  # ExecuTorch methods need an output
 
 
-def seq_axis(name: str) -> int | None:
-    """Axis of a state buffer indexed by token position: KV caches are [B, kv_heads, max_seq_len, head_dim]."""
-    return 2 if name.endswith(("k_cache", "v_cache")) else None
-
-
 def export_methods(model: Qwen35ForCausalLM, max_prefill_chunk: int) -> dict[str, torch.export.ExportedProgram]:
     from torch.export import Dim
 
-    model.logits_to_keep = 1
+    from .transforms import kv_cache_op, last_position_logits
+
     model.reset()
     seq = Dim("seq", min=1, max=max_prefill_chunk)
     example_t = min(8, max_prefill_chunk)
-    # KV writes through qwen35::kv_cache_update, which the program runs in place (index_copy_ would export as a
-    # whole-cache index_put plus a whole-cache copy back, per layer and token: runtime/state_ops.py).
-    kv_write = _kv_write_of(model)
-    model.set_kv_write("op")
-    try:
+    # Next-token logits only; KV writes through qwen35::kv_cache_update, which the program runs in place (index_copy_
+    # would export as a whole-cache index_put plus a whole-cache copy back, per layer and token: runtime/state_ops.py).
+    with last_position_logits(model), kv_cache_op(model):
         return _export_methods(model, seq, example_t)
-    finally:
-        model.set_kv_write(kv_write)
-
-
-def _kv_write_of(model: Qwen35ForCausalLM) -> str:
-    writes = {m.kv_write for m in model.modules() if hasattr(m, "kv_write")}
-    return writes.pop() if len(writes) == 1 else "index_copy"
 
 
 def _export_methods(model: Qwen35ForCausalLM, seq, example_t: int) -> dict[str, torch.export.ExportedProgram]:
@@ -125,7 +109,8 @@ def _export_methods(model: Qwen35ForCausalLM, seq, example_t: int) -> dict[str, 
         state_read = export(StateReadEntry(model), (), strict=False)
         state_write = export(StateWriteEntry(model), tuple(torch.zeros_like(b) for _, b in state_buffers(model)),
                              strict=False)
-    return {"forward": forward, DECODE_METHOD: decode, "state_read": state_read, "state_write": state_write}
+    return {PREFILL_METHOD: forward, DECODE_METHOD: decode, STATE_READ_METHOD: state_read,
+            STATE_WRITE_METHOD: state_write}
 
 
 def lower_to_executorch(programs: dict, metadata: dict, parallel: bool | None = None, share_constants: bool = True,

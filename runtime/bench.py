@@ -362,7 +362,7 @@ def _main(argv=None) -> int:
     p.add_argument("--seed", type=int, required=True)
     args = p.parse_args(argv)
     baseline = current_rss_bytes()
-    from .session import Bundle
+    from .bundle import Bundle
 
     try:
         bundle = Bundle(args.bundle)

@@ -1,9 +1,9 @@
 """Bundle folders: the manifest contract, hashes, atomic writes, validation.
 
 A bundle is a folder holding `model.pte`, `tokenizer.json` and `tokenizer_config.json` when the source had them, and
-`manifest.json` (schema: schemas/manifest.schema.json, documented in export/README.md). It is written under a temporary
-name beside its destination and renamed only once complete and verified, so a failed or interrupted export never
-leaves a bundle that looks whole.
+`manifest.json` (the contract: contract.py and CONTRACT.md; schema: schemas/manifest.schema.json). It is written
+under a temporary name beside its destination and renamed only once complete and verified, so a failed or interrupted
+export never leaves a bundle that looks whole. `Bundle` opens one for running: manifest, tokenizer and program.
 """
 
 from __future__ import annotations
@@ -13,14 +13,15 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-SCHEMA_PATH = Path(__file__).parent / "schemas" / "manifest.schema.json"
-MANIFEST = "manifest.json"
-PROGRAM = "model.pte"
-# 2: the program's T = 1 method is `decode_token` (export/lowering.py DECODE_METHOD), named `decode` in version 1.
-MANIFEST_SCHEMA_VERSION = 2
+from .contract import BUNDLE_FORMAT, MANIFEST, MANIFEST_SCHEMA_VERSION, PREFILL_METHOD, SCHEMA_PATH
+
+if TYPE_CHECKING:
+    from .session import Session
 
 
 class BundleError(ValueError):
@@ -106,8 +107,6 @@ def load_manifest(folder: str | Path, check_hashes: bool = True) -> dict:
                 raise BundleError(f"{f}: sha256 does not match the manifest (modified or corrupt)")
     return manifest
 
-
-BUNDLE_FORMAT = "qwen-mobile-bundle"
 
 
 def is_bundle(folder: Path) -> bool:
@@ -212,3 +211,78 @@ def write_manifest(folder: Path, manifest: dict) -> dict:
     tmp.write_text(json.dumps(manifest, indent=2) + "\n")
     os.replace(tmp, folder / MANIFEST)
     return manifest
+
+
+class Bundle:
+    """A verified bundle folder: manifest, tokenizer and the program with our kernels."""
+
+    def __init__(self, folder: str | Path, *, verify: bool = True):
+        self.folder = Path(folder)
+        self.manifest = load_manifest(self.folder, check_hashes=verify)
+        self.hash = bundle_hash(self.manifest)
+        m = self.manifest
+        self.max_seq_len: int = m["state"]["max_seq_len"]
+        self.max_prefill_tokens: int = m["program"]["methods"][PREFILL_METHOD]["max_tokens"]
+        self.vocab_size: int = m["model"]["config"]["vocab_size"]
+        self.stop_ids: set[int] = set(m["tokenizer"]["stop_ids"])
+        self.buffers: list[dict] = m["state"]["buffers"]
+        if m["recipe"]["name"] != "xnnpack":
+            raise BundleError(
+                f"{self.folder}: a {m['recipe']['name']} bundle runs on Apple devices (Core ML); this host runtime "
+                "runs ExecuTorch XNNPACK bundles. Its numerics are checked on Linux at export by the MIL evaluator; "
+                "on a Mac run scripts/verify_coreml_on_mac.py (see export/coreml/README.md)")
+        self.tokenizer = None
+        if m["tokenizer"]["file"]:
+            from tokenizers import Tokenizer
+
+            self.tokenizer = Tokenizer.from_file(str(self.folder / m["tokenizer"]["file"]))
+        from .program import BundleProgram  # loads our kernels: only when a bundle is opened
+
+        t0 = time.perf_counter()
+        self.program = BundleProgram(self.folder / m["program"]["file"], max_prefill_tokens=self.max_prefill_tokens,
+                                     kernel_namespaces=m["program"]["kernel_namespaces"])
+        self.load_seconds = time.perf_counter() - t0
+        self._check_manifest_against_program()
+
+    def _check_manifest_against_program(self) -> None:
+        """The manifest is not hashed by itself: an edited number would only fail mid-generation, so the numbers the
+        runtime relies on are compared with the program's own metadata methods here."""
+        recorded = self.program.metadata()
+        m = self.manifest
+        pairs = (("state.max_seq_len", self.max_seq_len, "get_max_context_len"),
+                 ("program.methods.forward.max_tokens", self.max_prefill_tokens, "get_max_seq_len"),
+                 ("model.config.vocab_size", self.vocab_size, "get_vocab_size"),
+                 ("tokenizer.stop_ids", sorted(self.stop_ids), "get_eos_ids"))
+        for field_name, ours, method in pairs:
+            if method not in recorded:
+                continue
+            theirs = recorded[method]
+            theirs = sorted(theirs if isinstance(theirs, list) else [theirs]) if method == "get_eos_ids" else theirs
+            if ours != theirs:
+                raise BundleError(f"{self.folder / MANIFEST}: {field_name} is {ours}, but {m['program']['file']} says "
+                                  f"{theirs} ({method}); the manifest was edited or belongs to another program: "
+                                  "re-export the bundle")
+
+    @property
+    def label(self) -> str:
+        r = self.manifest["recipe"]
+        return f"{self.manifest['model']['id']} {r['name']}-{r['qlinear']}/{r['qembedding']}"
+
+    def encode(self, text: str) -> list[int]:
+        if self.tokenizer is None:
+            raise BundleError(f"{self.folder}: the bundle has no tokenizer; pass token ids (--prompt-ids)")
+        return self.tokenizer.encode(text, add_special_tokens=False).ids
+
+    def decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=False) if self.tokenizer else ",".join(map(str, ids))
+
+    def chat_template_source(self) -> str | None:
+        config_file = self.manifest["tokenizer"].get("config_file")
+        if not config_file:
+            return None
+        return json.loads((self.folder / config_file).read_text()).get("chat_template")
+
+    def session(self) -> "Session":
+        from .session import Session
+
+        return Session(self)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+
 import contextlib
 import json
 import signal
@@ -12,7 +14,8 @@ from pathlib import Path
 from .chat import IM_END, ChatTemplate, thinking_default
 from .errors import UsageError
 from .sampling import Sampler, SamplingConfig
-from .session import Bundle, ContextOverflowError, TextStream
+from .bundle import Bundle
+from .session import ContextOverflowError, TextStream
 
 
 def sampling_from_args(args) -> SamplingConfig:
@@ -255,3 +258,116 @@ def cmd_inspect(args) -> int:
     else:
         print(format_report(folder, manifest, report, bundle_hash(manifest)))
     return 0
+
+
+# --------------------------------------------------------------------------------------------- the flags --
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
+    return value
+
+
+def token_counts(text: str) -> list[int]:
+    try:
+        values = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated token counts such as 128,512, got {text!r}") \
+            from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive token counts, got {text!r}")
+    return values
+
+
+def add_bundle_commands(sub, add_prompt) -> None:
+    """The flags of run, chat, bench and inspect: every command that takes an exported bundle (add_prompt: the CLI's
+    --prompt/--prompt-ids pair, shared with the eager commands)."""
+    def add_bundle(p):
+        p.add_argument("bundle", metavar="BUNDLE", help="bundle folder written by `qwen-mobile export`")
+        p.add_argument("--no-verify", action="store_true",
+                       help="skip the sha256 check of every file against the manifest (faster load of big bundles)")
+
+    def add_sampling(p):
+        g = p.add_argument_group("sampling (transformers semantics, applied in this order)")
+        g.add_argument("--repetition-penalty", type=float, default=1.0,
+                       help="> 1 discourages tokens already in the context (default 1 = off)")
+        g.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default); e.g. 0.7")
+        g.add_argument("--top-k", type=int, default=0, help="keep the k most likely tokens (0 = off)")
+        g.add_argument("--top-p", type=float, default=1.0, help="keep the smallest set with this much mass (1 = off)")
+        g.add_argument("--seed", type=int, default=None,
+                       help="seed of the sampler; the same seed reproduces the same tokens (default: random, printed)")
+
+    def add_chat_flags(p):
+        p.add_argument("--system", default=None, help="system prompt")
+        g = p.add_mutually_exclusive_group()
+        g.add_argument("--thinking", dest="thinking", action="store_true", default=None,
+                       help="open a <think> block for the reply")
+        g.add_argument("--no-thinking", dest="thinking", action="store_false",
+                       help="pre-fill an empty <think></think> block (default for 0.8B/2B and the shipped model)")
+
+    p = sub.add_parser("run", formatter_class=argparse.RawDescriptionHelpFormatter,
+                       help="generate from one prompt through a bundle on this host",
+                       description="Generate from one prompt through a bundle's .pte on this host (ExecuTorch "
+                                   "pybindings + our kernels), streaming text; timings go to stderr.",
+                       epilog="examples:\n  qwen-mobile run out/nano-8da4w --prompt 'def add(a, b):'\n"
+                              "  qwen-mobile run B --prompt-ids 1,2,3 --json - --dump-logits steps.npy\n"
+                              "  qwen-mobile run B --chat --prompt 'Write a haiku' --temperature 0.7 --seed 1")
+    add_bundle(p)
+    add_prompt(p)
+    p.add_argument("--chat", action="store_true", help="wrap --prompt in the ChatML template as a user turn")
+    add_chat_flags(p)
+    p.add_argument("--max-new-tokens", type=positive_int, default=64, help="default %(default)s")
+    add_sampling(p)
+    p.add_argument("--truncate", choices=["error", "left"], default="error",
+                   help="a prompt longer than the context: 'error' (default) refuses; 'left' drops the oldest "
+                        "prompt tokens so the prompt plus --max-new-tokens fit")
+    p.add_argument("--json", metavar="OUT", help="write ids, text, stop reason, timings and sampling as JSON "
+                                                  "('-' = stdout only, no streamed text)")
+    p.add_argument("--dump-logits", metavar="PATH.npy",
+                   help="save the logits every generated token was sampled from, float32 [steps, vocab]")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("chat", formatter_class=argparse.RawDescriptionHelpFormatter,
+                       help="interactive chat that keeps the model state between turns (/save, /load, /reset)",
+                       description="Chat with a bundle. Each turn prefills only the new message: the KV caches, conv "
+                                   "and recurrent states carry the history. Snapshots save that state to a file "
+                                   "tied to this bundle's hash.",
+                       epilog="inside the chat, " + CHAT_HELP)
+    add_bundle(p)
+    add_chat_flags(p)
+    p.add_argument("--max-new-tokens", type=positive_int, default=256, help="per reply (default %(default)s)")
+    p.add_argument("--snapshot-dir", default=".", help="where /save and /load keep NAME.safetensors (default: .)")
+    add_sampling(p)
+    p.set_defaults(func=cmd_chat)
+
+    p = sub.add_parser("bench", formatter_class=argparse.RawDescriptionHelpFormatter,
+                       help="time bundles on this host: TTFT, prefill and decode tok/s, peak RSS; JSON and plot",
+                       description="Benchmark bundles side by side in this process, or compare saved results. Each "
+                                   "TARGET is a bundle folder (measured now), a JSON file in the bench schema "
+                                   "(runtime/schemas/bench.schema.json: from this command, the native runner or the "
+                                   "apps), or a folder of such files (e.g. a device farm's artifacts, searched "
+                                   "recursively). Ratios in the table are against the first target; results from "
+                                   "several devices are shown one row per device and bundle.",
+                       epilog="examples:\n  qwen-mobile bench out/nano-8da4w out/nano-fp32 --plot nano.png\n"
+                              "  qwen-mobile bench out/nano-8da4w --json host.json\n"
+                              "  qwen-mobile bench host.json pixel8.json --plot compare.png\n"
+                              "  qwen-mobile bench farm-results/ --plot devices.png     # one row per device")
+    p.add_argument("targets", metavar="TARGET", nargs="+", help="bundle folder, bench JSON file, or folder of them")
+    p.add_argument("--prompt-lengths", type=token_counts, default=[128, 512], metavar="N,N",
+                   help="prompt lengths to time prefill at (default 128,512)")
+    p.add_argument("--gen", type=positive_int, default=64, help="tokens to decode per run (default %(default)s)")
+    p.add_argument("--runs", type=positive_int, default=5, help="timed runs per prompt length (default %(default)s)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed runs first (default %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random prompt ids (default %(default)s)")
+    p.add_argument("--json", metavar="OUT", help="write the results (one object, or a list for several targets)")
+    p.add_argument("--plot", metavar="OUT.png", help="bar chart of prefill and decode tok/s, p10-p90 whiskers")
+    p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("inspect", help="what is inside a bundle: manifest, methods, ops, delegation, sizes")
+    add_bundle(p)
+    p.add_argument("--json", action="store_true", help="print everything as JSON")
+    p.set_defaults(func=cmd_inspect)

@@ -57,12 +57,13 @@ def reference(bundle: str | Path, prompt_ids: list[int], gen: int) -> Run:
     """Greedy generation through Python's BundleProgram: what qwen-bench must reproduce."""
     import torch
 
+    from .contract import PREFILL_METHOD
     from .program import BundleProgram
 
     bundle = Path(bundle)
     manifest = json.loads((bundle / "manifest.json").read_text())
     program = BundleProgram(bundle / manifest["program"]["file"],
-                            max_prefill_tokens=manifest["program"]["methods"]["forward"]["max_tokens"],
+                            max_prefill_tokens=manifest["program"]["methods"][PREFILL_METHOD]["max_tokens"],
                             kernel_namespaces=manifest["program"]["kernel_namespaces"])
     logits = program.prefill(list(prompt_ids))
     tokens, rows = [], []

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from qwen_mobile.export.lowering import DECODE_METHOD
+from .contract import DECODE_METHOD, PREFILL_METHOD, STATE_READ_METHOD, STATE_WRITE_METHOD
 
 from .library import load_library
 from .xnnpack_options import enable_xnnpack_weight_cache
@@ -69,15 +69,15 @@ class BundleProgram:
                               "written by another ExecuTorch version; check it against the manifest's sha256 (drop "
                               "--no-verify) or re-export") from None
         self.max_prefill_tokens = max_prefill_tokens
-        self._forward = self.program.load_method("forward")
+        self._forward = self.program.load_method(PREFILL_METHOD)
         names = set(self.program.method_names)
         if DECODE_METHOD not in names:
             raise RuntimeError(f"{self.path}: no method {DECODE_METHOD!r} (methods: {sorted(names)}); programs "
                                "exported before it was renamed from 'decode' must be re-exported")
         self._decode = self.program.load_method(DECODE_METHOD)
-        self.has_state_methods = {"state_read", "state_write"} <= names
-        self._state_read = self.program.load_method("state_read") if self.has_state_methods else None
-        self._state_write = self.program.load_method("state_write") if self.has_state_methods else None
+        self.has_state_methods = {STATE_READ_METHOD, STATE_WRITE_METHOD} <= names
+        self._state_read = self.program.load_method(STATE_READ_METHOD) if self.has_state_methods else None
+        self._state_write = self.program.load_method(STATE_WRITE_METHOD) if self.has_state_methods else None
 
     def metadata(self) -> dict:
         """The program's own constant methods (get_max_context_len, get_vocab_size, ...): name -> value(s)."""

@@ -19,7 +19,7 @@ Contract (also in ``kernels/state_ops.h`` and ``runtime/README.md``, "State ops"
 Why: the attention's ``cache.index_copy_(2, pos, v)`` exports as a functional ``index_put`` that ExecuTorch runs into a
 fresh whole-cache tensor and then copies back into the buffer, two whole-cache copies per layer and token. A mutating
 custom op keeps the write in place (``kernels/state_ops.h``). The exporter switches the attention layers to this op
-(``Qwen35ForCausalLM.set_kv_write("op")``); eager runs keep ``index_copy_``, which is also the tests' reference.
+(``export/transforms/kv_cache.py``: ``kv_cache_op``); eager runs keep ``index_copy_``, which is also the tests' reference.
 The returned [1] tensor is there because ExecuTorch's out-variant pass needs a tensor result; nothing reads it.
 ``reset_state`` replaces ``buf.copy_(torch.where(input_pos[:1] == 0, 0, buf))`` in the exported ``forward``, which ran
 a broadcasting portable ``where`` over every state buffer into a new tensor, plus a copy back, on every prefill chunk;

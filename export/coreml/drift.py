@@ -31,7 +31,7 @@ DEFAULT_VARIANTS = ("state-fp16", "io-fp32-in-out", "io-fp32-gdn-fp32", "state-f
 
 def held_out_tokens(n: int) -> list[int]:
     """The first n tokens of nano's held-out windows, concatenated."""
-    from qwen_mobile.export.api import SHIPPED_MODELS
+    from qwen_mobile.export.source import SHIPPED_MODELS
 
     held = json.loads((SHIPPED_MODELS["nano"] / "heldout.json").read_text())
     tokens = [t for w in held["windows"] for t in w]
@@ -43,7 +43,7 @@ def held_out_tokens(n: int) -> list[int]:
 @torch.no_grad()
 def measure(source: str = "nano", steps: int = 512, prefill_chunk: int = 64, variants=DEFAULT_VARIANTS,
             log=print) -> dict:
-    from qwen_mobile.export.api import load_model
+    from qwen_mobile.export.source import load_model
 
     from .convert import build_package
     from .evaluator import MILModel

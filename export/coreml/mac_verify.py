@@ -71,11 +71,11 @@ def evaluator_call(package: Path):
 
 def verify(bundle_dir: str | Path, *, backend: str = "coreml", compute_units: str = "ALL", steps: int | None = None,
            also_evaluator: bool = False, source: str | None = None) -> dict:
-    from qwen_mobile.export.api import load_model, resolve_source
+    from qwen_mobile.export.source import load_model, resolve_source
     from qwen_mobile.export.verify import compare_with_eager, gate
     from qwen_mobile.runtime import bundle
 
-    from .api import FP32_REL_TOL, PACKAGE, QUALITY_FLOORS, VERIFY_DECODE_STEPS, verification_prompt
+    from .plan import FP32_REL_TOL, PACKAGE, QUALITY_FLOORS, VERIFY_DECODE_STEPS, verification_prompt
     from .graph import fp16_kv
     from .runner import CoreMLRunner
 

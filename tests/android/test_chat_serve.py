@@ -32,7 +32,7 @@ def qwen_bench() -> Path:
 
 @pytest.fixture(scope="module")
 def nano_bundle(tmp_path_factory) -> Path:
-    from qwen_mobile.export.api import export
+    from qwen_mobile.export import export
 
     out = tmp_path_factory.mktemp("android-chat") / "nano-fp32"
     with warnings.catch_warnings():
@@ -53,7 +53,7 @@ def classes(tmp_path_factory) -> Path:
 def python_chat(bundle_dir: Path, turns: list[str]) -> list[dict]:
     """cmd_chat's turn logic, greedy: close the previous reply, render the user turn, generate."""
     from qwen_mobile.runtime.chat import IM_END, ChatTemplate
-    from qwen_mobile.runtime.session import Bundle
+    from qwen_mobile.runtime.bundle import Bundle
 
     bundle = Bundle(bundle_dir)
     thinking = bool(bundle.manifest["tokenizer"].get("thinking_default"))

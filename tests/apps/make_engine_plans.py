@@ -100,9 +100,10 @@ class _RecordingMethod:
 
 
 def pte_vector(work: Path) -> dict:
-    from qwen_mobile.export.api import export
+    from qwen_mobile.export import export
     from qwen_mobile.export.lowering import DECODE_METHOD
-    from qwen_mobile.runtime.session import Bundle, Session
+    from qwen_mobile.runtime.bundle import Bundle
+    from qwen_mobile.runtime.session import Session
 
     out = work / "nano-xnnpack-fp32"
     if not (out / "manifest.json").is_file():
@@ -124,7 +125,7 @@ def pte_vector(work: Path) -> dict:
 # -- Core ML -------------------------------------------------------------------------------------------------------
 
 def coreml_vector(work: Path, split: bool) -> dict:
-    from qwen_mobile.export.coreml import export_coreml
+    from qwen_mobile.export import export
     from qwen_mobile.export.coreml.evaluator import MILModel
     from qwen_mobile.export.coreml.runner import CoreMLRunner, evaluator_call
     from qwen_mobile.runtime.bundle import load_manifest
@@ -134,7 +135,7 @@ def coreml_vector(work: Path, split: bool) -> dict:
     out = work / name
     if not (out / "manifest.json").is_file():
         # nano fp16 is about 20 MB: an 8 MB limit splits it into three packages (first, middle, last).
-        export_coreml("nano", out, qlinear="fp16", max_seq_len=CONTEXT, prefill_chunk=PREFILL_CHUNK,
+        export("nano", out, recipe="coreml", qlinear="fp16", max_seq_len=CONTEXT, prefill_chunk=PREFILL_CHUNK,
                       max_package_bytes=8_000_000 if split else 1_400_000_000, progress=False)
     manifest = load_manifest(out)
     packages = [p["file"] for p in manifest["program"]["packages"]]

@@ -5,7 +5,7 @@ import pytest
 
 from qwen_mobile.export.cli import main
 from qwen_mobile.runtime.bundle import BundleError, load_manifest
-from qwen_mobile.runtime.session import Bundle
+from qwen_mobile.runtime.bundle import Bundle
 
 
 def test_export_coreml_from_the_cli(tmp_path, capsys):

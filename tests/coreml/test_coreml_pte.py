@@ -10,11 +10,11 @@ from qwen_mobile.runtime import bundle
 
 
 def test_fp32_pte_is_one_delegate_and_matches_eager(hf_checkpoint, tmp_path):
-    from qwen_mobile.export.coreml.pte import export_coreml_pte
+    from qwen_mobile.export import export
 
     folder, _ = hf_checkpoint("causal", "hv2x")
     out = tmp_path / "pte"
-    manifest = export_coreml_pte(str(folder), out, qlinear="fp32", max_seq_len=64, prefill_chunk=16, progress=False)
+    manifest = export(str(folder), out, recipe="coreml-pte", qlinear="fp32", max_seq_len=64, prefill_chunk=16, progress=False)
     assert bundle.load_manifest(out) == manifest
     for method in TOKEN_METHODS:
         graph = manifest["program"]["graph"][method]
@@ -30,9 +30,9 @@ def test_fp32_pte_is_one_delegate_and_matches_eager(hf_checkpoint, tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("qlinear", ["fp16", "8w", "4w"])
 def test_nano_pte(tmp_path, qlinear):
-    from qwen_mobile.export.coreml.pte import export_coreml_pte
+    from qwen_mobile.export import export
 
-    manifest = export_coreml_pte("nano", tmp_path / "pte", qlinear=qlinear, max_seq_len=512, prefill_chunk=64,
+    manifest = export("nano", tmp_path / "pte", recipe="coreml-pte", qlinear=qlinear, max_seq_len=512, prefill_chunk=64,
                                  progress=False)
     v = manifest["verification"]
     assert v["passed"] and v["quality_gate"], v
@@ -44,10 +44,10 @@ def test_nano_pte(tmp_path, qlinear):
 @pytest.mark.parametrize("qlinear", ["fp16", "4w"])
 @pytest.mark.parametrize("regime", ["hv1x", "hv2x"])
 def test_tiny_pte_quantized(hf_checkpoint, tmp_path, regime, qlinear):
-    from qwen_mobile.export.coreml.pte import export_coreml_pte
+    from qwen_mobile.export import export
 
     folder, _ = hf_checkpoint("causal", regime)
-    manifest = export_coreml_pte(str(folder), tmp_path / "pte", qlinear=qlinear, max_seq_len=64, prefill_chunk=16,
+    manifest = export(str(folder), tmp_path / "pte", recipe="coreml-pte", qlinear=qlinear, max_seq_len=64, prefill_chunk=16,
                                  progress=False)
     assert manifest["verification"]["passed"]
     assert all(g["ops_outside_delegates"] == [] for g in manifest["program"]["graph"].values())

@@ -15,9 +15,9 @@ SMALL = dict(max_seq_len=64, prefill_chunk=16, progress=False)
 
 
 def _export(source, out, **kw):
-    from qwen_mobile.export.coreml import export_coreml
+    from qwen_mobile.export import export
 
-    return export_coreml(str(source), out, **{**SMALL, **kw})
+    return export(str(source), out, recipe="coreml", **{**SMALL, **kw})
 
 
 @pytest.mark.parametrize("regime", ["hv1x", "hv2x"])
@@ -84,7 +84,7 @@ def test_mac_verify_script_path_with_the_evaluator(tiny_fp32_bundle, hf_checkpoi
     """scripts/verify_coreml_on_mac.py's logic, with the numpy evaluator standing in for MLModel.predict."""
     from qwen_mobile.export.coreml.mac_verify import main, verify
 
-    from qwen_mobile.export.coreml.api import verification_prompt
+    from qwen_mobile.export.coreml.plan import verification_prompt
     from qwen_mobile.export.coreml.graph import fp16_kv
     from qwen_mobile.export.verify import eager_reference
     from qwen_mobile.models import Qwen35ForCausalLM

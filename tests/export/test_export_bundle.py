@@ -10,7 +10,8 @@ import torch
 from checkpoints import make_hf_causal_lm
 from transformers import Qwen3_5ForCausalLM
 from qwen_mobile.runtime import bundle
-from qwen_mobile.export.api import export, load_export_preset
+from qwen_mobile.export import export
+from qwen_mobile.export.recipes.xnnpack import load_export_preset
 from qwen_mobile.export.quantize import quantize_weight
 from qwen_mobile.runtime.program import BundleProgram
 
@@ -183,8 +184,8 @@ def test_bad_flags_are_refused_with_the_valid_choices(tmp_path):
         export("tiny", tmp_path / "b", preset=None, qlinear="3w", qembedding="none", progress=False)
     with pytest.raises(ValueError, match=r"--qembedding '2w': not valid for recipe xnnpack; valid: \['none', '8w', '4w'\]"):
         export("tiny", tmp_path / "b", qembedding="2w", progress=False)  # 8w/4w linears are lowerable since linear_wq
-    with pytest.raises(ValueError, match=r"--recipe 'coreml'.*valid recipes: \['xnnpack'\]"):
-        export("tiny", tmp_path / "b", recipe="coreml", progress=False)
+    with pytest.raises(ValueError, match=r"--recipe 'tflite': unknown; valid recipes: \['coreml', 'coreml-pte', "):
+        export("tiny", tmp_path / "b", recipe="tflite", progress=False)
     with pytest.raises(ValueError, match="--max-seq-len 4096 exceeds the model's max_position_embeddings"):
         export("tiny", tmp_path / "b", max_seq_len=4096, progress=False)
     with pytest.raises(ValueError, match="unknown; available"):
@@ -224,7 +225,7 @@ def test_replacing_with_force_is_atomic(tmp_path):
 
 def test_a_preset_context_longer_than_the_model_is_capped_not_refused(tmp_path, monkeypatch):
     """`qwen-mobile export tiny` (preset context 1024 > tiny's 512) works; only an explicit --max-seq-len is refused."""
-    import qwen_mobile.export.api as api
+    import qwen_mobile.export.source as sources
 
     seen = {}
 
@@ -232,7 +233,7 @@ def test_a_preset_context_longer_than_the_model_is_capped_not_refused(tmp_path, 
         seen["max_seq_len"] = max_seq_len
         raise RuntimeError("stop here")
 
-    monkeypatch.setattr(api, "load_model", stop_after_settings)
+    monkeypatch.setattr(sources, "load_model", stop_after_settings)
     with pytest.warns(UserWarning, match="exceeds tiny's max_position_embeddings; using 512"):
         with pytest.raises(RuntimeError, match="stop here"):
             export("tiny", tmp_path / "b", progress=False)

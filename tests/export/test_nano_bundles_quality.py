@@ -12,7 +12,8 @@ import math
 import pytest
 import torch
 
-from qwen_mobile.export.api import SHIPPED_MODELS, export
+from qwen_mobile.export import export
+from qwen_mobile.export.source import SHIPPED_MODELS
 from qwen_mobile.models import Qwen35ForCausalLM
 from qwen_mobile.runtime.program import BundleProgram
 

@@ -8,7 +8,7 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from checkpoints import make_hf_causal_lm
-from qwen_mobile.export.api import export
+from qwen_mobile.export import export
 from qwen_mobile.export.lowering import DECODE_METHOD
 from qwen_mobile.models import Qwen35ForCausalLM
 

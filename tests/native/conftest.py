@@ -21,7 +21,7 @@ def qwen_bench() -> Path:
 
 
 def _export(hf_checkpoint, tmp_path_factory, preset: str, **extra) -> Path:
-    from qwen_mobile.export.api import export
+    from qwen_mobile.export import export
 
     # An untied lm_head: random tied models (and the plain `tiny` preset) greedily repeat one token, which would make
     # the token comparison trivial; this checkpoint's 24 greedy tokens hold 19 distinct ids.

@@ -32,7 +32,7 @@ def fp32(request) -> Path:
 
 @pytest.fixture(scope="module")
 def py_bundle(fp32):
-    from qwen_mobile.runtime.session import Bundle
+    from qwen_mobile.runtime.bundle import Bundle
 
     return Bundle(fp32)
 

@@ -1,0 +1,5 @@
+"""`python -m qwen_mobile.export.cli`: the same as the `qwen-mobile` command."""
+
+from . import main
+
+raise SystemExit(main())

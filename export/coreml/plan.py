@@ -1,0 +1,103 @@
+"""Core ML bundles' settings and checks, shared by the `coreml` and `coreml-pte` recipes (export/recipes/): defaults,
+quality floors, the split of the layers into packages, the verification prompt, and the package spec the apps rely on.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from qwen_mobile.runtime.contract import COREML_PACKAGE as PACKAGE  # noqa: F401  (mac_verify reads it here)
+
+from .convert import INT4_BLOCK_SIZE
+from .graph import state_shapes
+
+DEFAULT_MAX_SEQ_LEN = 1024
+DEFAULT_PREFILL_CHUNK = 64
+VERIFY_DECODE_STEPS = 16
+
+# Gates of the numpy-evaluated package against eager torch (teacher-forced, verify.compare_with_eager):
+# fp32: the same math as the eager model with fp16 attention caches; only op order differs.
+FP32_REL_TOL = 1e-4
+# fp16 / quantized: measured on nano (README "Parity"); the floors leave room for other prompts.
+QUALITY_FLOORS = {
+    "fp16": {"min_top1_agreement": 0.9, "max_mean_kl": 0.01},
+    "8w": {"min_top1_agreement": 0.9, "max_mean_kl": 0.01},
+    "4w": {"min_top1_agreement": 0.75, "max_mean_kl": 0.1},
+}
+
+
+# Stored bytes per weight by --qlinear: int4 carries an fp16 scale per block of 32.
+BYTES_PER_WEIGHT = {"fp32": 4.0, "fp16": 2.0, "8w": 1.0, "4w": 0.5 + 2.0 / INT4_BLOCK_SIZE}
+
+
+def plan_packages(model, qlinear: str, max_package_bytes: int) -> list[tuple[int, int]]:
+    """Split the layers into consecutive ranges whose estimated package size stays under max_package_bytes.
+
+    The first package also holds the embedding table, the last the final norm and the head (the tied table again when
+    they are different packages). A single layer larger than the limit gets a package of its own.
+    """
+    per = BYTES_PER_WEIGHT[qlinear]
+    layers = [sum(p.numel() for p in layer.parameters()) * per for layer in model.model.layers]
+    table = model.model.embed_tokens.weight.numel() * per
+    head = model.lm_head.weight.numel() * per + model.model.norm.weight.numel() * per
+    if table + sum(layers) + (0 if model.config.tie_word_embeddings else head) <= max_package_bytes:
+        return [(0, len(layers))]
+    parts, start, size = [], 0, table
+    for i, layer_bytes in enumerate(layers):
+        last_extra = head if i == len(layers) - 1 else 0.0
+        if i > start and size + layer_bytes + last_extra > max_package_bytes:
+            parts.append((start, i))
+            start, size = i, 0.0
+        size += layer_bytes
+    parts.append((start, len(layers)))
+    return parts
+
+
+def verification_prompt(vocab_size: int, tokenizer, prefill_chunk: int) -> list[int]:
+    """A prompt long enough for one full prefill chunk plus a decoded tail, split by compare_with_eager in thirds."""
+    from qwen_mobile.export.verify import fixed_prompt
+
+    length = 3 * prefill_chunk + 5
+    prompt = fixed_prompt(vocab_size, tokenizer, length=length)
+    if len(prompt) < length:  # the tokenizer's text is short: pad with deterministic random ids
+        gen = torch.Generator().manual_seed(4321)
+        prompt += torch.randint(0, vocab_size, (length - len(prompt),), generator=gen).tolist()
+    return prompt
+
+
+def check_package_spec(mil, config, max_seq_len: int, prefill_chunk: int, gdn_layout: str,
+                       positional_outputs: bool = False, layers: tuple[int, int] | None = None) -> None:
+    """Assert what the apps rely on: function names, input/output names and shapes, states (names, fp16, shapes).
+
+    layers: the package's layer range in a split model (default: all). positional_outputs: outputs are checked by
+    position only (ExecuTorch's delegate names them after graph nodes and hands them back by position).
+    """
+    layers = (0, config.num_hidden_layers) if layers is None else tuple(layers)
+    first, last = layers[0] == 0, layers[1] == config.num_hidden_layers
+    shapes = state_shapes(config, max_seq_len, layers)
+    has_attn, has_gdn = shapes["kv_cache"][0] > 0, shapes["gdn_rec"][0] > 0
+    if sorted(mil.functions) != ["decode", "prefill"]:
+        raise RuntimeError(f"package functions {sorted(mil.functions)}; expected ['decode', 'prefill']")
+    want_states = {"kv_cache": shapes["kv_cache"]} if has_attn else {}
+    if gdn_layout == "state" and has_gdn:
+        want_states.update(gdn_conv=shapes["gdn_conv"], gdn_rec=shapes["gdn_rec"])
+    got_states = {n: s for n, (s, _) in mil.state_specs().items()}
+    if got_states != want_states or any(dt.__name__ != "float16" for _, dt in mil.state_specs().values()):
+        raise RuntimeError(f"package states {mil.state_specs()}; expected fp16 {want_states}")
+    from coremltools.converters.mil.mil import types
+
+    for name, tokens in (("prefill", prefill_chunk), ("decode", 1)):
+        fn = mil.functions[name]
+        inputs = {n: tuple(v.shape) for n, v in fn.inputs.items() if not types.is_state(v.sym_type)}
+        want = {"tokens": (1, tokens)} if first else {"hidden": (1, tokens, config.hidden_size)}
+        want["input_pos"] = (tokens,)
+        want_out = {"logits": (1, 1, config.vocab_size)} if last else {"hidden_out": (1, tokens, config.hidden_size)}
+        if gdn_layout == "io" and has_gdn:
+            want.update(conv_in=shapes["gdn_conv"], rec_in=shapes["gdn_rec"])
+            want_out.update(conv_out=shapes["gdn_conv"], rec_out=shapes["gdn_rec"])
+        names = list(want_out) if positional_outputs else [v.name for v in fn.outputs]
+        if len(names) != len(fn.outputs):
+            raise RuntimeError(f"function {name}: {len(fn.outputs)} outputs, expected {list(want_out)}")
+        outputs = {n: tuple(v.shape) for n, v in zip(names, fn.outputs)}
+        if inputs != want or outputs != want_out:
+            raise RuntimeError(f"function {name}: inputs {inputs}, outputs {outputs}; expected {want}, {want_out}")
