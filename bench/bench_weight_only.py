@@ -49,7 +49,7 @@ def bench_kernels(runs: int, threads: int, prefill_m: int) -> list[dict]:
         w = torch.randn(N, K) * 0.02
         for M in (1, prefill_m):
             if name.startswith("lm_head") and M > 1:
-                continue  # the head only sees the last position (logits_to_keep=1)
+                continue  # the head only sees the last position (transforms.last_position_logits)
             x = torch.randn(M, K)
             res = {"shape": name, "M": M, "threads": threads}
             t_fp32 = statistics.median(_time(lambda: torch.nn.functional.linear(x, w), runs))
