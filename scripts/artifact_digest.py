@@ -7,8 +7,9 @@ no artifact: run it before and after, then `diff` the two JSON files.
 
 The manifest is compared as JSON without the fields that say when, with which toolkit version and how fast it was
 written (`created_utc`, `toolkit_version`, and at any depth keys ending in `seconds` or naming RSS/PSS/memory); everything
-else, the program and the Core ML packages included, is compared byte for byte (a package's Manifest.json with its
-random item UUIDs numbered instead). `--rehash` recomputes the digests of
+else is compared byte for byte, except what Core ML writes differently on every run: a package's Manifest.json
+(random item UUIDs, numbered instead), its model.mlmodel (protobuf maps in no fixed order: re-serialized
+deterministically), and a coreml-pte program (the package inside it: compared by its canonical spec and weights). `--rehash` recomputes the digests of
 bundles already under --work without exporting again.
 The quality gate is off: this checks that the bytes did not move, not that the recipe is good.
 """
@@ -61,8 +62,33 @@ def _without_uuids(data: bytes) -> bytes:
     return UUID.sub(lambda m: order.setdefault(m.group(0), b"uuid-%d" % len(order)), data)
 
 
+def _canonical_mlmodel(data: bytes) -> bytes:
+    """A Core ML model spec re-serialized with its protobuf maps (an op's attributes) in key order: coremltools writes
+    them in whatever order the dict had, which differs run to run."""
+    from coremltools.proto import Model_pb2
+
+    spec = Model_pb2.Model()
+    spec.ParseFromString(data)
+    return spec.SerializeToString(deterministic=True)
+
+
+def _coreml_pte_content(pte: Path) -> bytes:
+    """A coreml-pte program's Core ML model (the delegate's payload), canonical spec plus weights: the .pte's own
+    bytes embed the package with its random UUIDs and unordered maps."""
+    import tempfile
+
+    from qwen_mobile.export.coreml.pte import extract_coreml_model
+
+    with tempfile.TemporaryDirectory() as tmp:
+        package = extract_coreml_model(pte.read_bytes(), Path(tmp))
+        parts = [_canonical_mlmodel((package / "Data/com.apple.CoreML/model.mlmodel").read_bytes())]
+        parts += [p.read_bytes() for p in sorted((package / "Data/com.apple.CoreML/weights").glob("*"))]
+    return b"".join(hashlib.sha256(part).digest() for part in parts)
+
+
 def file_digests(bundle: Path) -> dict[str, str]:
     digests = {}
+    recipe = json.loads((bundle / "manifest.json").read_text())["recipe"]["name"]
     for path in sorted(p for p in bundle.rglob("*") if p.is_file()):
         rel = path.relative_to(bundle).as_posix()
         if rel == "manifest.json":
@@ -70,11 +96,16 @@ def file_digests(bundle: Path) -> dict[str, str]:
             for field in VOLATILE_MANIFEST_FIELDS:
                 manifest.pop(field, None)
             for name, entry in manifest.get("files", {}).items():
-                if name.endswith(".mlpackage/Manifest.json"):
-                    entry.pop("sha256")  # compared above, without its UUIDs
+                if name.endswith((".mlpackage/Manifest.json", ".mlmodel")) or recipe == "coreml-pte":
+                    entry.pop("sha256")  # compared below by content
+                    entry.pop("bytes")
             data = json.dumps(_stable(manifest), sort_keys=True).encode()
         elif rel.endswith(".mlpackage/Manifest.json"):
             data = _without_uuids(path.read_bytes())
+        elif rel.endswith(".mlmodel"):
+            data = _canonical_mlmodel(path.read_bytes())
+        elif rel.endswith(".pte") and recipe == "coreml-pte":
+            data = _coreml_pte_content(path)
         else:
             data = path.read_bytes()
         digests[rel] = hashlib.sha256(data).hexdigest()
