@@ -7,9 +7,10 @@ no artifact: run it before and after, then `diff` the two JSON files.
 
 The manifest is compared as JSON without the fields that say when, with which toolkit version and how fast it was
 written (`created_utc`, `toolkit_version`, and at any depth keys ending in `seconds` or naming RSS/PSS/memory); everything
-else is compared byte for byte, except what Core ML writes differently on every run: a package's Manifest.json
-(random item UUIDs, numbered instead), its model.mlmodel (protobuf maps in no fixed order: re-serialized
-deterministically), and a coreml-pte program (the package inside it: compared by its canonical spec and weights). `--rehash` recomputes the digests of
+else is compared byte for byte, except Core ML models: coremltools writes random item UUIDs and protobuf maps in no
+fixed order, so a package (or the one inside a coreml-pte program) is compared as a graph: every op hashed from its
+type, constant values and inputs, order and names ignored (`_graph_digest`). Same ops on the same constants wired the
+same way compare equal; that is what "the package did not change" can mean for Core ML. `--rehash` recomputes the digests of
 bundles already under --work without exporting again.
 The quality gate is off: this checks that the bytes did not move, not that the recipe is good.
 """
@@ -20,7 +21,6 @@ import argparse
 import hashlib
 import json
 import os
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -53,57 +53,74 @@ def _stable(value):
     return value
 
 
-UUID = re.compile(rb"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+def _value_hash(value) -> str:
+    import numpy as np
+
+    array = np.asarray(value)
+    return hashlib.sha256(array.tobytes() + str(array.dtype).encode() + str(array.shape).encode()).hexdigest()
 
 
-def _without_uuids(data: bytes) -> bytes:
-    """An .mlpackage's Manifest.json names its items by fresh random UUIDs: number them in order of appearance."""
-    order: dict[bytes, bytes] = {}
-    return UUID.sub(lambda m: order.setdefault(m.group(0), b"uuid-%d" % len(order)), data)
+def _graph_digest(package: Path) -> bytes:
+    """A Core ML package's MIL program as a graph, independent of op order and names: each op hashed from its type,
+    its constant values and the hashes of the ops it reads (a Merkle hash), one sorted multiset per function, plus the
+    functions' outputs. Constants' values are inside the hashes, so the weights file's layout does not matter."""
+    from qwen_mobile.export.coreml.evaluator import MILModel
 
-
-def _canonical_mlmodel(data: bytes) -> bytes:
-    """A Core ML model spec re-serialized with its protobuf maps (an op's attributes) in key order: coremltools writes
-    them in whatever order the dict had, which differs run to run."""
-    from coremltools.proto import Model_pb2
-
-    spec = Model_pb2.Model()
-    spec.ParseFromString(data)
-    return spec.SerializeToString(deterministic=True)
+    program = MILModel(package)
+    digest = hashlib.sha256()
+    for name in sorted(program.functions):
+        function, seen, ops = program.functions[name], {}, []
+        for input_name, var in function.inputs.items():
+            seen[var.name] = f"input:{input_name}"
+        for op in function.operations:
+            parts = [op.op_type]
+            for key, value in sorted(op.inputs.items()):
+                for var in value if isinstance(value, (list, tuple)) else [value]:
+                    parts.append(f"{key}=" + (seen[var.name] if var.name in seen else
+                                              "const:" + _value_hash(var.val) if var.val is not None else "?"))
+            if op.op_type == "const":
+                parts.append(_value_hash(op.outputs[0].val))
+            op_hash = hashlib.sha256("|".join(parts).encode()).hexdigest()
+            ops.append(op_hash)
+            for i, out in enumerate(op.outputs):
+                seen[out.name] = f"{op_hash}:{i}"
+        digest.update(f"{name}:{sorted(ops)}:{[seen[v.name] for v in function.outputs]}".encode())
+    return digest.digest()
 
 
 def _coreml_pte_content(pte: Path) -> bytes:
-    """A coreml-pte program's Core ML model (the delegate's payload), canonical spec plus weights: the .pte's own
-    bytes embed the package with its random UUIDs and unordered maps."""
+    """A coreml-pte program's Core ML model (the delegate's payload), as a graph (_graph_digest)."""
     import tempfile
 
     from qwen_mobile.export.coreml.pte import extract_coreml_model
 
     with tempfile.TemporaryDirectory() as tmp:
-        package = extract_coreml_model(pte.read_bytes(), Path(tmp))
-        parts = [_canonical_mlmodel((package / "Data/com.apple.CoreML/model.mlmodel").read_bytes())]
-        parts += [p.read_bytes() for p in sorted((package / "Data/com.apple.CoreML/weights").glob("*"))]
-    return b"".join(hashlib.sha256(part).digest() for part in parts)
+        return _graph_digest(extract_coreml_model(pte.read_bytes(), Path(tmp)))
 
 
 def file_digests(bundle: Path) -> dict[str, str]:
     digests = {}
     recipe = json.loads((bundle / "manifest.json").read_text())["recipe"]["name"]
+    packages = sorted(p for p in bundle.glob("*.mlpackage") if p.is_dir())
+    for package in packages:
+        digests[f"{package.name} (graph)"] = hashlib.sha256(_graph_digest(package)).hexdigest()
     for path in sorted(p for p in bundle.rglob("*") if p.is_file()):
         rel = path.relative_to(bundle).as_posix()
+        if rel.split("/")[0].endswith(".mlpackage"):
+            continue  # compared as a graph above
         if rel == "manifest.json":
             manifest = json.loads(path.read_text())
             for field in VOLATILE_MANIFEST_FIELDS:
                 manifest.pop(field, None)
             for name, entry in manifest.get("files", {}).items():
-                if name.endswith((".mlpackage/Manifest.json", ".mlmodel")) or recipe == "coreml-pte":
-                    entry.pop("sha256")  # compared below by content
+                if name.split("/")[0].endswith(".mlpackage") or recipe == "coreml-pte":
+                    entry.pop("sha256")  # compared as a graph
                     entry.pop("bytes")
+            if recipe in ("coreml", "coreml-pte"):  # a package's size moves with its op names' lengths
+                manifest["export"].pop("conversion", None)
+                for package in manifest["program"].get("packages", []):
+                    package.pop("bytes", None)
             data = json.dumps(_stable(manifest), sort_keys=True).encode()
-        elif rel.endswith(".mlpackage/Manifest.json"):
-            data = _without_uuids(path.read_bytes())
-        elif rel.endswith(".mlmodel"):
-            data = _canonical_mlmodel(path.read_bytes())
         elif rel.endswith(".pte") and recipe == "coreml-pte":
             data = _coreml_pte_content(path)
         else:
