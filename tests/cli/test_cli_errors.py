@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -26,11 +27,15 @@ from qwen_mobile.runtime.errors import UsageError
 CLI = [sys.executable, "-m", "qwen_mobile.export.cli"]
 
 
+# torch's C++ log lines: severity letter, then the month and day ("W1203 22:52:37.431000 ..."): any date.
+GLOG_PREFIX = re.compile(r"[IWEF]\d{4} \d\d:\d\d:\d\d")
+
+
 def error_lines(text: str) -> list[str]:
     """The lines a user reads: without ExecuTorch's and torch's start-up chatter, which goes to stderr on import."""
-    noise = ("I 00:", "W1203", "Failed to load", "[cpuinfo", "[program.cpp", "  warnings.warn", "/")
+    noise = ("I 00:", "Failed to load", "[cpuinfo", "[program.cpp", "  warnings.warn", "/")
     return [line for line in text.splitlines() if line.strip() and not line.startswith(noise)
-            and "UserWarning" not in line and "Warning:" not in line]
+            and not GLOG_PREFIX.match(line) and "UserWarning" not in line and "Warning:" not in line]
 
 
 def one_error(capsys) -> str:
