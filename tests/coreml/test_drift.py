@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-# Measured on nano (README "State layout"): max |dlogit| 0.019-0.024 over 512 steps, top-1 >= 0.996, final recurrent
-# state within 2.3e-3 of fp32. Bounds leave ~2x room; growth compares the last 64 steps with the first 64.
-MAX_ABS_LOGIT_DIFF = 0.05
+# Measured on the retrained nano (issue 23; README "State layout"): max |dlogit| 0.054-0.075 over 512 steps (reference
+# max |logit| 15.8), top-1 1.000, final recurrent state within 2.3e-3 of fp32, growth 1.21. Bounds leave ~2x room on
+# the absolute error; growth compares the last 64 steps with the first 64. (The first nano, max |logit| ~10: 0.019-0.024,
+# top-1 >= 0.996, growth 1.17, under a 0.05 bound: the trained model's larger logits carry larger fp16 errors.)
+MAX_ABS_LOGIT_DIFF = 0.15
 MIN_TOP1 = 0.99
 MAX_STATE_REL_ERR = 5e-3
 MAX_GROWTH = 1.5
