@@ -96,7 +96,8 @@ def export_row(source: str, entry: str, args, workdir: Path) -> tuple[dict, Path
     row = {
         "peer": "qwen_mobile", "variant": entry, "artifact": str(out), "size_bytes": (out / "model.pte").stat().st_size,
         "export_s": m["export"]["seconds"], "export_peak_rss_bytes": m["export"]["peak_rss_bytes"],
-        # The forked XNNPACK worker's own peak (export/lowering_shortcuts/parallel_preprocess.py) and the pair's sampled PSS peak.
+        # The forked XNNPACK worker's own peak (export/lowering_shortcuts/parallel_preprocess.py) and the pair's
+        # sampled PSS peak.
         "export_worker_peak_rss_bytes": m["export"].get("worker_peak_rss_bytes", 0),
         "export_peak_memory_bytes": m["export"].get("peak_memory_bytes"),
         "export_steps": {"stages": m["export"].get("stage_seconds")},

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from qwen_mobile.export.lowering import TOKEN_METHODS
+from qwen_mobile.export.verify import VerificationError
 from qwen_mobile.runtime import bundle
 
 
@@ -14,7 +15,8 @@ def test_fp32_pte_is_one_delegate_and_matches_eager(hf_checkpoint, tmp_path):
 
     folder, _ = hf_checkpoint("causal", "hv2x")
     out = tmp_path / "pte"
-    manifest = export(str(folder), out, recipe="coreml-pte", qlinear="fp32", max_seq_len=64, prefill_chunk=16, progress=False)
+    manifest = export(str(folder), out, recipe="coreml-pte", qlinear="fp32", max_seq_len=64, prefill_chunk=16,
+                      progress=False)
     assert bundle.load_manifest(out) == manifest
     for method in TOKEN_METHODS:
         graph = manifest["program"]["graph"][method]
@@ -27,8 +29,14 @@ def test_fp32_pte_is_one_delegate_and_matches_eager(hf_checkpoint, tmp_path):
     assert v["max_abs_logit_diff"] <= 1e-3, v
 
 
+# int4 blocks of 32 on the retrained nano: top-1 0.706 against the 0.75 floor (KL 0.036 under 0.1), measured in
+# session 9; the floor stays, the recipe is refused on nano until int4 Core ML keeps more (export/coreml/README.md).
+COREML_4W_ON_NANO = pytest.mark.xfail(strict=True, raises=VerificationError,
+                                      reason="Core ML 4w misses its top-1 floor on the retrained nano (0.706 < 0.75)")
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("qlinear", ["fp16", "8w", "4w"])
+@pytest.mark.parametrize("qlinear", ["fp16", "8w", pytest.param("4w", marks=COREML_4W_ON_NANO)])
 def test_nano_pte(tmp_path, qlinear):
     from qwen_mobile.export import export
 
@@ -47,7 +55,7 @@ def test_tiny_pte_quantized(hf_checkpoint, tmp_path, regime, qlinear):
     from qwen_mobile.export import export
 
     folder, _ = hf_checkpoint("causal", regime)
-    manifest = export(str(folder), tmp_path / "pte", recipe="coreml-pte", qlinear=qlinear, max_seq_len=64, prefill_chunk=16,
-                                 progress=False)
+    manifest = export(str(folder), tmp_path / "pte", recipe="coreml-pte", qlinear=qlinear, max_seq_len=64,
+                      prefill_chunk=16, progress=False)
     assert manifest["verification"]["passed"]
     assert all(g["ops_outside_delegates"] == [] for g in manifest["program"]["graph"].values())

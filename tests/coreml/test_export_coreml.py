@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
+from qwen_mobile.export.verify import VerificationError
 import torch
 
 from qwen_mobile.runtime import bundle
@@ -137,8 +139,12 @@ def test_tiny_quantized_recipes(hf_checkpoint, tmp_path, regime, qlinear):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("qlinear, gdn_layout", [("fp32", "io"), ("fp16", "io"), ("8w", "io"), ("4w", "io"),
-                                                 ("fp16", "state")])
+@pytest.mark.parametrize("qlinear, gdn_layout", [
+    ("fp32", "io"), ("fp16", "io"), ("8w", "io"),
+    # The gate refuses int4 on the retrained nano: top-1 0.706 against the 0.75 floor (session 9); the floor stays.
+    pytest.param("4w", "io", marks=pytest.mark.xfail(strict=True, raises=VerificationError,
+                                                     reason="Core ML 4w misses its top-1 floor on the retrained nano")),
+    ("fp16", "state")])
 def test_nano_recipes(tmp_path, qlinear, gdn_layout):
     """The shipped trained model through every recipe; the export's own gate enforces the quality floors."""
     manifest = _export("nano", tmp_path / "b", qlinear=qlinear, gdn_layout=gdn_layout, max_seq_len=512,
