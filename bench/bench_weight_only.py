@@ -68,7 +68,7 @@ def bench_kernels(runs: int, threads: int, prefill_m: int) -> list[dict]:
 
 
 def bench_bundle(path: Path, steps: int, runs: int, prompt_len: int) -> dict:
-    from qwen_mobile.export.lowering import DECODE_METHOD
+    from qwen_mobile.runtime.contract import DECODE_METHOD
     from qwen_mobile.runtime.program import BundleProgram
 
     manifest = json.loads((path / "manifest.json").read_text())

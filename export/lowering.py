@@ -23,8 +23,8 @@ from torch import nn
 from qwen_mobile.models import Qwen35ForCausalLM
 from qwen_mobile.models.gated_delta import native_op
 
-from qwen_mobile.runtime.contract import (DECODE_METHOD, PREFILL_METHOD, STATE_READ_METHOD,  # noqa: F401
-                                          STATE_WRITE_METHOD, TOKEN_METHODS, is_state_buffer, seq_axis)
+from qwen_mobile.runtime.contract import (DECODE_METHOD, PREFILL_METHOD, STATE_READ_METHOD, STATE_WRITE_METHOD,
+                                          is_state_buffer)
 
 
 def state_buffers(model: nn.Module) -> list[tuple[str, torch.Tensor]]:

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from .lowering import TOKEN_METHODS
+from qwen_mobile.runtime.contract import TOKEN_METHODS
 
 QLINEAR = ("fp32", "8da4w", "8da8w", "8w", "4w")
 QEMBEDDING = ("none", "8w", "4w")

@@ -26,7 +26,6 @@ class ExportJob:
     """What the stages of one export share."""
 
     source: str
-    out: Path
     opened: sources.OpenedSource
     progress: bool
     model: Any = None  # the model as the stages transform it
@@ -100,7 +99,7 @@ def run_export(recipe: Recipe, source: str, out: str | Path, *, force: bool = Fa
 
     out = Path(out)
     opened = sources.open_source(source, out, force=force, quality_gate=recipe.quality_gate)
-    job = ExportJob(source=source, out=out, opened=opened, progress=progress)
+    job = ExportJob(source=source, opened=opened, progress=progress)
     recipe.prepare(job)
     bar = tqdm(total=len(recipe.STAGES), desc=f"export {recipe.NAME}", unit="stage", disable=not progress,
                leave=False)

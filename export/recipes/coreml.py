@@ -116,7 +116,7 @@ class CoreMLRecipe(Recipe):
         from ..coreml.evaluator import MILModel
         from ..coreml.graph import fp16_kv
         from ..coreml.runner import CoreMLRunner, evaluator_call
-        from ..verify import compare_with_eager, gate
+        from ..verify import compare_with_eager
 
         self.say("verify with the numpy MIL evaluator", job)
         config, parts = job.config, job.scratch["parts"]
@@ -133,9 +133,15 @@ class CoreMLRecipe(Recipe):
         job.prompt = verification_prompt(config.vocab_size, job.tokenizer, self.prefill_chunk)
         steps = min(VERIFY_DECODE_STEPS, self.max_seq_len - len(job.prompt))
         metrics = compare_with_eager(runner, reference, job.prompt, steps=steps)
-        floors = {"max_abs_logit_diff": FP32_REL_TOL} if self.qlinear == "fp32" else QUALITY_FLOORS[self.qlinear]
-        job.result = gate(metrics, self.qlinear, "none", floors, job.opened.quality_gate)
+        job.result = self.gate(job, metrics)
         job.scratch["histograms"] = [{f: {"ops": mil.op_histogram(f)} for f in ("prefill", "decode")} for mil in mils]
+
+    def gate(self, job: ExportJob, metrics):
+        """fp32 is held to FP32_REL_TOL, fp16 and the weight-only recipes to their QUALITY_FLOORS."""
+        from ..verify import gate
+
+        floors = {"max_abs_logit_diff": FP32_REL_TOL} if self.qlinear == "fp32" else QUALITY_FLOORS[self.qlinear]
+        return gate(metrics, self.qlinear, "none", floors, job.opened.quality_gate)
 
     def package_io(self, config, layers, tokens):
         """Inputs and outputs of one package's function of `tokens` tokens."""

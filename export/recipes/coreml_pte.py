@@ -14,7 +14,7 @@ from qwen_mobile.runtime.errors import UsageError
 
 from ..coreml.convert import INT4_BLOCK_SIZE, MIN_DEPLOYMENT
 from ..coreml.graph import state_shapes
-from ..coreml.plan import FP32_REL_TOL, QUALITY_FLOORS, VERIFY_DECODE_STEPS, check_package_spec, verification_prompt
+from ..coreml.plan import VERIFY_DECODE_STEPS, check_package_spec, verification_prompt
 from .base import ExportJob, verification_record
 from .coreml import CoreMLRecipe
 
@@ -63,7 +63,7 @@ class CoreMLPteRecipe(CoreMLRecipe):
         from ..coreml.graph import fp16_kv
         from ..coreml.pte import extract_coreml_model
         from ..coreml.runner import CoreMLRunner
-        from ..verify import compare_with_eager, gate
+        from ..verify import compare_with_eager
 
         self.say("verify the delegate's Core ML model with the numpy MIL evaluator", job)
         config = job.config
@@ -86,8 +86,7 @@ class CoreMLPteRecipe(CoreMLRecipe):
             metrics = compare_with_eager(runner, reference, job.prompt,
                                          steps=min(VERIFY_DECODE_STEPS, self.max_seq_len - len(job.prompt)))
             job.scratch["histograms"] = {m: mil.op_histogram(f) for m, f in contract.COREML_FUNCTIONS.items()}
-        floors = {"max_abs_logit_diff": FP32_REL_TOL} if self.qlinear == "fp32" else QUALITY_FLOORS[self.qlinear]
-        job.result = gate(metrics, self.qlinear, "none", floors, job.opened.quality_gate)
+        job.result = self.gate(job, metrics)
 
     def manifest_sections(self, job: ExportJob) -> dict:
         config, tensor = job.config, contract.tensor_spec

@@ -101,7 +101,7 @@ class _RecordingMethod:
 
 def pte_vector(work: Path) -> dict:
     from qwen_mobile.export import export
-    from qwen_mobile.export.lowering import DECODE_METHOD
+    from qwen_mobile.runtime.contract import DECODE_METHOD
     from qwen_mobile.runtime.bundle import Bundle
     from qwen_mobile.runtime.session import Session
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from qwen_mobile.export.cli import main
-from qwen_mobile.export.lowering import DECODE_METHOD, TOKEN_METHODS
+from qwen_mobile.runtime.contract import DECODE_METHOD, TOKEN_METHODS
 from qwen_mobile.runtime.bench import load_results, validate_bench
 from qwen_mobile.runtime.bundle import BundleError
 

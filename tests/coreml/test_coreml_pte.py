@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from qwen_mobile.export.lowering import TOKEN_METHODS
 from qwen_mobile.export.verify import VerificationError
 from qwen_mobile.runtime import bundle
+from qwen_mobile.runtime.contract import TOKEN_METHODS
 
 
 def test_fp32_pte_is_one_delegate_and_matches_eager(hf_checkpoint, tmp_path):

@@ -9,8 +9,8 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from checkpoints import make_hf_causal_lm
 from qwen_mobile.export import export
-from qwen_mobile.export.lowering import DECODE_METHOD
 from qwen_mobile.models import Qwen35ForCausalLM
+from qwen_mobile.runtime.contract import DECODE_METHOD
 
 CODE = ["def add(a, b):\n    return a + b\n", "for i in range(10):\n    print(i)\n",
         "class Point:\n    def __init__(self, x, y):\n        self.x = x\n"] * 20

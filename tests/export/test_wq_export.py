@@ -11,7 +11,7 @@ import torch
 
 from checkpoints import make_hf_causal_lm
 from qwen_mobile.export import export
-from qwen_mobile.export.lowering import DECODE_METHOD, TOKEN_METHODS
+from qwen_mobile.runtime.contract import DECODE_METHOD, TOKEN_METHODS
 from qwen_mobile.export.quantize import (LinearWQA8, QuantReport, check_weight_only_nodes, quantize_model,
                                          quantize_weight)
 from qwen_mobile.models import Qwen35ForCausalLM

@@ -10,7 +10,7 @@ CHILD = r"""
 import json, sys, torch
 from qwen_mobile.runtime.library import load_library
 from qwen_mobile.runtime.xnnpack_options import enable_xnnpack_weight_cache
-from qwen_mobile.export.lowering import DECODE_METHOD
+from qwen_mobile.runtime.contract import DECODE_METHOD
 from qwen_mobile.runtime.program import load_wheel_kernels
 load_library()
 from executorch.runtime import Runtime
