@@ -228,6 +228,24 @@ def test_an_empty_prompt_is_a_usage_error(nano_bundle, capsys, argv):
     assert "the prompt is empty: give --prompt text or --prompt-ids" in one_error(capsys)
 
 
+@pytest.mark.parametrize("flags, message", [
+    (["--recipe", "coreml", "--preset", "xnnpack-8da4w"], "--preset: the presets are xnnpack recipes"),
+    (["--recipe", "coreml", "--qembedding", "4w"], "--qembedding: not a Core ML flag"),
+    (["--recipe", "coreml-pte", "--gdn-layout", "state"], "--gdn-layout/--head-fp32 apply to --recipe coreml only"),
+    (["--head-fp32"], "--head-fp32 applies to --recipe coreml only"),
+])
+def test_a_flag_the_recipe_cannot_honour_is_refused_before_any_work(tmp_path, capsys, monkeypatch, flags, message):
+    import qwen_mobile.export.source as sources
+
+    def must_not_load(*a, **k):
+        raise AssertionError("the model was loaded before the flags were checked")
+
+    monkeypatch.setattr(sources, "load_model", must_not_load)
+    assert main(["export", "tiny", "--out", str(tmp_path / "b"), *flags]) == 2
+    assert message in one_error(capsys)
+    assert not (tmp_path / "b").exists()
+
+
 def test_qlinear_fp32_alone_means_full_precision_and_is_printed():
     settings = ExportSettings.resolve(None, qlinear="fp32")
     assert (settings.preset, settings.qlinear, settings.qembedding) == ("xnnpack-fp32", "fp32", "none")
