@@ -45,6 +45,25 @@ TOKEN_METHODS = (PREFILL_METHOD, DECODE_METHOD)  # the methods that run the mode
 COREML_FUNCTIONS = {PREFILL_METHOD: "prefill", DECODE_METHOD: "decode"}
 OP_NAMESPACE = "qwen35"
 
+# -- images (only in bundles exported from a checkpoint with a vision tower; CONTRACT.md, "Images") ---------------
+# A prompt with images runs through embeddings: the reader embeds its tokens, writes each image's embeddings over that
+# image's placeholder tokens, and prefills with explicit M-RoPE positions (three rows: time, height, width). After an
+# image the rotary position runs behind the cache slot, so the one-token method takes both.
+EMBED_METHOD = "embed_tokens"  # tokens [1,T] int64 -> embeds [1,T,hidden] float32
+EMBEDDINGS_PREFILL_METHOD = "prefill_embeddings"  # embeds [1,T,hidden], input_pos [T], rope_pos [3,T] -> logits
+ROPE_DECODE_METHOD = "decode_token_rope"  # tokens [1,1], input_pos [1] (cache slot), rope_pos [1] -> logits
+IMAGE_METHOD_PREFIX = "encode_image_"  # encode_image_<H>x<W>: rgb uint8 [H,W,3] -> image embeds [tokens, hidden]
+IMAGE_TEXT_METHODS = (EMBED_METHOD, EMBEDDINGS_PREFILL_METHOD, ROPE_DECODE_METHOD)
+
+
+def image_method(height: int, width: int) -> str:
+    """The method that encodes an RGB image of exactly height x width pixels."""
+    return f"{IMAGE_METHOD_PREFIX}{height}x{width}"
+
+
+def is_image_method(name: str) -> bool:
+    return name.startswith(IMAGE_METHOD_PREFIX)
+
 # -- state -------------------------------------------------------------------------------------------------------
 # A .pte's state buffers are the model's buffers whose names end so ("layers.3.self_attn.k_cache", ...).
 STATE_SUFFIXES = ("k_cache", "v_cache", "conv_state", "recurrent_state")
@@ -85,6 +104,7 @@ def tokenizer_section(bundle_folder: Path, *, bos_id: int | None, stop_ids: list
 
 
 MANIFEST_SECTIONS = ("model", "recipe", "program", "state", "tokenizer", "verification", "export")
+OPTIONAL_SECTIONS = ("sample_prompt", "vision")  # vision: bundles with image methods only
 
 
 def build_manifest(*, toolkit_version: str, created_utc: str, model: dict, recipe: dict, program: dict, state: dict,
@@ -103,6 +123,17 @@ def build_manifest(*, toolkit_version: str, created_utc: str, model: dict, recip
     if methods[PREFILL_METHOD]["max_tokens"] > state["max_seq_len"]:
         raise ValueError(f"manifest: {PREFILL_METHOD} takes up to {methods[PREFILL_METHOD]['max_tokens']} tokens, "
                          f"more than the context ({state['max_seq_len']})")
+    images = sorted(m for m in methods if is_image_method(m))
+    vision = optional.get("vision")
+    if images or vision is not None:
+        if vision is None:
+            raise ValueError(f"manifest: program has image methods {images} but no vision section")
+        listed = sorted(image["method"] for image in vision.get("images", []))
+        if not images or listed != images:
+            raise ValueError(f"manifest: vision.images lists {listed}; the program's image methods are {images}")
+        lacking = [m for m in IMAGE_TEXT_METHODS if m not in methods]
+        if lacking:
+            raise ValueError(f"manifest: a bundle with image methods needs {list(IMAGE_TEXT_METHODS)}; lacks {lacking}")
     return {"schema_version": MANIFEST_SCHEMA_VERSION, "format": BUNDLE_FORMAT, "toolkit_version": toolkit_version,
             "created_utc": created_utc, "model": model, "recipe": recipe, "program": program, "state": state,
             "tokenizer": tokenizer, "verification": verification, **optional, "export": export}
