@@ -20,53 +20,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from qwen_mobile.runtime.images import Grid, image_token_count, mrope_positions
+
 from .config import ConfigError
 from .qwen35 import Qwen35ForCausalLM
 from .vision import Qwen35VisionModel
-
-Grid = tuple[int, int, int]  # (frames, patch rows, patch columns) of one image
-
-
-def image_token_count(grid: Grid, merge: int) -> int:
-    t, h, w = grid
-    return t * h * w // merge ** 2
-
-
-def mrope_positions(tokens: Sequence[int], grids: Sequence[Grid], image_token_id: int,
-                    merge: int) -> tuple[torch.Tensor, int]:
-    """Prompt token ids and its images' grids (in prompt order) -> rope_pos [3,T] int64 and the next text position.
-
-    Each run of image tokens is one image and must hold exactly its grid's token count.
-    """
-    rows: list[torch.Tensor] = []
-    pos, i, n, images = 0, 0, len(tokens), iter(grids)
-    while i < n:
-        j = i
-        is_image = tokens[i] == image_token_id
-        while j < n and (tokens[j] == image_token_id) == is_image:
-            j += 1
-        if not is_image:
-            rows.append(torch.arange(pos, pos + j - i).expand(3, -1))  # [3, run]
-            pos += j - i
-        else:
-            grid = next(images, None)
-            if grid is None:
-                raise ValueError(f"prompt has more image-token runs than images ({len(grids)} given)")
-            t, h, w = grid
-            if t != 1:
-                raise ValueError(f"image grid {grid}: only single-frame images are supported in a prompt")
-            gh, gw = h // merge, w // merge
-            if j - i != gh * gw:
-                raise ValueError(f"image-token run at position {i} has {j - i} tokens; its image grid {grid} needs "
-                                 f"{gh * gw}")
-            r = torch.arange(gh)[:, None].expand(gh, gw).reshape(-1)  # [gh*gw], row-major over the merged grid
-            c = torch.arange(gw)[None, :].expand(gh, gw).reshape(-1)
-            rows.append(torch.stack([torch.zeros_like(r), r, c]) + pos)  # [3, gh*gw]
-            pos += max(gh, gw)
-        i = j
-    if next(images, None) is not None:
-        raise ValueError(f"{len(grids)} images given but the prompt has fewer image-token runs")
-    return torch.cat(rows, dim=1), pos  # [3,T]
 
 
 class Qwen35VisionLanguage(nn.Module):

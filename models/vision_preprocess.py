@@ -24,7 +24,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
+
+from qwen_mobile.runtime.images import decode_image, resize_bicubic  # noqa: F401 (decode_image: part of this API)
 
 from .config import ConfigError, Qwen35VisionConfig
 
@@ -123,28 +124,6 @@ class ImagePatches:
         return h * w // self.merge_size ** 2
 
 
-def decode_image(path: str | Path) -> torch.Tensor:
-    """An image file -> uint8 RGB [3, H, W]: the EXIF orientation applied (as transformers' load_image), transparency
-    composited onto white (as its image processor's RGB conversion and qwen-vl-utils do; load_image alone would drop
-    the alpha channel, leaving whatever colour the transparent pixels hold)."""
-    from PIL import Image, ImageOps, UnidentifiedImageError
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"image {path} does not exist")
-    try:
-        with Image.open(path) as im:
-            im = ImageOps.exif_transpose(im)
-            if "A" in im.getbands() or im.info.get("transparency") is not None:
-                im = Image.alpha_composite(Image.new("RGBA", im.size, (255, 255, 255, 255)), im.convert("RGBA"))
-            rgb = im.convert("RGB")
-            data = torch.frombuffer(bytearray(rgb.tobytes()), dtype=torch.uint8)
-            width, height = rgb.size
-    except (UnidentifiedImageError, OSError) as err:
-        raise ValueError(f"image {path} cannot be decoded ({type(err).__name__}: {err})") from None
-    return data.reshape(height, width, 3).permute(2, 0, 1).contiguous()  # [H,W,3] -> [3,H,W]
-
-
 def smart_resize(height: int, width: int, factor: int, min_pixels: int, max_pixels: int) -> tuple[int, int]:
     """The size the processor resizes to: sides multiples of `factor`, pixels within [min_pixels, max_pixels], the
     aspect ratio kept as closely as possible. Python's round (half to even), as transformers uses."""
@@ -161,23 +140,6 @@ def smart_resize(height: int, width: int, factor: int, min_pixels: int, max_pixe
         h = math.ceil(height * beta / factor) * factor
         w = math.ceil(width * beta / factor) * factor
     return h, w
-
-
-def resize_bicubic(image: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """uint8 [3, H, W] -> uint8 [3, height, width]: antialiased bicubic, one axis at a time, in Pillow's order.
-
-    Pillow resamples one axis, rounds to uint8, then the other. Its order (Pillow 13, Resample.c): rows first when the
-    height loses more than twice as many pixels as the width, else columns first. The wrong order moves pixels by up
-    to 20 levels on noisy images (measured), so torch's one-call 2-D resize is not used. An axis that keeps its size
-    is not resampled, as in Pillow.
-    """
-    x = image[None]  # [1,3,H,W]
-    rows_first = 0 < image.shape[1] - height and image.shape[1] - height > 2 * (image.shape[2] - width)
-    for axis in ("rows", "columns") if rows_first else ("columns", "rows"):
-        size = (height, x.shape[-1]) if axis == "rows" else (x.shape[-2], width)
-        if tuple(x.shape[-2:]) != size:
-            x = F.interpolate(x, size=size, mode="bicubic", antialias=True, align_corners=False)
-    return x[0]
 
 
 def normalize(image: torch.Tensor, config: ImageProcessorConfig) -> torch.Tensor:
