@@ -226,6 +226,7 @@ class Bundle:
         self.vocab_size: int = m["model"]["config"]["vocab_size"]
         self.stop_ids: set[int] = set(m["tokenizer"]["stop_ids"])
         self.buffers: list[dict] = m["state"]["buffers"]
+        self.vision: dict | None = m.get("vision")  # image sizes, token ids (CONTRACT.md "Images"); None: text only
         if m["recipe"]["name"] != "xnnpack":
             raise BundleError(
                 f"{self.folder}: a {m['recipe']['name']} bundle runs on Apple devices (Core ML); this host runtime "
@@ -262,6 +263,10 @@ class Bundle:
                 raise BundleError(f"{self.folder / MANIFEST}: {field_name} is {ours}, but {m['program']['file']} says "
                                   f"{theirs} ({method}); the manifest was edited or belongs to another program: "
                                   "re-export the bundle")
+        listed = sorted(image["method"] for image in (self.vision or {}).get("images", []))
+        if listed != self.program.image_methods:
+            raise BundleError(f"{self.folder / MANIFEST}: vision.images lists {listed}, but {m['program']['file']} has "
+                              f"the image methods {self.program.image_methods}; re-export the bundle")
 
     @property
     def label(self) -> str:

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import torch
 
-from .contract import DECODE_METHOD, PREFILL_METHOD, STATE_READ_METHOD, STATE_WRITE_METHOD
+from .contract import (DECODE_METHOD, EMBED_METHOD, EMBEDDINGS_PREFILL_METHOD, PREFILL_METHOD, ROPE_DECODE_METHOD,
+                       STATE_READ_METHOD, STATE_WRITE_METHOD, is_image_method)
 
 from .library import load_library
 from .xnnpack_options import enable_xnnpack_weight_cache
@@ -78,6 +79,8 @@ class BundleProgram:
         self.has_state_methods = {STATE_READ_METHOD, STATE_WRITE_METHOD} <= names
         self._state_read = self.program.load_method(STATE_READ_METHOD) if self.has_state_methods else None
         self._state_write = self.program.load_method(STATE_WRITE_METHOD) if self.has_state_methods else None
+        self.image_methods = sorted(n for n in names if is_image_method(n))
+        self._methods: dict[str, object] = {}  # the image path's methods, loaded on first use
 
     def metadata(self) -> dict:
         """The program's own constant methods (get_max_context_len, get_vocab_size, ...): name -> value(s)."""
@@ -104,6 +107,40 @@ class BundleProgram:
         """Logits [vocab] after one token at absolute position `pos`."""
         return self._decode.execute([torch.tensor([[token]], dtype=torch.long), torch.tensor([pos])])[0][0, -1]
 
+    # -- image prompts (CONTRACT.md, "Images") ------------------------------------------------------------------
+    def _method(self, name: str):
+        if name not in self._methods:
+            if name not in set(self.program.method_names):
+                raise RuntimeError(f"{self.path}: no method {name!r}: this bundle has no image methods (exported "
+                                   "from a checkpoint without a vision tower, or with --no-vision)")
+            self._methods[name] = self.program.load_method(name)
+        return self._methods[name]
+
+    def encode_image(self, method: str, rgb: torch.Tensor) -> torch.Tensor:
+        """rgb uint8 [H,W,3] at the method's size -> image embeddings [tokens, hidden]."""
+        return self._method(method).execute([rgb.contiguous()])[0]
+
+    def embed(self, ids: list[int]) -> torch.Tensor:
+        """Token embeddings [T, hidden], in chunks of at most the prefill bound."""
+        step = self.max_prefill_tokens
+        parts = [self._method(EMBED_METHOD).execute([torch.tensor([ids[i:i + step]], dtype=torch.long)])[0][0]
+                 for i in range(0, len(ids), step)]  # each [1,t,hidden] -> [t,hidden]
+        return torch.cat(parts)
+
+    def prefill_embeddings(self, embeds: torch.Tensor, start_pos: int, rope_pos: torch.Tensor) -> torch.Tensor:
+        """embeds [T,hidden] at cache slots start_pos.., rope_pos [3,T] -> logits [vocab] after the last one."""
+        step, logits = self.max_prefill_tokens, None
+        for i in range(0, embeds.shape[0], step):
+            part = embeds[i:i + step]  # [t,hidden]
+            slots = torch.arange(start_pos + i, start_pos + i + part.shape[0])
+            logits = self._method(EMBEDDINGS_PREFILL_METHOD).execute(
+                [part[None].contiguous(), slots, rope_pos[:, i:i + step].contiguous()])[0]  # [1,t,h] in
+        return logits[0, -1]
+
+    def decode_rope(self, token: int, pos: int, rope: int) -> torch.Tensor:
+        """Logits [vocab] after one token at cache slot `pos` and rotary position `rope`."""
+        return self._method(ROPE_DECODE_METHOD).execute(
+            [torch.tensor([[token]], dtype=torch.long), torch.tensor([pos]), torch.tensor([rope])])[0][0, -1]
 
     def read_state(self) -> list[torch.Tensor]:
         """Copies of every state buffer, in the manifest's `state.buffers` order."""
