@@ -132,6 +132,7 @@ def run_bench(bundle, prompt_lengths=(128, 512), generate_tokens: int = 64, runs
                         "decode_tok_s": stats(decode) if decode else None, "samples": samples})
     m = bundle.manifest
     recipe = m["recipe"]
+    images = bench_images(bundle, runs, warmup, seed) if bundle.vision else None
     return {
         "schema_version": 1,
         "format": FORMAT,
@@ -150,6 +151,7 @@ def run_bench(bundle, prompt_lengths=(128, 512), generate_tokens: int = 64, runs
                      "prefill_chunk": bundle.max_prefill_tokens,
                      "prompt_source": f"random token ids, seed {seed} + prompt length"},
         "results": results,
+        **({"images": images} if images else {}),
         "memory": {"peak_rss_bytes": peak_rss_bytes(), "baseline_rss_bytes": baseline_rss,
                    "load_ms": bundle.load_seconds * 1e3},
         "energy": None,
@@ -157,6 +159,33 @@ def run_bench(bundle, prompt_lengths=(128, 512), generate_tokens: int = 64, runs
                   "peak RSS is the whole Python process (interpreter, torch, ExecuTorch); baseline_rss_bytes is its "
                   "RSS before the bundle was loaded"],
     }
+
+
+IMAGE_PROMPT_TEXT_TOKENS = 16  # text after the image: a short question
+
+
+def bench_images(bundle, runs: int, warmup: int, seed: int) -> list[dict]:
+    """Per image size of the bundle: encode time and time to first token of [image span + 16 random text tokens]."""
+    from .images import bundle_image, image_span, synthetic_image
+    from .sampling import Sampler, SamplingConfig
+
+    vision = bundle.vision
+    avoid = bundle.stop_ids | {vision["image_token_id"], vision["vision_start_token_id"], vision["vision_end_token_id"]}
+    out = []
+    for entry in vision["images"]:
+        size = (entry["height"], entry["width"])
+        image = bundle_image(synthetic_image(*size), vision, source="synthetic test card", size=size)
+        prompt = image_span(vision) + random_prompt(bundle.vocab_size, IMAGE_PROMPT_TEXT_TOKENS, seed, avoid)
+        encode, ttft, prompt_tokens = [], [], 0
+        for i in range(warmup + runs):
+            result = bundle.session().generate(prompt, 1, Sampler(SamplingConfig()), stop_ids=set(), images=[image])
+            if i >= warmup:
+                encode.append(result.image_encode_s * 1e3)
+                ttft.append(result.ttft_s * 1e3)
+                prompt_tokens = len(result.prompt_ids)
+        out.append({"height": size[0], "width": size[1], "method": entry["method"], "tokens": entry["tokens"],
+                    "prompt_tokens": prompt_tokens, "encode_ms": stats(encode), "ttft_ms": stats(ttft)})
+    return out
 
 
 def validate_bench(result: dict, source: str = "bench result") -> None:
@@ -312,7 +341,15 @@ def table(results: list[dict]) -> str:
                          f"{r['prefill_tok_s']['median']:.1f}",
                          f"{d['median']:.1f} ({d['p10']:.1f}-{d['p90']:.1f})" if d else "-", ratio,
                          f"{rss / 1e9:.2f} GB" if rss else "-"))
-    return _format_table(head, rows)
+    text = _format_table(head, rows)
+    image_rows = [(f"{res['bundle']['model_id']} {res['bundle']['qlinear']}/{res['bundle']['qembedding']}",
+                   f"{im['height']}x{im['width']}", str(im["tokens"]), str(im["prompt_tokens"]),
+                   f"{im['encode_ms']['median']:.1f}", f"{im['ttft_ms']['median']:.1f}")
+                  for res in results for im in res.get("images") or []]
+    if image_rows:
+        text += "\n\n" + _format_table(("bundle", "image HxW", "image tokens", "prompt tokens", "encode ms",
+                                         "TTFT ms (whole prompt)"), image_rows)
+    return text
 
 
 def plot(results: list[dict], out: str | Path) -> Path:

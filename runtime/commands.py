@@ -34,22 +34,68 @@ def _thinking(args, bundle: Bundle) -> bool:
 
 def _timings_line(result, what: str) -> str:
     decode = f"{result.decode_tok_s:.1f} tok/s" if result.decode_tok_s else "-"
-    return (f"[{what}: {len(result.prompt_ids)} prompt tokens in {result.prefill_s * 1e3:.0f} ms "
+    images = "".join(f"image {im['original_hw'][1]}x{im['original_hw'][0]} -> {im['encoded_hw'][1]}x"
+                     f"{im['encoded_hw'][0]} ({im['tokens']} tokens), " for im in result.images)
+    if images:
+        images += f"encoded in {result.image_encode_s * 1e3:.0f} ms; "
+    return (f"[{what}: {images}{len(result.prompt_ids)} prompt tokens in {result.prefill_s * 1e3:.0f} ms "
             f"({result.prefill_tok_s:.0f} tok/s), TTFT {result.ttft_s * 1e3:.0f} ms; {len(result.ids)} generated, "
             f"decode {decode}; stop: {result.stop_reason}; on this host]")
+
+
+def _load_images(bundle: Bundle, paths: list[str], size_text: str | None) -> list:
+    """--image PATH ... (and --image-size) -> the bundle's image inputs; a text-only bundle is a clear error."""
+    from .images import load_image, parse_size
+
+    if not paths:
+        if size_text:
+            raise UsageError("--image-size needs --image")
+        return []
+    if bundle.vision is None:
+        raise UsageError(f"--image: BUNDLE {bundle.folder} has no image methods (its checkpoint has no vision tower, "
+                         "or it was exported with --no-vision); export a vision checkpoint to ask about images")
+    try:
+        size = parse_size(size_text) if size_text else None
+        return [load_image(path, bundle.vision, size) for path in paths]
+    except (ValueError, FileNotFoundError) as err:
+        raise UsageError(f"--image: {err}") from None
+
+
+def _image_span_text(bundle: Bundle, count: int) -> str:
+    """The text of `count` image places, Qwen's chat template's form (the session expands each image token)."""
+    tok, vision = bundle.tokenizer, bundle.vision
+    start, pad, end = (tok.id_to_token(vision[k]) for k in ("vision_start_token_id", "image_token_id",
+                                                             "vision_end_token_id"))
+    if None in (start, pad, end):
+        raise UsageError(f"BUNDLE {bundle.folder}'s tokenizer lacks the vision tokens {vision['vision_start_token_id']}, "
+                         f"{vision['image_token_id']}, {vision['vision_end_token_id']}; pass --prompt-ids")
+    return (start + pad + end) * count
+
+
+def _with_image_places(bundle: Bundle, ids: list[int], count: int) -> list[int]:
+    """Token ids that hold no image token get the images' spans in front; ids that hold them are left as given."""
+    if not count or bundle.vision["image_token_id"] in ids:
+        return ids
+    from .images import image_span
+
+    return image_span(bundle.vision) * count + ids
 
 
 def cmd_run(args) -> int:
     """One prompt through a bundle: stream the text, optionally write JSON and every step's logits."""
     bundle = Bundle(args.bundle, verify=not args.no_verify)
+    images = _load_images(bundle, args.image or [], args.image_size)
     if args.prompt_ids is not None:
-        ids = list(args.prompt_ids)
+        ids = _with_image_places(bundle, list(args.prompt_ids), len(images))
     else:
         text = args.prompt
         if args.chat:
             template = ChatTemplate(thinking=_thinking(args, bundle))
-            text = (template.system(args.system) if args.system else "") + template.user(text)
-        ids = bundle.encode(text)
+            places = _image_span_text(bundle, len(images)) if images else ""
+            text = (template.system(args.system) if args.system else "") + template.user(places + text)
+            ids = bundle.encode(text)
+        else:
+            ids = _with_image_places(bundle, bundle.encode(text), len(images))
     if not ids:
         raise UsageError("the prompt is empty: give --prompt text or --prompt-ids")
     limit = bundle.max_seq_len
@@ -58,6 +104,8 @@ def cmd_run(args) -> int:
             raise ContextOverflowError(
                 f"prompt of {len(ids)} tokens exceeds the bundle's context of {limit} tokens; shorten it, re-export "
                 f"with a larger --max-seq-len, or pass --truncate left")
+    if images and args.truncate == "left":
+        raise UsageError("--truncate left cannot cut a prompt that holds an image; shorten the text instead")
     if args.truncate == "left" and len(ids) + args.max_new_tokens > limit:
         keep = max(1, limit - args.max_new_tokens)
         print(f"[--truncate left: dropped the first {len(ids) - keep} of {len(ids)} prompt tokens so the prompt and "
@@ -71,11 +119,11 @@ def cmd_run(args) -> int:
               f"--max-new-tokens {args.max_new_tokens}]", file=sys.stderr)
     stream = None
     if not quiet:
-        if bundle.tokenizer is not None and args.prompt_ids is None and not args.chat:
+        if bundle.tokenizer is not None and args.prompt_ids is None and not args.chat and not images:
             print(bundle.decode(ids), end="", flush=True)
         stream = TextStream(bundle, lambda s: print(s, end="", flush=True))
     result = session.generate(ids, args.max_new_tokens, sampler, on_token=stream,
-                              keep_logits=args.dump_logits is not None)
+                              keep_logits=args.dump_logits is not None, images=images)
     if not quiet:
         print()
         print(_timings_line(result, f"{bundle.label}, seed {sampler.seed}" if not sampler.config.greedy
@@ -97,7 +145,8 @@ def cmd_run(args) -> int:
     return 0
 
 
-CHAT_HELP = """commands: /save NAME  save the conversation state (NAME.safetensors in --snapshot-dir)
+CHAT_HELP = """commands: /image PATH attach an image to your next message (bundles with image methods)
+          /save NAME  save the conversation state (NAME.safetensors in --snapshot-dir)
           /load NAME  restore it (instantly; nothing is re-prefilled)
           /reset      back to just after the system prompt
           /quit       leave"""
@@ -123,6 +172,7 @@ def cmd_chat(args) -> int:
     if args.system:
         session.prefill(bundle.encode(template.system(args.system)))
     base = session.snapshot() if session.position else None
+    attached: list = []  # images for the next message (/image)
     print(f"[{bundle.label}: context {bundle.max_seq_len} tokens, thinking {'on' if template.thinking else 'off'}, "
           f"seed {sampler.seed}; /help for commands]", file=sys.stderr)
 
@@ -139,14 +189,19 @@ def cmd_chat(args) -> int:
             continue
         if not interactive:  # a piped script: echo it so the transcript reads like a session
             print(f"> {line}")
+        if line.startswith("/image"):
+            _attach_image(line, bundle, attached)
+            continue
         if line.startswith("/"):
             if _chat_command(line, session, base, snapshot_dir) == "quit":
                 break
             continue
         # The previous reply ended on <|im_end|> (pending, fed with this prompt) or was cut at --max-new-tokens.
         close = ChatTemplate.close_assistant(session.pending == [im_end]) if session.pending else ""
+        images, attached[:] = list(attached), []
         try:
-            ids = bundle.encode(close + template.user(line))
+            places = _image_span_text(bundle, len(images)) if images else ""
+            ids = bundle.encode(close + template.user(places + line))
             stream = TextStream(bundle, lambda s: print(s, end="", flush=True))
 
             def show(token: int, stream=stream):  # the reply's text, without the stop token
@@ -154,7 +209,8 @@ def cmd_chat(args) -> int:
                     stream(token)
 
             with _interruptible() as interrupted:
-                result = session.generate(ids, args.max_new_tokens, sampler, on_token=show, cancelled=interrupted)
+                result = session.generate(ids, args.max_new_tokens, sampler, on_token=show, cancelled=interrupted,
+                                          images=images)
         except ContextOverflowError as err:
             print(f"\nerror: {err}", file=sys.stderr)
             continue
@@ -162,6 +218,21 @@ def cmd_chat(args) -> int:
         stopped = " (stopped by Ctrl-C)" if result.stop_reason == "cancelled" else ""
         print(_timings_line(result, f"position {session.position}/{bundle.max_seq_len}") + stopped, file=sys.stderr)
     return 0
+
+
+def _attach_image(line: str, bundle: Bundle, attached: list) -> None:
+    """/image PATH: decode and resize now (a bad file is reported at once), send with the next message."""
+    path = line.partition(" ")[2].strip()
+    try:
+        if not path:
+            raise UsageError("/image needs a PATH")
+        image = _load_images(bundle, [path], None)[0]
+    except UsageError as err:
+        print(f"error: {str(err).replace('--image: ', '/image: ', 1)}", file=sys.stderr)
+        return
+    attached.append(image)
+    (h, w), (eh, ew) = image.original_size, image.size
+    print(f"[image {path}: {w}x{h} -> {ew}x{eh}, {image.tokens} tokens; sent with your next message]", file=sys.stderr)
 
 
 def _chat_command(line: str, session, base, snapshot_dir: Path) -> str | None:
@@ -315,10 +386,17 @@ def add_bundle_commands(sub, add_prompt) -> None:
                                    "pybindings + our kernels), streaming text; timings go to stderr.",
                        epilog="examples:\n  qwen-mobile run out/nano-8da4w --prompt 'def add(a, b):'\n"
                               "  qwen-mobile run B --prompt-ids 1,2,3 --json - --dump-logits steps.npy\n"
-                              "  qwen-mobile run B --chat --prompt 'Write a haiku' --temperature 0.7 --seed 1")
+                              "  qwen-mobile run B --chat --prompt 'Write a haiku' --temperature 0.7 --seed 1\n"
+                              "  qwen-mobile run VLM_BUNDLE --chat --image photo.jpg --prompt 'What is in this picture?'")
     add_bundle(p)
     add_prompt(p)
     p.add_argument("--chat", action="store_true", help="wrap --prompt in the ChatML template as a user turn")
+    p.add_argument("--image", action="append", metavar="PATH",
+                   help="an image (PNG, JPEG, ...) to ask about; repeat for several. Bundles with image methods only. "
+                        "It goes before the text, or where --prompt-ids holds an image token")
+    p.add_argument("--image-size", metavar="S|HxW",
+                   help="encode at this one of the bundle's image sizes (default: the size rule of "
+                        "runtime/CONTRACT.md: closest shape, largest that does not upscale)")
     add_chat_flags(p)
     p.add_argument("--max-new-tokens", type=positive_int, default=64, help="default %(default)s")
     add_sampling(p)

@@ -79,6 +79,17 @@ def choose_image_size(height: int, width: int, sizes: Sequence[tuple[int, int]])
     return tuple(fitting[-1] if fitting else shaped[0])
 
 
+def synthetic_image(height: int, width: int) -> torch.Tensor:
+    """A fixed uint8 RGB [3, H, W] test card: gradients in two channels and a checkerboard in the third, so every
+    patch differs from its neighbours (benchmarks and checks that must not depend on a file)."""
+    rows = torch.arange(height)[:, None].expand(height, width)
+    cols = torch.arange(width)[None, :].expand(height, width)
+    red = rows * 255 // max(height - 1, 1)
+    green = cols * 255 // max(width - 1, 1)
+    blue = ((rows // 8 + cols // 8) % 2) * 200 + 28
+    return torch.stack([red, green, blue]).to(torch.uint8)  # [3,H,W]
+
+
 def parse_size(text: str, flag: str = "--image-size") -> tuple[int, int]:
     """'448' or '448x448' (height x width) -> (h, w)."""
     parts = text.lower().split("x")
