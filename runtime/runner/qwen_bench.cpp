@@ -5,6 +5,7 @@
 //
 //   qwen-bench --bundle DIR [--prompt-ids 1,2,3 | --prompt-len 128[,512] --seed 0] [--gen 64] [--runs 5]
 //              [--warmup 1] [--threads N] [--json OUT] [--dump-logits OUT.bin] [--power-root /] ...
+//   qwen-bench --bundle DIR --image RGB_FILE --image-size HxW [--prompt-ids ...]   (a bundle with a vision section)
 //   qwen-bench --serve --bundle DIR [--threads N] [--no-verify]
 //   qwen-bench --power-replay TRACE.jsonl [--json OUT]
 //
@@ -40,8 +41,10 @@
 #include <ctime>
 #include <deque>
 #include <fstream>
+#include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <random>
 #include <set>
 #include <sstream>
@@ -50,6 +53,7 @@
 #include <thread>
 #include <vector>
 
+#include "image_prompt.h"
 #include "json.h"
 #include "power.h"
 #include "safetensors.h"
@@ -125,6 +129,9 @@ struct Options {
   int emulated = -1;  // -1: detect
   bool unshared_arenas = false;
   bool serve = false;
+  std::string image_file;  // raw RGB, rows top to bottom
+  int64_t image_height = 0, image_width = 0;
+  bool print_positions = false;
 };
 
 const char* kUsage = R"(usage: qwen-bench --bundle DIR [options]
@@ -147,6 +154,16 @@ prompt and generation
   --warmup N            unmeasured runs before them (default 1)
   --threads N           ExecuTorch thread pool size (default: the pool's default)
   --no-verify           skip checking model.pte's sha256 against the manifest
+images (bundles exported with a vision tower: runtime/CONTRACT.md, "Images")
+  --image FILE          raw RGB pixels (3 bytes per pixel, rows top to bottom, no header) of exactly one of the
+                        manifest's vision.images sizes: resize first (the rule: runtime/images.py choose_image_size)
+  --image-size HxW      its height x width in pixels, e.g. 448x448 (as encode_image_<H>x<W> names it)
+                        The prompt marks the image's place with ONE image token (vision.image_token_id, inside
+                        vision_start/vision_end), which the runner expands to the image's tokens; without
+                        --prompt-ids the prompt is that span followed by the manifest's sample prompt. The report
+                        adds image_encode_ms; ttft_ms includes the encode
+  --print-positions     print the expanded prompt and its 3-row M-RoPE positions for --image-size as JSON and exit
+                        (runs nothing; for checking the position rule)
 serve (the Android app's engine)
   --serve               load the bundle once, then answer JSON-lines requests on stdin (generate, bench, reset,
                         save, load, info, cancel, quit) with JSON lines on stdout: runtime/runner/SERVE.md
@@ -243,7 +260,20 @@ Options parse_args(int argc, char** argv) {
       const std::string u = value();
       if (u != "yes" && u != "no") throw Failure("--emulated: expected yes or no, got '" + u + "'");
       o.emulated = u == "yes";
-    } else if (a == "--unshared-arenas") {
+    } else if (a == "--image") o.image_file = value();
+    else if (a == "--image-size") {
+      const std::string v = value();
+      const auto x = v.find('x');
+      char* end = nullptr;
+      const long long h = x == std::string::npos ? 0 : std::strtoll(v.substr(0, x).c_str(), &end, 10);
+      const bool h_ok = end && *end == '\0' && x > 0;
+      const long long w = x == std::string::npos ? 0 : std::strtoll(v.substr(x + 1).c_str(), &end, 10);
+      if (!h_ok || *end != '\0' || x + 1 >= v.size() || h < 1 || w < 1)
+        throw Failure("--image-size: expected HxW in pixels (height x width, e.g. 448x448), got '" + v + "'");
+      o.image_height = h;
+      o.image_width = w;
+    } else if (a == "--print-positions") o.print_positions = true;
+    else if (a == "--unshared-arenas") {
       // Test hook: give each method its own arenas, which must break decode-after-prefill (tests/native).
       o.unshared_arenas = true;
     } else {
@@ -259,12 +289,23 @@ Options parse_args(int argc, char** argv) {
     const std::pair<bool, const char*> bench_only[] = {
         {!o.prompt_ids.empty(), "--prompt-ids"}, {!o.prompt_lens.empty(), "--prompt-len"},
         {!o.json_out.empty(), "--json"}, {!o.dump_logits.empty(), "--dump-logits"}, {!o.etdump.empty(), "--etdump"},
-        {!o.power_log.empty(), "--power-log"}, {o.unshared_arenas, "--unshared-arenas"}};
+        {!o.power_log.empty(), "--power-log"}, {o.unshared_arenas, "--unshared-arenas"},
+        {!o.image_file.empty(), "--image"}, {o.image_height > 0, "--image-size"},
+        {o.print_positions, "--print-positions"}};
     for (const auto& f : bench_only)
       if (f.first)
         throw Failure(std::string("--serve: ") + f.second + " is a benchmark-mode option; send the settings in a "
                       "request instead (runtime/runner/SERVE.md)");
+    return o;
   }
+  if (!o.image_file.empty() && o.image_height == 0)
+    throw Failure("--image: give its size with --image-size HxW (raw RGB carries none)");
+  if (o.image_height > 0 && o.image_file.empty() && !o.print_positions)
+    throw Failure("--image-size: needs --image FILE (or --print-positions)");
+  if (o.print_positions && o.image_height == 0) throw Failure("--print-positions: needs --image-size HxW");
+  if (o.image_height > 0 && !o.prompt_lens.empty())
+    throw Failure("--prompt-len: random prompts have no image token; with --image give --prompt-ids holding one, "
+                  "or none (the image span + the manifest's sample prompt)");
   return o;
 }
 
@@ -587,6 +628,33 @@ class LmMethod {
   std::vector<int64_t> tokens_, pos_;
 };
 
+// A contiguous tensor over caller-owned memory, for a method input; it must outlive the execute() that reads it (an
+// input that is not memory-planned is used in place).
+class HostTensor {
+ public:
+  HostTensor(ScalarType type, std::initializer_list<int64_t> shape, const void* data) {
+    for (auto d : shape) sizes_.push_back(static_cast<TensorImpl::SizesType>(d));
+    strides_.resize(sizes_.size());
+    TensorImpl::StridesType stride = 1;
+    for (size_t d = sizes_.size(); d-- > 0;) {
+      strides_[d] = stride;
+      stride *= sizes_[d];
+    }
+    for (size_t d = 0; d < sizes_.size(); ++d) order_.push_back(static_cast<TensorImpl::DimOrderType>(d));
+    impl_ = std::make_unique<TensorImpl>(type, static_cast<ssize_t>(sizes_.size()), sizes_.data(),
+                                         const_cast<void*>(data), order_.data(), strides_.data());
+  }
+  HostTensor(const HostTensor&) = delete;
+  HostTensor& operator=(const HostTensor&) = delete;
+  et::EValue value() const { return et::EValue(::executorch::aten::Tensor(impl_.get())); }
+
+ private:
+  std::vector<TensorImpl::SizesType> sizes_;
+  std::vector<TensorImpl::DimOrderType> order_;
+  std::vector<TensorImpl::StridesType> strides_;
+  std::unique_ptr<TensorImpl> impl_;
+};
+
 int64_t argmax(const std::vector<float>& v) {
   // First maximum, as torch.argmax picks; a NaN anywhere is an error rather than a token.
   int64_t best = 0;
@@ -614,7 +682,18 @@ struct Bundle {
   std::set<int64_t> stop_ids;
   std::vector<int64_t> stop_ids_in_order;
   std::vector<StateBuffer> buffers;  // manifest state.buffers: the state_read / state_write layout
+  // Bundles with image methods only (manifest `vision`).
+  std::optional<Vision> vision;
+  int64_t hidden = 0;             // model.config.hidden_size: the width of embed_tokens' and the image's rows
+  int64_t max_embed_tokens = 0;   // most tokens per embed_tokens / prefill_embeddings call
 };
+
+// A method's max_tokens from the manifest when it lists one, else `fallback`.
+int64_t method_max_tokens(const Json& manifest, const char* method, int64_t fallback) {
+  const Json* m = manifest.at("program").at("methods").find(method);
+  const Json* n = m ? m->find("max_tokens") : nullptr;
+  return n && n->is_number() ? n->as_int() : fallback;
+}
 
 Bundle open_bundle(const std::string& dir, bool verify) {
   Bundle b;
@@ -656,6 +735,14 @@ Bundle open_bundle(const std::string& dir, bool verify) {
         }
         b.buffers.push_back(std::move(sb));
       }
+    }
+    if (const Json* vision = m.find("vision")) {
+      b.vision = Vision::parse(*vision);
+      b.hidden = m.at("model").at("config").at("hidden_size").as_int();
+      b.max_embed_tokens = std::min(method_max_tokens(m, kEmbedMethod, b.max_prefill),
+                                    method_max_tokens(m, kEmbeddingsPrefillMethod, b.max_prefill));
+      if (b.max_embed_tokens < 1) throw Failure("field 'program/methods/" + std::string(kEmbedMethod) +
+                                                "/max_tokens': must be >= 1");
     }
     // The bundle identity (runtime/bundle.py bundle_hash): sha256 of "name:sha256;" over the sorted file entries.
     std::vector<std::pair<std::string, std::string>> files;
@@ -712,6 +799,64 @@ class Model {
   }
 
   void decode(int64_t token, int64_t pos, std::vector<float>& logits) { decode_.run(&token, 1, pos, logits); }
+
+  // ---- images (CONTRACT.md, "Images"): these methods load on first use, so a text prompt loads nothing more ------
+
+  // rgb [H,W,3] uint8 at the size's pixels -> out [tokens * hidden] (copied out of the shared arenas).
+  void encode_image(const ImageSize& size, const uint8_t* rgb, std::vector<float>& out) {
+    et::Method& m = image_method(size.method);
+    HostTensor in(ScalarType::Byte, {size.height, size.width, 3}, rgb);
+    run(m, size.method.c_str(), {&in});
+    copy_floats(m, size.method.c_str(), size.tokens * bundle_.hidden, out);
+  }
+
+  // ids[0..n) -> out [n * hidden], at most `chunk` ids per embed_tokens call.
+  void embed(const int64_t* ids, size_t n, int64_t chunk, std::vector<float>& out) {
+    et::Method& m = image_method(kEmbedMethod);
+    out.resize(n * static_cast<size_t>(bundle_.hidden));
+    std::vector<float> part;
+    for (size_t i = 0; i < n; i += static_cast<size_t>(chunk)) {
+      const int64_t len = std::min<int64_t>(chunk, static_cast<int64_t>(n - i));
+      HostTensor tok(ScalarType::Long, {1, len}, ids + i);
+      run(m, kEmbedMethod, {&tok});
+      copy_floats(m, kEmbedMethod, len * bundle_.hidden, part);
+      std::copy(part.begin(), part.end(), out.begin() + static_cast<std::ptrdiff_t>(i * bundle_.hidden));
+    }
+  }
+
+  // embeds [n, hidden] at cache slots start_slot.., rope [3, n] row-major; logits after the last, at most `chunk`
+  // rows per prefill_embeddings call. A chunk at slot 0 resets the state in-graph, as `forward` does.
+  void prefill_embeddings(const std::vector<float>& embeds, const std::vector<int64_t>& rope, int64_t start_slot,
+                          int64_t chunk, std::vector<float>& logits) {
+    et::Method& m = image_method(kEmbeddingsPrefillMethod);
+    const size_t n = rope.size() / 3;
+    std::vector<int64_t> slots, rope_part;
+    for (size_t i = 0; i < n; i += static_cast<size_t>(chunk)) {
+      const size_t len = std::min<size_t>(static_cast<size_t>(chunk), n - i);
+      slots.resize(len);
+      for (size_t k = 0; k < len; ++k) slots[k] = start_slot + static_cast<int64_t>(i + k);
+      rope_part.clear();  // [3, n] -> its columns i..i+len as [3, len]
+      for (size_t r = 0; r < 3; ++r)
+        rope_part.insert(rope_part.end(), rope.begin() + static_cast<std::ptrdiff_t>(r * n + i),
+                         rope.begin() + static_cast<std::ptrdiff_t>(r * n + i + len));
+      const int64_t t = static_cast<int64_t>(len);
+      HostTensor e(ScalarType::Float, {1, t, bundle_.hidden}, embeds.data() + i * static_cast<size_t>(bundle_.hidden));
+      HostTensor s(ScalarType::Long, {t}, slots.data());
+      HostTensor rp(ScalarType::Long, {3, t}, rope_part.data());
+      run(m, kEmbeddingsPrefillMethod, {&e, &s, &rp});
+      last_logits(m, kEmbeddingsPrefillMethod, logits);
+    }
+  }
+
+  // One token at cache slot `slot` and rotary position `rope` (behind the slot after an image).
+  void decode_rope(int64_t token, int64_t slot, int64_t rope, std::vector<float>& logits) {
+    et::Method& m = image_method(kRopeDecodeMethod);
+    HostTensor tok(ScalarType::Long, {1, 1}, &token);
+    HostTensor s(ScalarType::Long, {1}, &slot);
+    HostTensor rp(ScalarType::Long, {1}, &rope);
+    run(m, kRopeDecodeMethod, {&tok, &s, &rp});
+    last_logits(m, kRopeDecodeMethod, logits);
+  }
 
   size_t arena_bytes() const { return program_.arena_bytes(); }
 
@@ -779,6 +924,41 @@ class Model {
   }
 
  private:
+  et::Method& image_method(const std::string& name) {
+    if (!bundle_.vision)
+      throw Failure(bundle_.dir + "/manifest.json: no vision section: this bundle takes no images (exported from a "
+                    "checkpoint without a vision tower)");
+    auto it = image_methods_.find(name);
+    if (it == image_methods_.end()) it = image_methods_.emplace(name, &program_.load_method(name.c_str())).first;
+    return *it->second;
+  }
+  static void run(et::Method& m, const char* name, std::initializer_list<const HostTensor*> inputs) {
+    size_t i = 0;
+    for (const HostTensor* t : inputs) check(m.set_input(t->value(), i++), name, "setting an input");
+    check(m.execute(), name, "execute");
+  }
+  static const ::executorch::aten::Tensor& float_output(et::Method& m, const char* name) {
+    const et::EValue& out = m.get_output(0);
+    if (!out.isTensor() || out.toTensor().scalar_type() != ScalarType::Float)
+      throw Failure(std::string("method '") + name + "': output 0 is not a float32 tensor");
+    return out.toTensor();
+  }
+  static void copy_floats(et::Method& m, const char* name, int64_t expected, std::vector<float>& out) {
+    const auto& t = float_output(m, name);
+    if (t.numel() != expected)
+      throw Failure(std::string("method '") + name + "': output 0 has " + std::to_string(t.numel()) +
+                    " values, expected " + std::to_string(expected) + " (tokens x model.config.hidden_size)");
+    out.assign(t.const_data_ptr<float>(), t.const_data_ptr<float>() + expected);
+  }
+  void last_logits(et::Method& m, const char* name, std::vector<float>& logits) const {
+    const auto& t = float_output(m, name);
+    if (t.numel() < bundle_.vocab || t.numel() % bundle_.vocab)
+      throw Failure(std::string("method '") + name + "': output 0 is not logits of vocab " +
+                    std::to_string(bundle_.vocab));
+    const float* last = t.const_data_ptr<float>() + (t.numel() - bundle_.vocab);
+    logits.assign(last, last + bundle_.vocab);
+  }
+
   et::Method& state_method(const char* name, et::Method*& slot) {
     if (!has_state_methods())
       throw Failure(bundle_.pte + ": this program has no state_read/state_write methods (exported by an older "
@@ -797,6 +977,33 @@ class Model {
   LmMethod forward_, decode_;
   et::Method* state_read_ = nullptr;
   et::Method* state_write_ = nullptr;
+  std::map<std::string, et::Method*> image_methods_;
+};
+
+// Prefills a laid-out prompt through the embeddings methods (CONTRACT.md, "Images", steps 2-4): the image encoded
+// (when `size` is given), the prompt embedded, the image's rows written over its tokens', then prefill_embeddings from
+// cache slot `start_slot`. Returns the seconds the encode took.
+double prefill_with_rope(Model& model, const Bundle& b, const ImagePromptLayout& layout, const ImageSize* size,
+                         const uint8_t* rgb, int64_t start_slot, int64_t chunk, std::vector<float>& logits) {
+  double encode_s = 0;
+  std::vector<float> image_rows, embeds;
+  if (size) {
+    const auto t0 = clock_type::now();
+    model.encode_image(*size, rgb, image_rows);
+    encode_s = now_s(t0);
+  }
+  model.embed(layout.tokens.data(), layout.tokens.size(), chunk, embeds);
+  std::copy(image_rows.begin(), image_rows.end(),
+            embeds.begin() + static_cast<std::ptrdiff_t>(layout.image_begin * static_cast<size_t>(b.hidden)));
+  model.prefill_embeddings(embeds, layout.rope, start_slot, chunk, logits);
+  return encode_s;
+}
+
+// An image for the benchmark's prompts: its pixels and the bundle size they are.
+struct BenchImage {
+  const ImageSize* size = nullptr;
+  std::vector<uint8_t> rgb;
+  std::string file;
 };
 
 // ---- the benchmark: prompts, runs, the bench-schema report ---------------------------------------------------
@@ -863,7 +1070,7 @@ struct BenchSettings {
 };
 
 struct RunOut {
-  double ttft_s = 0, prefill_s = 0, decode_s = 0;
+  double ttft_s = 0, prefill_s = 0, decode_s = 0, image_encode_s = 0;
   std::vector<double> step_s;
   std::vector<int64_t> ids;
 };
@@ -876,15 +1083,25 @@ struct BenchOutcome {
   std::vector<float> dumped;  // [gen, vocab] when BenchSettings::dump_logits
 };
 
-// One greedy run from position 0 (which resets the state).
+// One greedy run from position 0 (which resets the state); with `image`, `layout` is the prompt laid out for it.
 RunOut run_once(Model& model, const Bundle& b, const std::vector<int64_t>& prompt, const BenchSettings& s,
-                std::vector<float>& logits, std::vector<float>* dump) {
+                std::vector<float>& logits, std::vector<float>* dump, const BenchImage* image = nullptr,
+                const ImagePromptLayout* layout = nullptr) {
   RunOut r;
   const auto t0 = clock_type::now();
-  model.prefill(prompt.data(), prompt.size(), 0, s.chunk, logits);
-  r.prefill_s = now_s(t0);
-  r.ttft_s = r.prefill_s;
   int64_t pos = static_cast<int64_t>(prompt.size());
+  int64_t rope_delta = 0;  // rotary position - cache slot, for every token after the prompt
+  if (image) {
+    r.image_encode_s = prefill_with_rope(model, b, *layout, image->size, image->rgb.data(), 0,
+                                         std::min(s.chunk, b.max_embed_tokens), logits);
+    pos = static_cast<int64_t>(layout->tokens.size());
+    rope_delta = layout->next_rope - pos;
+  } else {
+    model.prefill(prompt.data(), prompt.size(), 0, s.chunk, logits);
+  }
+  const double elapsed = now_s(t0);
+  r.prefill_s = elapsed - r.image_encode_s;
+  r.ttft_s = elapsed;
   for (int64_t k = 0; k < s.gen; ++k) {
     if (dump) dump->insert(dump->end(), logits.begin(), logits.end());
     const int64_t tok = argmax(logits);
@@ -892,7 +1109,9 @@ RunOut run_once(Model& model, const Bundle& b, const std::vector<int64_t>& promp
     r.ids.push_back(tok);
     if ((s.stop_at_stop_ids && b.stop_ids.count(tok)) || k == s.gen - 1) break;
     const auto t1 = clock_type::now();
-    model.decode(tok, pos++, logits);
+    if (image) model.decode_rope(tok, pos, pos + rope_delta, logits);
+    else model.decode(tok, pos, logits);
+    ++pos;
     const double dt = now_s(t1);
     r.step_s.push_back(dt);
     r.decode_s += dt;
@@ -901,11 +1120,13 @@ RunOut run_once(Model& model, const Bundle& b, const std::vector<int64_t>& promp
 }
 
 // One prompt's entry of the report's `results`.
-Json prompt_result(const std::vector<int64_t>& prompt, const std::vector<RunOut>& outs, int64_t gen, bool identical) {
-  std::vector<double> ttft, pre, dec;
+// `fed`: the tokens prefill ran (the prompt, or with an image the prompt with its image token expanded).
+Json prompt_result(const std::vector<int64_t>& prompt, size_t fed, const std::vector<RunOut>& outs, int64_t gen,
+                   bool identical, const BenchImage* image) {
+  std::vector<double> ttft, pre, dec, enc;
   Json samples = Json::array();
   for (const auto& r : outs) {
-    const double pre_tps = r.prefill_s > 0 ? prompt.size() / r.prefill_s : 0.0;
+    const double pre_tps = r.prefill_s > 0 ? fed / r.prefill_s : 0.0;
     const Json dec_tps = r.step_s.empty() ? Json() : Json(r.step_s.size() / r.decode_s);
     ttft.push_back(r.ttft_s * 1e3);
     pre.push_back(pre_tps);
@@ -918,10 +1139,14 @@ Json prompt_result(const std::vector<int64_t>& prompt, const std::vector<RunOut>
     Json steps = Json::array();
     for (double d : r.step_s) steps.push(std::round(d * 1e7) / 1e4);  // ms, 4 decimals as runtime/bench.py
     s.set("decode_ms_per_token", std::move(steps));
+    if (image) {
+      s.set("image_encode_ms", r.image_encode_s * 1e3);
+      enc.push_back(r.image_encode_s * 1e3);
+    }
     samples.push(std::move(s));
   }
   Json res = Json::object();
-  res.set("prompt_tokens", static_cast<int64_t>(prompt.size()));
+  res.set("prompt_tokens", static_cast<int64_t>(fed));
   res.set("generate_tokens", gen);
   res.set("ttft_ms", stats(ttft));
   res.set("prefill_tok_s", stats(pre));
@@ -934,23 +1159,39 @@ Json prompt_result(const std::vector<int64_t>& prompt, const std::vector<RunOut>
   res.set("prompt_ids", std::move(pids));
   res.set("generated_ids", std::move(gids));
   res.set("runs_identical", identical);
+  if (image) {
+    // ttft_ms includes the encode; prefill_tok_s counts the image's tokens and leaves the encode out.
+    res.set("image_encode_ms", stats(enc));
+    Json im = Json::object();
+    im.set("method", image->size->method);
+    im.set("height", image->size->height);
+    im.set("width", image->size->width);
+    im.set("tokens", image->size->tokens);
+    im.set("file", image->file);
+    res.set("image", std::move(im));
+  }
   return res;
 }
 
 // Warmups (unmeasured) and measured runs of every prompt; the sampler, when given, is told the phase.
 BenchOutcome run_benchmark(Model& model, const Bundle& b, const PromptSet& ps, const BenchSettings& s,
-                           PowerSampler* sampler) {
+                           PowerSampler* sampler, const BenchImage* image = nullptr) {
   BenchOutcome o;
   std::vector<float> logits;
   for (size_t p = 0; p < ps.prompts.size(); ++p) {
     const auto& prompt = ps.prompts[p];
+    std::optional<ImagePromptLayout> layout;
+    if (image) layout = layout_image_prompt(*b.vision, prompt, 0, image->size, 0, "--prompt-ids");
+    const ImagePromptLayout* lp = layout ? &*layout : nullptr;
+    const size_t fed = layout ? layout->tokens.size() : prompt.size();
     if (sampler) sampler->set_phase("warmup");
-    for (int w = 0; w < s.warmup; ++w) run_once(model, b, prompt, s, logits, nullptr);
+    for (int w = 0; w < s.warmup; ++w) run_once(model, b, prompt, s, logits, nullptr, image, lp);
     if (sampler) sampler->set_phase("run");
     std::vector<RunOut> outs;
     const auto t_runs = clock_type::now();
     for (int r = 0; r < s.runs; ++r) {
-      outs.push_back(run_once(model, b, prompt, s, logits, s.dump_logits && p == 0 && r == 0 ? &o.dumped : nullptr));
+      outs.push_back(run_once(model, b, prompt, s, logits, s.dump_logits && p == 0 && r == 0 ? &o.dumped : nullptr,
+                              image, lp));
       o.run_tokens += static_cast<int64_t>(outs.back().ids.size());
     }
     o.run_wall_s += now_s(t_runs);
@@ -961,7 +1202,7 @@ BenchOutcome run_benchmark(Model& model, const Bundle& b, const PromptSet& ps, c
                    "may not be reset by a prefill at position 0\n", prompt.size());
       o.notes.push("runs of the " + std::to_string(prompt.size()) + "-token prompt produced different tokens");
     }
-    o.results.push(prompt_result(prompt, outs, s.gen, identical));
+    o.results.push(prompt_result(prompt, fed, outs, s.gen, identical, image));
   }
   return o;
 }
@@ -1155,16 +1396,76 @@ void emit_report(const Json& report, const std::string& json_out) {
   }
 }
 
+// --image: the bundle size it is, its pixels, and the prompts with the image span put first where none was given.
+std::unique_ptr<BenchImage> bench_image(const Options& o, const Bundle& b, PromptSet& ps) {
+  if (o.image_height == 0) return nullptr;
+  if (!b.vision)
+    throw Failure("--image: " + b.dir + "/manifest.json has no vision section: this bundle takes no images (exported "
+                  "from a checkpoint without a vision tower)");
+  auto image = std::make_unique<BenchImage>();
+  try {
+    image->size = &b.vision->size_for(o.image_height, o.image_width, "--image-size");
+  } catch (const std::runtime_error& e) {
+    throw Failure(e.what());
+  }
+  if (o.prompt_ids.empty()) {
+    const Vision& v = *b.vision;
+    ps.prompts[0].insert(ps.prompts[0].begin(), {v.vision_start_token_id, v.image_token_id, v.vision_end_token_id});
+    ps.source += ", after the image span (vision_start, image token, vision_end)";
+  }
+  if (o.print_positions) return image;
+  image->file = o.image_file;
+  const std::string bytes = read_file(o.image_file);
+  const size_t want = static_cast<size_t>(o.image_height * o.image_width * 3);
+  if (bytes.size() != want)
+    throw Failure("--image: " + o.image_file + " has " + std::to_string(bytes.size()) + " bytes; --image-size " +
+                  std::to_string(o.image_height) + "x" + std::to_string(o.image_width) + " needs " +
+                  std::to_string(want) + " (raw RGB, 3 bytes per pixel, no header)");
+  image->rgb.assign(bytes.begin(), bytes.end());
+  return image;
+}
+
+// --print-positions: the prompt as prefill_embeddings would take it (CONTRACT.md, "Images", steps 1 and 3).
+int print_positions(const Bundle& b, const PromptSet& ps, const ImageSize& size) {
+  const ImagePromptLayout l = layout_image_prompt(*b.vision, ps.prompts[0], 0, &size, 0, "--prompt-ids");
+  Json out = Json::object();
+  Json tokens = Json::array(), rope = Json::array();
+  for (auto t : l.tokens) tokens.push(t);
+  const size_t n = l.tokens.size();
+  for (size_t r = 0; r < 3; ++r) {
+    Json row = Json::array();
+    for (size_t i = 0; i < n; ++i) row.push(l.rope[r * n + i]);
+    rope.push(std::move(row));
+  }
+  out.set("method", size.method);
+  out.set("tokens", std::move(tokens));
+  out.set("rope_pos", std::move(rope));
+  out.set("image_begin", static_cast<int64_t>(l.image_begin));
+  out.set("image_end", static_cast<int64_t>(l.image_end));
+  out.set("next_rope_position", l.next_rope);
+  std::fputs((out.dump(0) + "\n").c_str(), stdout);
+  return 0;
+}
+
 int run_bench(const Options& o) {
   const auto t_start = clock_type::now();
   const Bundle b = open_bundle(o.bundle, o.verify);
+  PromptSet ps = make_prompts(b, o.prompt_ids, o.prompt_lens, o.seed, "token ids from --prompt-ids");
+  const std::unique_ptr<BenchImage> image = bench_image(o, b, ps);
+  if (o.print_positions) return print_positions(b, ps, *image->size);
   LoadInfo load;
   load.threads = init_runtime(b.manifest, o.threads);
 
   // Prompts and bounds first: a bad request fails before the model loads.
   const BenchSettings s = bench_settings(o, b);
-  const PromptSet ps = make_prompts(b, o.prompt_ids, o.prompt_lens, o.seed, "token ids from --prompt-ids");
-  check_prompts(b, ps, o.gen, "--prompt-ids", "--gen");
+  if (image) {
+    PromptSet expanded;  // what prefill runs: the image token expanded to the image's tokens
+    for (const auto& p : ps.prompts)
+      expanded.prompts.push_back(layout_image_prompt(*b.vision, p, 0, image->size, 0, "--prompt-ids").tokens);
+    check_prompts(b, expanded, o.gen, "--prompt-ids", "--gen");
+  } else {
+    check_prompts(b, ps, o.gen, "--prompt-ids", "--gen");
+  }
 
   const auto t_load = clock_type::now();
   EtdumpRecorder etdump(o.etdump);
@@ -1175,7 +1476,7 @@ int run_bench(const Options& o) {
 
   std::string power_why;
   const std::unique_ptr<PowerSampler> sampler = start_power(o, &power_why);
-  BenchOutcome outcome = run_benchmark(model, b, ps, s, sampler.get());
+  BenchOutcome outcome = run_benchmark(model, b, ps, s, sampler.get(), image.get());
   Json energy = finish_power(sampler.get(), o, power_why, outcome);
   etdump.write(outcome.notes);
   if (s.dump_logits) write_logits_dump(o.dump_logits, outcome.dumped);
@@ -1335,13 +1636,23 @@ class Fields {
 // The session's tokens, as runtime/session.py keeps them: `tokens` the model state has consumed (position =
 // tokens.size()), and `pending` the last sampled token, which the next turn's prefill consumes first. That is what
 // makes a chat that keeps its state token-for-token identical to one long prompt.
+// After an image the rotary position runs behind the cache slot (CONTRACT.md, "Images", step 5): `rope_delta` is the
+// (non-positive) difference for every later token; 0 for a text-only session, which runs forward/decode_token.
 struct Conversation {
   std::vector<int64_t> tokens, pending;
+  int64_t rope_delta = 0;
   int64_t position() const { return static_cast<int64_t>(tokens.size()); }
   void reset() {
     tokens.clear();
     pending.clear();
+    rope_delta = 0;
   }
+};
+
+// A generate request's image: pixels at one of the bundle's sizes.
+struct RequestImage {
+  const ImageSize* size = nullptr;
+  std::vector<uint8_t> rgb;
 };
 
 std::string json_list(const std::vector<int64_t>& ids) {  // as Python's json.dumps writes a list of ints
@@ -1374,6 +1685,17 @@ class Server {
     j.set("bundle_hash", b_.hash);
     j.set("snapshots", model_.has_state_methods());
     j.set("runner_version", QWEN_BENCH_VERSION);
+    if (b_.vision) {
+      Json sizes = Json::array();  // what a generate's image may be (an addition; absent on a text-only bundle)
+      for (const auto& i : b_.vision->images) {
+        Json e = Json::object();
+        e.set("height", i.height);
+        e.set("width", i.width);
+        e.set("tokens", i.tokens);
+        sizes.push(std::move(e));
+      }
+      j.set("image_sizes", std::move(sizes));
+    }
     return j;
   }
 
@@ -1451,6 +1773,7 @@ class Server {
         j.set("position", conv_.position());
         j.set("history_tokens", static_cast<int64_t>(conv_.tokens.size() + conv_.pending.size()));
         j.set("pending_tokens", static_cast<int64_t>(conv_.pending.size()));
+        if (b_.vision) j.set("rope_position", conv_.position() + conv_.rope_delta);
         const Json fields = ready_fields();
         for (const auto& kv : fields.members()) j.set(kv.first, kv.second);
         emit(j);
@@ -1488,10 +1811,13 @@ class Server {
     cfg.seed = static_cast<uint64_t>(f.integer("seed", 0, 0));
     const bool stop_at_stop_ids = f.boolean("stop_at_stop_ids", true);
     const bool cont = f.boolean("continue", false);
+    const Json* image_field = f.get("image");
     f.finish();
     if (const std::string why = cfg.invalid_field(); !why.empty()) throw RequestError(why);
+    const std::unique_ptr<RequestImage> image = image_field ? request_image(*image_field) : nullptr;
 
     std::vector<int64_t> feed = cont ? conv_.pending : std::vector<int64_t>{};
+    const size_t pending = feed.size();
     feed.insert(feed.end(), prompt.begin(), prompt.end());
     const int64_t start = cont ? conv_.position() : 0;
     if (feed.empty()) throw RequestError("prompt_ids: empty, and no token is pending from an earlier reply");
@@ -1499,27 +1825,47 @@ class Server {
       if (t < 0 || t >= b_.vocab)
         throw RequestError("prompt_ids: token " + std::to_string(t) + " is outside the vocabulary 0.." +
                            std::to_string(b_.vocab - 1));
-    const int64_t n = static_cast<int64_t>(feed.size());
+    // An image, or a turn after one (whose rotary positions run behind the slots), goes through the embeddings
+    // methods; a text-only session keeps forward/decode_token.
+    const int64_t rope_delta = cont ? conv_.rope_delta : 0;
+    std::optional<ImagePromptLayout> layout;
+    if (image || rope_delta != 0) {
+      try {
+        layout = layout_image_prompt(*b_.vision, feed, pending, image ? image->size : nullptr, start + rope_delta,
+                                     "prompt_ids");
+      } catch (const std::runtime_error& e) {
+        throw RequestError(e.what());
+      }
+    }
+    const int64_t n = layout ? static_cast<int64_t>(layout->tokens.size()) : static_cast<int64_t>(feed.size());
     if (start + n > b_.max_seq_len)
-      throw RequestError("prompt_ids: " + std::to_string(n) + " tokens do not fit: position " + std::to_string(start) +
-                         " + " + std::to_string(n) + " > the bundle's context of " + std::to_string(b_.max_seq_len) +
-                         " tokens (" + std::to_string(b_.max_seq_len - start) +
-                         " left); reset, or send a shorter prompt");
+      throw RequestError("prompt_ids: " + std::to_string(n) + " tokens" +
+                         (image ? " (the image's " + std::to_string(image->size->tokens) + " included)" : "") +
+                         " do not fit: position " + std::to_string(start) + " + " + std::to_string(n) +
+                         " > the bundle's context of " + std::to_string(b_.max_seq_len) + " tokens (" +
+                         std::to_string(b_.max_seq_len - start) + " left); reset, or send a shorter prompt");
 
     std::vector<int64_t> ids;
     std::string stop_reason = "max_new_tokens";
-    double prefill_s = 0, decode_s = 0, ttft_s = 0;
+    double prefill_s = 0, decode_s = 0, ttft_s = 0, encode_s = 0;
     int64_t steps = 0;
     if (queue_.cancelled(seq)) {
       stop_reason = "cancelled";  // cancelled while queued: the state is left as it was
     } else {
       if (!cont) conv_.reset();
       const auto t0 = clock_type::now();
-      model_.prefill(feed.data(), feed.size(), start, b_.max_prefill, logits_);
-      conv_.tokens.insert(conv_.tokens.end(), feed.begin(), feed.end());
+      if (layout) {
+        encode_s = prefill_with_rope(model_, b_, *layout, image ? image->size : nullptr,
+                                     image ? image->rgb.data() : nullptr, start, b_.max_embed_tokens, logits_);
+        conv_.tokens.insert(conv_.tokens.end(), layout->tokens.begin(), layout->tokens.end());
+        conv_.rope_delta = layout->next_rope - conv_.position();
+      } else {
+        model_.prefill(feed.data(), feed.size(), start, b_.max_prefill, logits_);
+        conv_.tokens.insert(conv_.tokens.end(), feed.begin(), feed.end());
+      }
       conv_.pending.clear();
-      prefill_s = now_s(t0);
-      ttft_s = prefill_s;
+      prefill_s = now_s(t0) - encode_s;
+      ttft_s = prefill_s + encode_s;
       Sampler sampler(cfg);
       auto t_prev = t0;
       for (int64_t i = 0; i < max_new; ++i) {
@@ -1539,7 +1885,8 @@ class Server {
         if (conv_.position() >= b_.max_seq_len) { stop_reason = "context_full"; break; }
         if (queue_.cancelled(seq)) { stop_reason = "cancelled"; break; }
         const auto t1 = clock_type::now();
-        model_.decode(tok, conv_.position(), logits_);
+        if (conv_.rope_delta != 0) model_.decode_rope(tok, conv_.position(), conv_.position() + conv_.rope_delta, logits_);
+        else model_.decode(tok, conv_.position(), logits_);
         conv_.tokens.push_back(tok);
         decode_s += now_s(t1);
         ++steps;
@@ -1558,7 +1905,52 @@ class Server {
     done.set("decode_tok_s", steps > 0 ? Json(static_cast<double>(steps) / decode_s) : Json());
     done.set("prefill_ms", prefill_s * 1e3);
     done.set("decode_ms", decode_s * 1e3);
+    if (image) {
+      done.set("image_encode_ms", encode_s * 1e3);  // included in ttft_ms, not in prefill_ms
+      done.set("image_tokens", image->size->tokens);
+    }
+    if (b_.vision) done.set("rope_position", conv_.position() + conv_.rope_delta);
     emit(done);
+  }
+
+  // The generate request's `image` field: {"width": W, "height": H, "rgb_base64": "..."}, at one of the bundle's sizes.
+  std::unique_ptr<RequestImage> request_image(const Json& field) const {
+    if (!field.is_object())
+      throw RequestError("image: expected {\"width\": W, \"height\": H, \"rgb_base64\": \"...\"}, got " +
+                         field.dump(0).substr(0, 80));
+    if (!b_.vision)
+      throw RequestError("image: this bundle has no vision section (exported from a checkpoint without a vision "
+                         "tower); it takes no images");
+    for (const auto& kv : field.members())
+      if (kv.first != "width" && kv.first != "height" && kv.first != "rgb_base64")
+        throw RequestError("image." + kv.first + ": unknown field (image takes width, height, rgb_base64)");
+    auto dimension = [&](const char* name) {
+      const Json* v = field.find(name);
+      if (!v || !v->is_number() || std::floor(v->as_double()) != v->as_double() || v->as_double() < 1 ||
+          v->as_double() > 1e6)
+        throw RequestError(std::string("image.") + name + ": required, a positive integer (pixels)");
+      return v->as_int();
+    };
+    const int64_t width = dimension("width"), height = dimension("height");
+    auto image = std::make_unique<RequestImage>();
+    try {
+      image->size = &b_.vision->size_for(height, width, "image");
+    } catch (const std::runtime_error& e) {
+      throw RequestError(e.what());
+    }
+    const Json* data = field.find("rgb_base64");
+    if (!data || !data->is_string()) throw RequestError("image.rgb_base64: required, the RGB bytes in base64");
+    try {
+      image->rgb = base64_decode(data->as_string(), "image.rgb_base64");
+    } catch (const std::runtime_error& e) {
+      throw RequestError(e.what());
+    }
+    const size_t want = static_cast<size_t>(width * height * 3);
+    if (image->rgb.size() != want)
+      throw RequestError("image.rgb_base64: " + std::to_string(image->rgb.size()) + " bytes; a " +
+                         std::to_string(height) + "x" + std::to_string(width) + " (HxW) RGB image has " +
+                         std::to_string(want) + " (3 bytes per pixel, rows top to bottom)");
+    return image;
   }
 
   void bench(Fields& f) {
@@ -1606,6 +1998,8 @@ class Server {
     file.metadata = {{"format", kSnapshotFormat}, {"version", kSnapshotVersion}, {"bundle_hash", b_.hash},
                      {"position", std::to_string(pos)}, {"tokens", json_list(conv_.tokens)},
                      {"pending", json_list(conv_.pending)}};
+    // Only a session holding an image has its rotary position behind its slot: text snapshots stay as they were.
+    if (conv_.rope_delta != 0) file.metadata.push_back({"rope_position", std::to_string(pos + conv_.rope_delta)});
     for (size_t i = 0; i < b_.buffers.size(); ++i) {
       const StateBuffer& sb = b_.buffers[i];
       NamedTensor t;
@@ -1684,6 +2078,18 @@ class Server {
       throw RequestError("path: " + path + ": snapshot header position " + (pos_text ? *pos_text : "none") +
                          " does not match its " + std::to_string(tokens.size()) + " tokens (context " +
                          std::to_string(b_.max_seq_len) + ")");
+    int64_t rope_delta = 0;
+    if (const std::string* rope = file.meta("rope_position")) {
+      char* end = nullptr;
+      const long long r = std::strtoll(rope->c_str(), &end, 10);
+      if (rope->empty() || *end != '\0' || r < 0 || r > pos)
+        throw RequestError("path: " + path + ": snapshot header rope_position '" + *rope + "' is not an integer in "
+                           "0.." + std::to_string(pos));
+      if (!b_.vision)
+        throw RequestError("path: " + path + ": the snapshot holds an image (rope_position), but this bundle has no "
+                           "vision section");
+      rope_delta = r - pos;
+    }
     for (const auto& list : {tokens, pending})
       for (auto t : list)
         if (t < 0 || t >= b_.vocab)
@@ -1717,6 +2123,7 @@ class Server {
     model_.write_state(full);
     conv_.tokens = tokens;
     conv_.pending = pending;
+    conv_.rope_delta = rope_delta;
     Json j = reply("ok");
     j.set("op", "load");
     j.set("path", path);
