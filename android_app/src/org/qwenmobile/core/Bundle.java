@@ -141,6 +141,41 @@ public final class Bundle {
         return f instanceof String ? new File(folder, (String) f) : null;
     }
 
+    /** The manifest's {@code vision} section (runtime/CONTRACT.md, "Images"); null for a bundle that takes no images. */
+    public Vision vision() {
+        Object v = manifest.get("vision");
+        return v == null ? null : new Vision(Json.obj(v, "vision"));
+    }
+
+    /** What a reader needs of {@code vision}: the image span's ids and the sizes the program encodes. */
+    public static final class Vision {
+        public final int imageTokenId;
+        public final int visionStartTokenId;
+        public final int visionEndTokenId;
+        public final java.util.List<ImageInput.Size> sizes;
+
+        Vision(Map<String, Object> v) {
+            imageTokenId = (int) Json.integer(v.get("image_token_id"), "vision/image_token_id");
+            visionStartTokenId = (int) Json.integer(v.get("vision_start_token_id"), "vision/vision_start_token_id");
+            visionEndTokenId = (int) Json.integer(v.get("vision_end_token_id"), "vision/vision_end_token_id");
+            List<ImageInput.Size> out = new ArrayList<ImageInput.Size>();
+            List<Object> images = Json.arr(v.get("images"), "vision/images");
+            for (int i = 0; i < images.size(); i++) {
+                String f = "vision/images[" + i + "]";
+                Map<String, Object> e = Json.obj(images.get(i), f);
+                out.add(new ImageInput.Size((int) Json.integer(e.get("height"), f + "/height"),
+                        (int) Json.integer(e.get("width"), f + "/width"), (int) Json.integer(e.get("tokens"), f + "/tokens"),
+                        Json.str(e.get("method"), f + "/method")));
+            }
+            sizes = java.util.Collections.unmodifiableList(out);
+        }
+
+        /** The size an image of height x width pixels is scaled to (the contract's rule). */
+        public ImageInput.Size sizeFor(int height, int width) {
+            return ImageInput.choose(height, width, sizes);
+        }
+    }
+
     /** Core ML bundles (an .mlpackage, or a .pte whose graph is one Core ML delegate) run only on Apple devices. */
     public boolean isAppleOnly() {
         String r = recipeName();

@@ -32,6 +32,8 @@ public final class ChatSession {
     public String systemPrompt;
     public ServeProtocol.Sampling sampling = ServeProtocol.Sampling.greedy();
     public int maxNewTokens = 256;
+    /** The bundle's {@code vision} section ({@link Bundle#vision()}); null: the bundle takes no images. */
+    public Bundle.Vision vision;
 
     private int position;           // tokens the runner's state holds
     private int[] pending = new int[0];  // sampled, not yet fed: the runner feeds it before the next prompt
@@ -56,20 +58,46 @@ public final class ChatSession {
 
     /** The ids the next turn sends for userText (the runner prepends its pending token itself). */
     public int[] nextPromptIds(String userText) {
+        return nextPromptIds(userText, false);
+    }
+
+    /**
+     * With an image, the user turn starts with vision_start, ONE image token and vision_end (Qwen's chat template puts
+     * the image before the question); the runner expands the image token. The ids come from the manifest, and the
+     * text is encoded in two pieces split at special tokens, which encode the same apart as together.
+     */
+    public int[] nextPromptIds(String userText, boolean withImage) {
         boolean fresh = position == 0 && pending.length == 0;
-        String text = (fresh && systemPrompt != null ? template.system(systemPrompt) : "") + close
-                + template.user(userText);
-        return tokenizer.encode(text);
+        String head = (fresh && systemPrompt != null ? template.system(systemPrompt) : "") + close;
+        if (!withImage) return tokenizer.encode(head + template.user(userText));
+        if (vision == null) throw new IllegalArgumentException("image: this bundle has no vision section; it takes no images");
+        int[] before = tokenizer.encode(head + ChatTemplate.IM_START + "user\n");
+        int[] after = tokenizer.encode(userText + ChatTemplate.IM_END + "\n" + template.generationPrompt());
+        int[] ids = new int[before.length + 3 + after.length];
+        System.arraycopy(before, 0, ids, 0, before.length);
+        ids[before.length] = vision.visionStartTokenId;
+        ids[before.length + 1] = vision.imageTokenId;
+        ids[before.length + 2] = vision.visionEndTokenId;
+        System.arraycopy(after, 0, ids, before.length + 3, after.length);
+        return ids;
     }
 
     public Reply send(String userText, final Listener listener)
             throws IOException, ServeProtocol.ProtocolException, ServeClient.RunnerError {
-        int[] prompt = nextPromptIds(userText);
+        return send(userText, null, listener);
+    }
+
+    /** A turn with an image already at one of the bundle's sizes ({@code app/BitmapImages}); null: text only. */
+    public Reply send(String userText, ImageInput image, final Listener listener)
+            throws IOException, ServeProtocol.ProtocolException, ServeClient.RunnerError {
+        ImageInput.Size size = image == null ? null : sizeOf(image);
+        int[] prompt = nextPromptIds(userText, image != null);
         final BpeTokenizer.StreamDecoder decoder = tokenizer.new StreamDecoder(true);
         final StringBuilder text = new StringBuilder();
         int start = position;
         int pendingBefore = pending.length;
-        ServeProtocol.Done done = client.generate(prompt, maxNewTokens, sampling, true, start > 0 || pendingBefore > 0,
+        ServeProtocol.Done done = client.generate(prompt, image, maxNewTokens, sampling, true,
+                start > 0 || pendingBefore > 0,
                 new ServeClient.TokenListener() {
                     @Override
                     public void onToken(int token, int index, double ms) {
@@ -83,8 +111,14 @@ public final class ChatSession {
         text.append(tail);
         if (listener != null && !tail.isEmpty()) listener.onText(tail);
         int generated = done.tokens.length;
-        // Consumed: the pending token, the prompt, and every generated token but the last (now pending).
-        int expected = start + pendingBefore + prompt.length + Math.max(0, generated - 1);
+        if (size != null && done.imageTokens != size.tokens) {
+            throw new IOException("the runner put " + done.imageTokens + " tokens for a " + size + " image in the prompt; "
+                    + "the manifest says " + size.tokens);
+        }
+        // Consumed: the pending token, the prompt (its image token expanded), and every generated token but the last
+        // (now pending).
+        int expected = start + pendingBefore + prompt.length + (size != null ? size.tokens - 1 : 0)
+                + Math.max(0, generated - 1);
         if (done.position != expected) {
             throw new IOException("runner position " + done.position + " after a turn that started at " + start
                     + " with " + pendingBefore + " pending, " + prompt.length + " prompt and " + generated
@@ -95,6 +129,13 @@ public final class ChatSession {
         boolean endedWithImEnd = generated > 0 && done.tokens[generated - 1] == imEnd;
         close = ChatTemplate.closeAssistant(endedWithImEnd);
         return new Reply(text.toString(), done);
+    }
+
+    private ImageInput.Size sizeOf(ImageInput image) {
+        if (vision == null) throw new IllegalArgumentException("image: this bundle has no vision section; it takes no images");
+        for (ImageInput.Size s : vision.sizes) if (s.height == image.height && s.width == image.width) return s;
+        throw new IllegalArgumentException("image: " + image.height + "x" + image.width + " (HxW) pixels; this bundle "
+                + "encodes " + vision.sizes + " (HxW) only: scale it to vision.sizeFor(height, width) first");
     }
 
     public void reset() throws IOException, ServeProtocol.ProtocolException, ServeClient.RunnerError {

@@ -17,7 +17,7 @@ import java.util.regex.Pattern;
  */
 public final class JsonSchema {
     private static final String[] KNOWN = {"$schema", "$id", "$defs", "$ref", "title", "description", "type", "const",
-        "enum", "required", "properties", "additionalProperties", "items", "minItems", "minProperties", "minLength",
+        "enum", "required", "properties", "additionalProperties", "items", "minItems", "maxItems", "minProperties", "minLength",
         "minimum", "maximum", "exclusiveMinimum", "pattern", "allOf", "anyOf", "oneOf", "if", "then", "else"};
 
     private final Map<String, Object> root;
@@ -130,7 +130,11 @@ public final class JsonSchema {
         if (v instanceof List) {
             List<Object> a = (List<Object>) v;
             if (s.containsKey("minItems") && a.size() < Json.integer(s.get("minItems"), "")) {
-                errors.add(new Error(show(path), Json.write(v) + " should be non-empty"));
+                boolean one = Json.integer(s.get("minItems"), "") == 1;
+                errors.add(new Error(show(path), Json.write(v) + (one ? " should be non-empty" : " is too short")));
+            }
+            if (s.containsKey("maxItems") && a.size() > Json.integer(s.get("maxItems"), "")) {
+                errors.add(new Error(show(path), Json.write(v) + " is too long"));
             }
             if (s.containsKey("items")) {
                 for (int i = 0; i < a.size(); i++) check(a.get(i), s.get("items"), join(path, String.valueOf(i)), errors);

@@ -107,8 +107,16 @@ public final class ServeClient implements Closeable {
     public ServeProtocol.Done generate(int[] promptIds, int maxNewTokens, ServeProtocol.Sampling sampling,
                                        boolean stopAtStopIds, boolean continueSession, TokenListener listener)
             throws IOException, ServeProtocol.ProtocolException, RunnerError {
+        return generate(promptIds, null, maxNewTokens, sampling, stopAtStopIds, continueSession, listener);
+    }
+
+    /** A generate whose prompt holds one image token for {@code image} (null: a text prompt). */
+    public ServeProtocol.Done generate(int[] promptIds, ImageInput image, int maxNewTokens,
+                                       ServeProtocol.Sampling sampling, boolean stopAtStopIds, boolean continueSession,
+                                       TokenListener listener)
+            throws IOException, ServeProtocol.ProtocolException, RunnerError {
         long id = nextId++;
-        send(ServeProtocol.generate(id, promptIds, maxNewTokens, sampling, stopAtStopIds, continueSession));
+        send(ServeProtocol.generate(id, promptIds, maxNewTokens, sampling, stopAtStopIds, continueSession, image));
         return expect(id, ServeProtocol.Type.DONE, listener).done();
     }
 

@@ -56,6 +56,15 @@ public final class ServeProtocol {
 
     public static String generate(Object id, int[] promptIds, int maxNewTokens, Sampling s, boolean stopAtStopIds,
                                   boolean continueSession) {
+        return generate(id, promptIds, maxNewTokens, s, stopAtStopIds, continueSession, null);
+    }
+
+    /**
+     * A generate with an image (null: none): the prompt marks its place with one image token, inside vision_start and
+     * vision_end, which the runner expands to the image's tokens (runtime/runner/SERVE.md).
+     */
+    public static String generate(Object id, int[] promptIds, int maxNewTokens, Sampling s, boolean stopAtStopIds,
+                                  boolean continueSession, ImageInput image) {
         if (promptIds.length == 0 && !continueSession) {
             throw new IllegalArgumentException("prompt_ids: empty prompt on a fresh session");
         }
@@ -71,6 +80,7 @@ public final class ServeProtocol {
         m.put("seed", s.seed);
         m.put("stop_at_stop_ids", stopAtStopIds);
         m.put("continue", continueSession);
+        if (image != null) m.put("image", image.requestField());
         return write(m);
     }
 
@@ -185,6 +195,9 @@ public final class ServeProtocol {
         public final double ttftMs;
         public final double prefillTokS;
         public final Double decodeTokS;  // null when no decode step ran (one token)
+        public final Double imageEncodeMs;  // with an image only; ttftMs includes it
+        public final int imageTokens;       // the image's tokens the runner put in the prompt; 0 without one
+        public final Integer ropePosition;  // bundles with a vision section: the next rotary position
 
         Done(Map<String, Object> f) {
             tokens = Json.intArray(f.get("tokens"), "tokens");
@@ -195,6 +208,12 @@ public final class ServeProtocol {
             prefillTokS = ((Number) f.get("prefill_tok_s")).doubleValue();
             Object d = f.get("decode_tok_s");
             decodeTokS = d == null ? null : ((Number) d).doubleValue();
+            Object e = f.get("image_encode_ms");
+            imageEncodeMs = e == null ? null : ((Number) e).doubleValue();
+            Object n = f.get("image_tokens");
+            imageTokens = n == null ? 0 : (int) (long) (Long) n;
+            Object r = f.get("rope_position");
+            ropePosition = r == null ? null : (int) (long) (Long) r;
         }
     }
 
@@ -251,6 +270,11 @@ public final class ServeProtocol {
                 need(m, line, "ttft_ms", Number.class);
                 need(m, line, "prefill_tok_s", Number.class);
                 if (m.get("decode_tok_s") != null) need(m, line, "decode_tok_s", Number.class);
+                if (m.get("image_encode_ms") != null || m.get("image_tokens") != null) {
+                    need(m, line, "image_encode_ms", Number.class);
+                    need(m, line, "image_tokens", Long.class);
+                }
+                if (m.get("rope_position") != null) need(m, line, "rope_position", Long.class);
                 break;
             case BENCH:
                 if (!(m.get("result") instanceof Map)) throw new ProtocolException("\"result\" must be an object", line);

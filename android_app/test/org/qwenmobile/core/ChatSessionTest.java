@@ -31,6 +31,8 @@ public class ChatSessionTest {
         final List<Integer> consumed = new ArrayList<Integer>();  // every token fed to the "model", in order
         Integer pending;
         int position;
+        int imageTokenId = 150;
+        int imageTokens;  // what the runner expands a generate's one image token to (SERVE.md)
         PrintStream out;
         BufferedReader in;
 
@@ -70,14 +72,18 @@ public class ChatSessionTest {
                             out.println("{\"event\":\"token\",\"id\":" + id + ",\"token\":" + reply[i] + ",\"index\":" + i
                                     + ",\"ms\":" + (i == 0 ? 40 : 10) + "}");
                         }
+                        boolean image = r.get("image") != null;
                         if (pending != null) consumed.add(pending);
-                        for (int x : prompt) consumed.add(x);
+                        for (int x : prompt) {
+                            for (int k = 0; k < (image && x == imageTokenId ? imageTokens : 1); k++) consumed.add(x);
+                        }
                         for (int k = 0; k + 1 < reply.length; k++) consumed.add(reply[k]);
                         pending = reply[reply.length - 1];
                         position = consumed.size();
                         out.println("{\"event\":\"done\",\"id\":" + id + ",\"tokens\":" + Json.write(Json.list(reply))
                                 + ",\"stop_reason\":\"stop_id\",\"prompt_tokens\":" + prompt.length + ",\"position\":"
-                                + position + ",\"ttft_ms\":40,\"prefill_tok_s\":100,\"decode_tok_s\":100}");
+                                + position + ",\"ttft_ms\":40,\"prefill_tok_s\":100,\"decode_tok_s\":100"
+                                + (image ? ",\"image_encode_ms\":25,\"image_tokens\":" + imageTokens : "") + "}");
                     } else if (op.equals("reset")) {
                         position = 0;
                         pending = null;
@@ -160,6 +166,61 @@ public class ChatSessionTest {
         chat.save(snap.getPath());
         chat.reset();
         assertEquals(0, chat.position());
+        client.quit();
+    }
+
+    @Test
+    public void aTurnWithAnImageSendsOneImageTokenAndCountsItsExpansion() throws Exception {
+        BpeTokenizer nano = BpeTokenizer.fromFile(TestFiles.file("models/nano/tokenizer.json"));
+        int imEnd = nano.tokenToId("<|im_end|>");
+        FakeRunner runner = new FakeRunner();
+        runner.imageTokens = 98;
+        int[] reply1 = concat(nano.encode("A cat."), new int[] {imEnd});
+        int[] reply2 = concat(nano.encode("Grey."), new int[] {imEnd});
+        runner.replies.add(reply1);
+        runner.replies.add(reply2);
+        ServeClient client = new ServeClient(runner.toApp, runner.fromApp);
+        runner.start();
+        ChatSession chat = new ChatSession(client, nano, client.awaitReady().stopIds, false);
+        byte[] rgb = new byte[224 * 448 * 3];
+        rgb[5] = 77;
+        ImageInput wrongSize = new ImageInput(448, 448, new byte[448 * 448 * 3]);
+        try {
+            chat.send("What is this?", wrongSize, null);
+            fail("an image on a bundle without a vision section was sent");
+        } catch (IllegalArgumentException e) {
+            assertEquals("image: this bundle has no vision section; it takes no images", e.getMessage());
+        }
+        Map<String, Object> manifest = ImageInputTest.goodManifest();
+        manifest.put("vision", ImageInputTest.visionSection());
+        chat.vision = Bundle.fromManifest(new File("."), manifest,
+                new JsonSchema(TestFiles.json("runtime/schemas/manifest.schema.json")), "b").vision();
+        try {
+            chat.send("What is this?", wrongSize, null);
+            fail("an image at a size the bundle does not encode was sent");
+        } catch (IllegalArgumentException e) {
+            assertEquals("image: 448x448 (HxW) pixels; this bundle encodes [224x224, 224x448] (HxW) only: scale it to "
+                    + "vision.sizeFor(height, width) first", e.getMessage());
+        }
+        assertEquals(0, runner.requests.size());
+        ChatSession.Reply r1 = chat.send("What is this?", new ImageInput(448, 224, rgb), null);
+        assertEquals("A cat.", r1.text);
+        assertEquals(25.0, r1.done.imageEncodeMs, 0);
+        Map<String, Object> request = runner.requests.get(0);
+        Map<String, Object> image = Json.obj(request.get("image"), "image");
+        assertEquals(448L, image.get("width"));
+        assertEquals(224L, image.get("height"));
+        assertArrayEquals(rgb, java.util.Base64.getDecoder().decode((String) image.get("rgb_base64")));
+        // The user turn holds vision_start, one image token and vision_end before the question, as Qwen's template.
+        int[] p1 = Json.intArray(request.get("prompt_ids"), "p");
+        int[] head = nano.encode("<|im_start|>user\n");
+        int[] tail = nano.encode("What is this?<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n");
+        assertArrayEquals(concat(head, new int[] {152, 150, 153}, tail), p1);
+        assertEquals(p1.length + 97 + reply1.length - 1, chat.position());
+        chat.send("Its colour?", null);  // a text turn after it: the runner keeps the rotary offset
+        assertEquals(null, runner.requests.get(1).get("image"));
+        assertEquals(Boolean.TRUE, runner.requests.get(1).get("continue"));
+        assertEquals(runner.consumed.size(), chat.position());
         client.quit();
     }
 
