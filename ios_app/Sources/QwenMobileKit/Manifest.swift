@@ -110,6 +110,10 @@ public struct Manifest {
   public let thinkingDefault: Bool?
   public let files: [String: FileEntry]
   public let samplePromptIDs: [Int]?
+  /// Bundles with image methods only (runtime/CONTRACT.md, "Images"); nil for a text bundle.
+  public let vision: VisionSpec?
+  /// model.config.hidden_size: the width of the embeddings the image methods pass around (nil when absent).
+  public let hiddenSize: Int?
 
   public var forward: MethodSpec { methods[Manifest.prefillMethod]! }
   public var decode: MethodSpec { methods[Manifest.decodeMethod]! }
@@ -202,6 +206,19 @@ public struct Manifest {
     guard !files.isEmpty else { throw root["files"].fail("empty") }
     self.files = files
     samplePromptIDs = root["sample_prompt"].exists ? try root["sample_prompt"]["ids"].ints() : nil
+    hiddenSize = try model["config"]["hidden_size"].optionalInt()
+    if root["vision"].exists {
+      let vision = try VisionSpec(root["vision"])
+      for name in [VisionSpec.embedMethod, VisionSpec.prefillMethod, VisionSpec.decodeMethod]
+        + vision.images.map(\.method)
+      where methods[name] == nil {
+        throw program["methods"][name].fail("missing (the vision section lists it)")
+      }
+      if hiddenSize == nil { throw model["config"]["hidden_size"].fail("missing (a bundle with images needs it)") }
+      self.vision = vision
+    } else {
+      vision = nil
+    }
   }
 
   /// The bundle's identity: sha256 of "name:sha256;" over its files in code-point order (runtime/bundle.py

@@ -52,12 +52,16 @@ enum ManifestSchema {
     for key in try methods.keys() {
       let m = methods[key]
       try requireObject(m, ["inputs", "outputs"])
-      var stateMethod = false
+      var tokenBounds = true  // every method but the state and image-encoder ones takes a token count
       if m["kind"].exists {
-        try oneOf(m["kind"], ["prefill", "decode", "state_read", "state_write"])
-        stateMethod = try m["kind"].string().hasPrefix("state_")
+        let kinds = [
+          "prefill", "decode", "state_read", "state_write", "embed", "prefill_embeddings", "decode_rope",
+          "encode_image",
+        ]
+        try oneOf(m["kind"], kinds)
+        tokenBounds = !["state_read", "state_write", "encode_image"].contains(try m["kind"].string())
       }
-      if !stateMethod { try requireObject(m, ["min_tokens", "max_tokens"]) }
+      if tokenBounds { try requireObject(m, ["min_tokens", "max_tokens"]) }
       for bound in ["min_tokens", "max_tokens"] where m[bound].exists {
         guard try m[bound].int() >= 1 else { throw m[bound].fail("must be >= 1") }
       }
@@ -116,6 +120,35 @@ enum ManifestSchema {
       for id in ids {
         guard try id.int() >= 0 else { throw id.fail("must be >= 0") }
       }
+    }
+
+    if root["vision"].exists {
+      let vision = root["vision"]
+      try requireObject(
+        vision,
+        [
+          "image_token_id", "vision_start_token_id", "vision_end_token_id", "patch_size", "spatial_merge_size",
+          "temporal_patch_size", "pixels", "images", "methods",
+        ])
+      for key in ["image_token_id", "vision_start_token_id", "vision_end_token_id"] {
+        guard try vision[key].int() >= 0 else { throw vision[key].fail("must be >= 0") }
+      }
+      for key in ["patch_size", "spatial_merge_size", "temporal_patch_size"] {
+        guard try vision[key].int() >= 1 else { throw vision[key].fail("must be >= 1") }
+      }
+      try requireObject(vision["pixels"], ["dtype", "layout"])
+      try oneOf(vision["pixels"]["dtype"], ["uint8"])
+      try oneOf(vision["pixels"]["layout"], ["HWC-RGB"])
+      let images = try vision["images"].array()
+      guard !images.isEmpty else { throw vision["images"].fail("must list at least one size") }
+      for image in images {
+        try requireObject(image, ["method", "height", "width", "grid_thw", "tokens"])
+        for key in ["height", "width", "tokens"] {
+          guard try image[key].int() >= 1 else { throw image[key].fail("must be >= 1") }
+        }
+        guard try image["grid_thw"].ints().count == 3 else { throw image["grid_thw"].fail("must hold 3 integers") }
+      }
+      try requireObject(vision["methods"], ["embed", "prefill", "decode"])
     }
   }
 

@@ -22,6 +22,7 @@
   extension Float: Scalar {}
   extension Int64: Scalar {}
   extension Int32: Scalar {}
+  extension UInt8: Scalar {}
 
   /// ExecuTorch+Value.swift: what execute() accepts
   public protocol ValueConvertible {}
