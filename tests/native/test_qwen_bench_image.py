@@ -12,6 +12,7 @@ import shutil
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from native_testlib import run_bench
@@ -177,3 +178,137 @@ def test_serve_image_errors_name_the_field(qwen_bench, manifest_only_vision, fp3
         assert "image_sizes" not in c.ready
         r = c.request(dict(op="generate", prompt_ids=prompt, image=image_field(96, 32)))
         assert r["event"] == "error" and r["message"].startswith("image: this bundle has no vision section")
+
+
+# -- a tiny exported vision bundle: the runner's tokens against the eager model ------------------------------------
+# Tower B of tests/models/test_vision_parity.py (4-pixel patches, merge 2): 32x48 pixels = 8x12 patches = 24 tokens
+# on a 4x6 merged grid, wide, so the H and W rotary rows differ. The prompt (5 + 26 + 6 = 37 tokens) takes three
+# prefill chunks of 16.
+VLM_SIZE = (32, 48)
+VLM_PROMPT = [11, 42, 7, 99, 3, START, IMAGE, END, 5, 17, 23, 64, 8, 120]
+VLM_GEN = 16
+VLM_TURN2 = [9, 31, 77, 4]
+# fp32 logits of the bundle vs eager, relative to max(1, max |logit|): tests/export/test_vision_bundle.py's bound.
+LOGITS_RELATIVE_ATOL = 1e-4
+
+
+@pytest.fixture(scope="module")
+def vlm(tmp_path_factory) -> tuple[Path, Path]:
+    """(checkpoint, bundle): tower B with an untied head (a tied tiny model greedily repeats one token, which would
+    make the comparison trivial). QWEN_NATIVE_TEST_VLM_DIR names a folder holding both, as this fixture writes them,
+    to skip the export while iterating."""
+    given = os.environ.get("QWEN_NATIVE_TEST_VLM_DIR")
+    if given:
+        return Path(given) / "checkpoint", Path(given) / "bundle"
+    import warnings
+
+    sys.path[:0] = [str(Path(__file__).resolve().parents[1] / "models"), str(Path(__file__).resolve().parents[1])]
+    from qwen_mobile.export import export
+    from test_vision_parity import make_hf_vlm
+
+    folder = tmp_path_factory.mktemp("vlm")
+    make_hf_vlm("B", "hv1x", tied=False).save_pretrained(folder / "checkpoint")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "no tokenizer.json": the bundle runs on token ids
+        export(str(folder / "checkpoint"), folder / "bundle", preset="xnnpack-fp32", image_sizes="32x48",
+               max_seq_len=96, max_prefill_chunk=16, progress=False)
+    return folder / "checkpoint", folder / "bundle"
+
+
+def pattern_rgb() -> torch.Tensor:
+    """A 32x48 image with structure (ramps and a checkerboard), uint8 [H,W,3]: exactly the bundle's size, so the
+    runner and the eager model see the same pixels with no resize in between."""
+    h, w = VLM_SIZE
+    rows = torch.arange(h)[:, None].expand(h, w)
+    cols = torch.arange(w)[None, :].expand(h, w)
+    return torch.stack([rows * 8, cols * 5, ((rows // 4 + cols // 4) % 2) * 255], dim=-1).to(torch.uint8)
+
+
+def eager_greedy(checkpoint: Path, prompt: list[int], rgb: torch.Tensor, n: int):
+    """Qwen35VisionLanguage over the prompt with its one image token expanded: greedy tokens and their logits."""
+    from qwen_mobile.models.vision_language import Qwen35VisionLanguage
+    from qwen_mobile.models.vision_preprocess import ImageProcessorConfig, normalize, patchify
+
+    model = Qwen35VisionLanguage.from_pretrained(checkpoint, max_seq_len=96)
+    processor = ImageProcessorConfig.from_pretrained(checkpoint, model.visual.config)
+    patches, gh, gw = patchify(normalize(rgb.permute(2, 0, 1), processor), processor)  # [H,W,3] -> [3,H,W]
+    grid = (1, gh, gw)
+    ids = expanded(prompt, gh * gw // 4)
+    tokens = model.generate(ids, patches, [grid], max_new_tokens=n)
+    logits = [model.prefill(ids, patches, [grid])[0, -1]]
+    for t in tokens[:-1]:
+        logits.append(model.decode(t)[0, -1])
+    return tokens, torch.stack(logits)  # [n, vocab]
+
+
+@pytest.mark.slow
+def test_image_question_equals_eager(qwen_bench, vlm, tmp_path):
+    checkpoint, bundle = vlm
+    rgb = pattern_rgb()
+    (tmp_path / "img.rgb").write_bytes(rgb.numpy().tobytes())
+    logits_file = tmp_path / "logits.bin"
+    out = tmp_path / "bench.json"
+    run_bench(qwen_bench, "--bundle", bundle, "--image", tmp_path / "img.rgb", "--image-size", "32x48",
+              "--prompt-ids", ",".join(map(str, VLM_PROMPT)), "--gen", VLM_GEN, "--runs", 2, "--warmup", 1,
+              "--no-power", "--dump-logits", logits_file, "--json", out)
+    result = json.loads(out.read_text())
+    from native_testlib import validate
+
+    validate(result)
+    res = result["results"][0]
+    want, want_logits = eager_greedy(checkpoint, VLM_PROMPT, rgb, VLM_GEN)
+    assert len(set(want)) >= 3, f"a degenerate greedy run proves little: {want}"
+    assert eager_greedy(checkpoint, VLM_PROMPT, 255 - rgb, VLM_GEN)[0] != want, "the image should move the tokens"
+    assert res["generated_ids"] == want and res["runs_identical"]
+    got_logits = torch.from_numpy(np.fromfile(logits_file, dtype=np.float32)).reshape(VLM_GEN, -1)
+    err = (got_logits - want_logits).abs().max().item()
+    bound = LOGITS_RELATIVE_ATOL * max(1.0, want_logits.abs().max().item())
+    assert err <= bound, f"max |qwen-bench - eager| logit = {err:.2e} > {bound:.2e}"
+    assert res["prompt_tokens"] == len(VLM_PROMPT) - 1 + 24
+    assert res["image"] == {"method": "encode_image_32x48", "height": 32, "width": 48, "tokens": 24,
+                            "file": str(tmp_path / "img.rgb")}
+    assert all(s["image_encode_ms"] > 0 for s in res["samples"])
+    assert res["ttft_ms"]["min"] > res["image_encode_ms"]["min"] > 0  # the time to first token includes the encode
+
+
+def rgb_field(rgb: torch.Tensor) -> dict:
+    return {"width": rgb.shape[1], "height": rgb.shape[0], "rgb_base64": base64.b64encode(rgb.numpy().tobytes()).decode()}
+
+
+@pytest.mark.slow
+def test_serve_image_turns_and_snapshots(qwen_bench, vlm, tmp_path):
+    """Served with base64 pixels: the eager tokens; a text turn after the image keeps the rotary position behind the
+    slot (= one generate over the whole conversation); a snapshot carries that offset."""
+    checkpoint, bundle = vlm
+    rgb = pattern_rgb()
+    want, _ = eager_greedy(checkpoint, VLM_PROMPT, rgb, VLM_GEN)
+    argv = [str(qwen_bench), "--serve", "--bundle", str(bundle)]
+    with ServeClient(argv, timeout=300) as c, ServeClient(argv, timeout=300) as fresh:
+        tokens, done = c.generate(VLM_PROMPT, VLM_GEN, stop_at_stop_ids=False, image=rgb_field(rgb))
+        assert tokens == want
+        fed = len(VLM_PROMPT) - 1 + 24
+        assert done["prompt_tokens"] == len(VLM_PROMPT) and done["image_tokens"] == 24
+        assert done["position"] == fed + VLM_GEN - 1
+        # Positions: 5 text, vision_start, the image's 4x6 grid advancing p by 6, vision_end and 6 text = 19 < 37.
+        assert done["rope_position"] == 19 + VLM_GEN - 1
+        assert done["image_encode_ms"] > 0 and done["ttft_ms"] > done["image_encode_ms"]
+
+        turn1, _ = c.generate(VLM_PROMPT, 6, stop_at_stop_ids=False, image=rgb_field(rgb))
+        saved = c.request({"op": "save", "path": str(tmp_path / "snap.safetensors")})
+        assert saved["event"] == "ok", saved
+        turn2, done2 = c.generate(VLM_TURN2, 8, stop_at_stop_ids=False, **{"continue": True})
+        assert done2["rope_position"] == 19 + 6 + len(VLM_TURN2) + 7 and "image_tokens" not in done2
+        whole, _ = fresh.generate(VLM_PROMPT + turn1 + VLM_TURN2, 8, stop_at_stop_ids=False, image=rgb_field(rgb))
+        assert turn2 == whole
+        want_whole, _ = eager_greedy(checkpoint, VLM_PROMPT + turn1 + VLM_TURN2, rgb, 8)
+        assert turn2 == want_whole
+
+        from safetensors import safe_open
+
+        with safe_open(str(tmp_path / "snap.safetensors"), framework="pt") as f:
+            assert f.metadata()["rope_position"] == str(19 + 5)
+        c.request({"op": "reset"})
+        loaded = c.request({"op": "load", "path": str(tmp_path / "snap.safetensors")})
+        assert loaded["position"] == fed + 5
+        assert c.request({"op": "info"})["rope_position"] == 19 + 5
+        assert c.generate(VLM_TURN2, 8, stop_at_stop_ids=False, **{"continue": True})[0] == turn2
