@@ -1998,8 +1998,9 @@ class Server {
     file.metadata = {{"format", kSnapshotFormat}, {"version", kSnapshotVersion}, {"bundle_hash", b_.hash},
                      {"position", std::to_string(pos)}, {"tokens", json_list(conv_.tokens)},
                      {"pending", json_list(conv_.pending)}};
-    // Only a session holding an image has its rotary position behind its slot: text snapshots stay as they were.
-    if (conv_.rope_delta != 0) file.metadata.push_back({"rope_position", std::to_string(pos + conv_.rope_delta)});
+    // runtime/session.py's key: rotary position minus slot. Only a session holding an image has one, so text
+    // snapshots stay as they were (absent reads as 0 on both sides).
+    if (conv_.rope_delta != 0) file.metadata.push_back({"rope_offset", std::to_string(conv_.rope_delta)});
     for (size_t i = 0; i < b_.buffers.size(); ++i) {
       const StateBuffer& sb = b_.buffers[i];
       NamedTensor t;
@@ -2079,16 +2080,16 @@ class Server {
                          " does not match its " + std::to_string(tokens.size()) + " tokens (context " +
                          std::to_string(b_.max_seq_len) + ")");
     int64_t rope_delta = 0;
-    if (const std::string* rope = file.meta("rope_position")) {
+    if (const std::string* rope = file.meta("rope_offset")) {
       char* end = nullptr;
       const long long r = std::strtoll(rope->c_str(), &end, 10);
-      if (rope->empty() || *end != '\0' || r < 0 || r > pos)
-        throw RequestError("path: " + path + ": snapshot header rope_position '" + *rope + "' is not an integer in "
-                           "0.." + std::to_string(pos));
-      if (!b_.vision)
-        throw RequestError("path: " + path + ": the snapshot holds an image (rope_position), but this bundle has no "
-                           "vision section");
-      rope_delta = r - pos;
+      if (rope->empty() || *end != '\0' || r > 0 || r < -pos)
+        throw RequestError("path: " + path + ": snapshot header rope_offset '" + *rope + "' is not an integer in " +
+                           std::to_string(-pos) + "..0");
+      if (r != 0 && !b_.vision)
+        throw RequestError("path: " + path + ": the snapshot holds an image (rope_offset " + *rope + "), but this "
+                           "bundle has no vision section");
+      rope_delta = r;
     }
     for (const auto& list : {tokens, pending})
       for (auto t : list)

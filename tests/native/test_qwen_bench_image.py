@@ -306,9 +306,25 @@ def test_serve_image_turns_and_snapshots(qwen_bench, vlm, tmp_path):
         from safetensors import safe_open
 
         with safe_open(str(tmp_path / "snap.safetensors"), framework="pt") as f:
-            assert f.metadata()["rope_position"] == str(19 + 5)
+            assert f.metadata()["rope_offset"] == str((19 + 5) - (fed + 5))  # runtime/session.py's key and sign
         c.request({"op": "reset"})
         loaded = c.request({"op": "load", "path": str(tmp_path / "snap.safetensors")})
         assert loaded["position"] == fed + 5
         assert c.request({"op": "info"})["rope_position"] == 19 + 5
+        assert c.generate(VLM_TURN2, 8, stop_at_stop_ids=False, **{"continue": True})[0] == turn2
+
+        # The runner's snapshot in Python's Session, and Python's in the runner (runtime/session.py).
+        from qwen_mobile.runtime.bundle import Bundle
+        from qwen_mobile.runtime.images import bundle_image
+
+        py = Bundle(bundle)
+        session = py.session()
+        assert session.load(tmp_path / "snap.safetensors").rope_offset == (19 + 5) - (fed + 5)
+        assert session.generate(VLM_TURN2, 8, stop_ids=set()).ids == turn2
+        session = py.session()
+        image = bundle_image(rgb.permute(2, 0, 1).contiguous(), py.vision)  # [H,W,3] -> [3,H,W], no resize
+        assert session.generate(VLM_PROMPT, 6, stop_ids=set(), images=[image]).ids == turn1
+        session.save(tmp_path / "python.safetensors")
+        c.request({"op": "reset"})
+        assert c.request({"op": "load", "path": str(tmp_path / "python.safetensors")})["position"] == fed + 5
         assert c.generate(VLM_TURN2, 8, stop_at_stop_ids=False, **{"continue": True})[0] == turn2
