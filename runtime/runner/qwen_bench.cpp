@@ -132,6 +132,7 @@ struct Options {
   std::string image_file;  // raw RGB, rows top to bottom
   int64_t image_height = 0, image_width = 0;
   bool print_positions = false;
+  bool no_image_rows = false;
 };
 
 const char* kUsage = R"(usage: qwen-bench --bundle DIR [options]
@@ -162,6 +163,9 @@ images (bundles exported with a vision tower: runtime/CONTRACT.md, "Images")
                         vision_start/vision_end), which the runner expands to the image's tokens; without
                         --prompt-ids the prompt is that span followed by the manifest's sample prompt. The report
                         adds image_encode_ms; ttft_ms includes the encode
+  --no-image-rows       skip the report's `images` rows, which a bundle with a vision section gets by default: per
+                        image size, the encode and the time to first token of the synthetic test card + 16 text
+                        tokens (runtime/bench.py's rows; warmups and runs as for the prompts)
   --print-positions     print the expanded prompt and its 3-row M-RoPE positions for --image-size as JSON and exit
                         (runs nothing; for checking the position rule)
 serve (the Android app's engine)
@@ -273,6 +277,7 @@ Options parse_args(int argc, char** argv) {
       o.image_height = h;
       o.image_width = w;
     } else if (a == "--print-positions") o.print_positions = true;
+    else if (a == "--no-image-rows") o.no_image_rows = true;
     else if (a == "--unshared-arenas") {
       // Test hook: give each method its own arenas, which must break decode-after-prefill (tests/native).
       o.unshared_arenas = true;
@@ -1081,6 +1086,7 @@ struct BenchOutcome {
   int64_t run_tokens = 0;
   double run_wall_s = 0;
   std::vector<float> dumped;  // [gen, vocab] when BenchSettings::dump_logits
+  Json images;                 // the report's `images` rows (bundles with a vision section), else null
 };
 
 // One greedy run from position 0 (which resets the state); with `image`, `layout` is the prompt laid out for it.
@@ -1173,6 +1179,70 @@ Json prompt_result(const std::vector<int64_t>& prompt, size_t fed, const std::ve
   return res;
 }
 
+// runtime/images.py synthetic_image: the fixed test card [H,W,3] (gradients in R and G, a checkerboard in B), so the
+// image rows need no file and match the host's.
+std::vector<uint8_t> synthetic_image(int64_t height, int64_t width) {
+  std::vector<uint8_t> rgb(static_cast<size_t>(height * width * 3));
+  for (int64_t r = 0; r < height; ++r)
+    for (int64_t c = 0; c < width; ++c) {
+      uint8_t* px = &rgb[static_cast<size_t>((r * width + c) * 3)];
+      px[0] = static_cast<uint8_t>(r * 255 / std::max<int64_t>(height - 1, 1));
+      px[1] = static_cast<uint8_t>(c * 255 / std::max<int64_t>(width - 1, 1));
+      px[2] = static_cast<uint8_t>(((r / 8 + c / 8) % 2) * 200 + 28);
+    }
+  return rgb;
+}
+
+constexpr int64_t kImagePromptTextTokens = 16;  // runtime/bench.py IMAGE_PROMPT_TEXT_TOKENS: a short question
+
+// The bench schema's `images` rows, as runtime/bench.py bench_images measures them: per bundle image size, the test
+// card before 16 random text tokens, greedy to the first token from position 0; encode_ms is the encode_image call,
+// ttft_ms the whole prompt (encode, embed, prefill, the first argmax).
+Json bench_images(Model& model, const Bundle& b, int runs, int warmup, uint64_t seed, int64_t chunk, Json& notes) {
+  Json out = Json::array();
+  const Vision& v = *b.vision;
+  std::vector<int64_t> prompt = {v.vision_start_token_id, v.image_token_id, v.vision_end_token_id};
+  std::mt19937_64 rng(seed + static_cast<uint64_t>(kImagePromptTextTokens));
+  std::uniform_int_distribution<int64_t> dist(0, b.vocab - 1);
+  for (int64_t i = 0; i < kImagePromptTextTokens; ++i) {
+    int64_t t = dist(rng);
+    while (b.stop_ids.count(t) || t == v.image_token_id || t == v.vision_start_token_id ||
+           t == v.vision_end_token_id)
+      t = (t + 1) % b.vocab;
+    prompt.push_back(t);
+  }
+  std::vector<float> logits;
+  for (const ImageSize& size : v.images) {
+    const ImagePromptLayout layout = layout_image_prompt(v, prompt, 0, &size, 0, "images");
+    if (static_cast<int64_t>(layout.tokens.size()) > b.max_seq_len) {
+      notes.push("images: " + size.method + " skipped: its prompt of " + std::to_string(layout.tokens.size()) +
+                 " tokens exceeds the context of " + std::to_string(b.max_seq_len));
+      continue;
+    }
+    const std::vector<uint8_t> rgb = synthetic_image(size.height, size.width);
+    std::vector<double> encode, ttft;
+    for (int r = 0; r < warmup + runs; ++r) {
+      const auto t0 = clock_type::now();
+      const double encode_s = prefill_with_rope(model, b, layout, &size, rgb.data(), 0, chunk, logits);
+      argmax(logits);
+      const double ttft_s = now_s(t0);
+      if (r < warmup) continue;
+      encode.push_back(encode_s * 1e3);
+      ttft.push_back(ttft_s * 1e3);
+    }
+    Json row = Json::object();
+    row.set("height", size.height);
+    row.set("width", size.width);
+    row.set("method", size.method);
+    row.set("tokens", size.tokens);
+    row.set("prompt_tokens", static_cast<int64_t>(layout.tokens.size()));
+    row.set("encode_ms", stats(encode));
+    row.set("ttft_ms", stats(ttft));
+    out.push(std::move(row));
+  }
+  return out;
+}
+
 // Warmups (unmeasured) and measured runs of every prompt; the sampler, when given, is told the phase.
 BenchOutcome run_benchmark(Model& model, const Bundle& b, const PromptSet& ps, const BenchSettings& s,
                            PowerSampler* sampler, const BenchImage* image = nullptr) {
@@ -1261,6 +1331,7 @@ Json bench_report(const Bundle& b, const PromptSet& ps, const BenchSettings& s, 
   settings.set("stop_at_stop_ids", s.stop_at_stop_ids);
   out.set("settings", std::move(settings));
   out.set("results", std::move(outcome.results));
+  if (!outcome.images.is_null()) out.set("images", std::move(outcome.images));
   Json memory = Json::object();
   memory.set("peak_rss_bytes", static_cast<int64_t>(ru.ru_maxrss) * 1024);
   memory.set("load_rss_bytes", load.rss_bytes >= 0 ? Json(load.rss_bytes) : Json());
@@ -1478,6 +1549,10 @@ int run_bench(const Options& o) {
   const std::unique_ptr<PowerSampler> sampler = start_power(o, &power_why);
   BenchOutcome outcome = run_benchmark(model, b, ps, s, sampler.get(), image.get());
   Json energy = finish_power(sampler.get(), o, power_why, outcome);
+  // After the energy window: the image rows are not part of the measured token runs.
+  if (b.vision && !o.no_image_rows)
+    outcome.images = bench_images(model, b, s.runs, s.warmup, o.seed, std::min(s.chunk, b.max_embed_tokens),
+                                  outcome.notes);
   etdump.write(outcome.notes);
   if (s.dump_logits) write_logits_dump(o.dump_logits, outcome.dumped);
 
@@ -1963,6 +2038,7 @@ class Server {
     s.warmup = static_cast<int>(f.integer("warmup", 1, 0));
     const uint64_t seed = static_cast<uint64_t>(f.integer("seed", 0, 0));
     s.stop_at_stop_ids = f.boolean("stop_at_stop_ids", false);
+    const bool image_rows = f.boolean("images", true);
     s.chunk = b_.max_prefill;
     f.finish();
     if (!ids.empty() && !lens.empty()) throw RequestError("prompt_ids, prompt_lens: give one of them, not both");
@@ -1977,6 +2053,8 @@ class Server {
     // Every run starts at position 0, which resets the state: the conversation is gone afterwards.
     conv_.reset();
     BenchOutcome outcome = run_benchmark(model_, b_, ps, s, nullptr);
+    if (b_.vision && image_rows)
+      outcome.images = bench_images(model_, b_, s.runs, s.warmup, seed, b_.max_embed_tokens, outcome.notes);
     outcome.notes.push("energy not sampled: serve mode leaves battery sampling to the app");
     Json j = reply("bench");
     j.set("result", bench_report(b_, ps, s, load_, outcome, Json(), o_.emulated, t_start));

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from native_testlib import run_bench
+from native_testlib import run_bench, validate
 from qwen_mobile.runtime import native
 
 sys.path.insert(0, str(native.RUNTIME_DIR / "scripts"))
@@ -252,8 +252,6 @@ def test_image_question_equals_eager(qwen_bench, vlm, tmp_path):
               "--prompt-ids", ",".join(map(str, VLM_PROMPT)), "--gen", VLM_GEN, "--runs", 2, "--warmup", 1,
               "--no-power", "--dump-logits", logits_file, "--json", out)
     result = json.loads(out.read_text())
-    from native_testlib import validate
-
     validate(result)
     res = result["results"][0]
     want, want_logits = eager_greedy(checkpoint, VLM_PROMPT, rgb, VLM_GEN)
@@ -269,6 +267,11 @@ def test_image_question_equals_eager(qwen_bench, vlm, tmp_path):
                             "file": str(tmp_path / "img.rgb")}
     assert all(s["image_encode_ms"] > 0 for s in res["samples"])
     assert res["ttft_ms"]["min"] > res["image_encode_ms"]["min"] > 0  # the time to first token includes the encode
+    # The bench schema's image rows, as runtime/bench.py writes them: the test card + 16 text tokens per size.
+    (row,) = result["images"]
+    assert (row["method"], row["height"], row["width"], row["tokens"]) == ("encode_image_32x48", 32, 48, 24)
+    assert row["prompt_tokens"] == 3 - 1 + 24 + 16
+    assert row["ttft_ms"]["min"] > row["encode_ms"]["min"] > 0
 
 
 def rgb_field(rgb: torch.Tensor) -> dict:
@@ -328,3 +331,10 @@ def test_serve_image_turns_and_snapshots(qwen_bench, vlm, tmp_path):
         c.request({"op": "reset"})
         assert c.request({"op": "load", "path": str(tmp_path / "python.safetensors")})["position"] == fed + 5
         assert c.generate(VLM_TURN2, 8, stop_at_stop_ids=False, **{"continue": True})[0] == turn2
+
+        # A served bench carries the image rows too (the app's device runs), unless asked not to.
+        bench = c.request({"op": "bench", "prompt_lens": [8], "gen": 2, "runs": 1, "warmup": 0})["result"]
+        validate(bench)
+        assert [(r["method"], r["prompt_tokens"]) for r in bench["images"]] == [("encode_image_32x48", 42)]
+        bench = c.request({"op": "bench", "prompt_lens": [8], "gen": 2, "runs": 1, "warmup": 0, "images": False})
+        assert "images" not in bench["result"]
