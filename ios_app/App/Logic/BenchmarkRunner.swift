@@ -93,6 +93,7 @@ public final class BenchmarkRunner {
       }
     }
     let end = probe.snapshot()
+    let images = try imageRows(options)
     let energy = EnergyObservation(
       batteryStartPct: start.batteryPct, batteryEndPct: end.batteryPct, batteryState: end.batteryState,
       lowPowerMode: start.lowPowerMode || end.lowPowerMode, cpuSeconds: probe.cpuSeconds() - cpu0,
@@ -106,10 +107,43 @@ public final class BenchmarkRunner {
         format: "process CPU time %.3f s for %d generated tokens (energy proxy)",
         energy.cpuSeconds ?? 0, generated))
     onEvent?(.finished)
-    return BenchReport(
+    var report = BenchReport(
       manifest: manifest, bundlePath: bundlePath, device: probe.deviceInfo(), settings: settings,
       runtime: engine.runtimeDescription, appVersion: appVersion, samples: samples,
       peakMemoryBytes: probe.peakMemoryBytes(), loadMs: loadMs, energy: energy, notes: notes)
+    report.images = images
+    return report
+  }
+
+  /// Text tokens after the image in the image rows (runtime/bench.py IMAGE_PROMPT_TEXT_TOKENS).
+  static let imagePromptTextTokens = 16
+
+  /// The bench schema's `images` rows, as runtime/bench.py measures them: per image size of a bundle with a vision
+  /// section, the test card before 16 random text tokens, one greedy token; the encode and the whole prompt's time
+  /// to first token. Empty for a text bundle or an engine without image methods.
+  func imageRows(_ options: Options) throws -> [ImageBenchRow] {
+    let manifest = engine.planner.manifest
+    guard let vision = manifest.vision, engine is ImageInferenceEngine else { return [] }
+    let avoid = Set(manifest.stopIDs + [vision.imageTokenID, vision.visionStartTokenID, vision.visionEndTokenID])
+    let text = BenchmarkRunner.prompt(
+      length: BenchmarkRunner.imagePromptTextTokens, vocab: manifest.vocabSize, seed: options.seed, avoid: avoid)
+    let prompt = [vision.visionStartTokenID, vision.imageTokenID, vision.visionEndTokenID] + text
+    var rows: [ImageBenchRow] = []
+    for size in vision.images {
+      let card = ImageRGB.testCard(height: size.height, width: size.width)
+      var row = ImageBenchRow(size: size, promptTokens: prompt.count - 1 + size.tokens)
+      for i in 0..<(options.settings.warmup + options.settings.runs) {
+        if isCancelled() { throw BundleError("benchmark cancelled") }
+        let session = GenerationSession(engine: engine)
+        var sampler = Sampler(.greedy)
+        let result = try session.generate(prompt, maxNewTokens: 1, sampler: &sampler, stopIDs: [], image: card)
+        guard i >= options.settings.warmup else { continue }
+        row.encodeMs.append(result.imageEncodeMs ?? 0)
+        row.ttftMs.append(result.ttftMs)
+      }
+      rows.append(row)
+    }
+    return rows
   }
 
   /// Waits (polling) until the thermal state is nominal; false if the timeout passed first.

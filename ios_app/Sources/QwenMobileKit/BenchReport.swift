@@ -123,6 +123,29 @@ public struct BenchSettings: Equatable {
   }
 }
 
+/// One image size's measured runs for the bench schema's `images` rows (runtime/bench.py bench_images): the test
+/// card before a short text prompt, greedy to the first token.
+public struct ImageBenchRow: Equatable {
+  public let size: ImageSizeSpec
+  public let promptTokens: Int  // the whole prompt, the image's tokens included
+  public var encodeMs: [Double] = []
+  public var ttftMs: [Double] = []
+
+  public init(size: ImageSizeSpec, promptTokens: Int) {
+    self.size = size
+    self.promptTokens = promptTokens
+  }
+
+  var json: [String: Any] {
+    get throws {
+      [
+        "height": size.height, "width": size.width, "method": size.method, "tokens": size.tokens,
+        "prompt_tokens": promptTokens, "encode_ms": try Stats(encodeMs).json, "ttft_ms": try Stats(ttftMs).json,
+      ]
+    }
+  }
+}
+
 /// A benchmark result in the bench schema (runtime/schemas/bench.schema.json, version 1), producer "ios-app".
 public struct BenchReport {
   public var manifest: Manifest
@@ -138,6 +161,8 @@ public struct BenchReport {
   public var energy: EnergyObservation?
   public var notes: [String]
   public var created: Date
+  /// Bundles with a vision section: the schema's `images` rows (absent from the JSON when empty).
+  public var images: [ImageBenchRow] = []
 
   public init(
     manifest: Manifest, bundlePath: String?, device: DeviceInfo, settings: BenchSettings, runtime: String,
@@ -202,6 +227,7 @@ public struct BenchReport {
       "notes": notes + (settings.computeUnits.map { ["Core ML compute units: \($0)"] } ?? []),
     ]
     doc["energy"] = energy.map { energyJSON($0) } ?? NSNull()
+    if !images.isEmpty { doc["images"] = try images.map { try $0.json } }
     return doc
   }
 

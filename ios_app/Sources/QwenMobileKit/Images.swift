@@ -141,6 +141,21 @@ public struct ImageRGB: Equatable {
 }
 
 extension ImageRGB {
+  /// runtime/images.py synthetic_image: a fixed test card (red and green ramps, a blue checkerboard of 8-pixel
+  /// squares), so benchmarks time the same pixels on every device and the host without a file.
+  public static func testCard(height: Int, width: Int) -> ImageRGB {
+    var rgb = [UInt8](repeating: 0, count: height * width * 3)
+    for r in 0..<height {
+      for c in 0..<width {
+        let i = 3 * (r * width + c)
+        rgb[i] = UInt8(r * 255 / max(height - 1, 1))
+        rgb[i + 1] = UInt8(c * 255 / max(width - 1, 1))
+        rgb[i + 2] = UInt8(((r / 8 + c / 8) % 2) * 200 + 28)
+      }
+    }
+    return try! ImageRGB(width: width, height: height, rgb: rgb)
+  }
+
   /// RGBX bytes (a CGContext with CGImageAlphaInfo.noneSkipLast, drawn over white) -> RGB: every fourth byte dropped.
   public init(rgbx: [UInt8], width: Int, height: Int) throws {
     guard rgbx.count == width * height * 4 else {

@@ -1,5 +1,6 @@
 import ExecuTorch
 import Foundation
+import QwenMobileAppLogic
 import QwenMobileKit
 import XCTest
 
@@ -200,5 +201,26 @@ final class ExecuTorchEngineTests: XCTestCase {
     XCTAssertThrowsError(
       try session.generate([152, 150, 153], maxNewTokens: 1, sampler: &sampler, stopIDs: [], image: image)
     ) { XCTAssertTrue("\($0)".contains("an image must start the conversation"), "\($0)") }
+  }
+
+  func testBenchmarkRunnerAddsImageRows() throws {
+    let manifest = try visionManifest()
+    let calls = ImageCalls(hidden: manifest.hiddenSize!, vocab: manifest.vocabSize)
+    let text = ToyProgram(vocab: manifest.vocabSize, shared: true)
+    let engine = try ExecuTorchEngine(
+      planner: try EnginePlanner(manifest: manifest), probeSharedState: false, call: calls.call, run: text.run)
+    let settings = try BenchSettings(promptLengths: [4], generateTokens: 2, runs: 2, warmup: 1, promptSource: "t")
+    let report = try BenchmarkRunner(engine: engine, probe: ScriptedProbe(thermal: ["nominal"])).run(
+      .init(settings: settings), bundlePath: nil, appVersion: "t", loadMs: nil)
+    XCTAssertEqual(report.images.count, 1)
+    let row = report.images[0]
+    XCTAssertEqual(row.size.method, "encode_image_64x128")
+    XCTAssertEqual(row.promptTokens, 3 - 1 + 8 + 16)
+    XCTAssertEqual(row.ttftMs.count, 2, "warm-ups dropped")
+    XCTAssertEqual(calls.log.filter { $0.method == "encode_image_64x128" }.count, 3)
+    // The test card's prompt: the image span, then 16 text ids that are no stop or vision id.
+    let embedded = calls.log.filter { $0.method == "embed_tokens" }.prefix(4).flatMap { $0.ints[0] }
+    XCTAssertEqual(Array(embedded.prefix(9)), [152] + [Int64](repeating: 150, count: 8))
+    XCTAssertFalse(embedded.dropFirst(10).contains { [150, 152, 153].contains($0) })
   }
 }

@@ -19,9 +19,29 @@ final class BenchReportTests: XCTestCase {
     let energy = EnergyObservation(
       batteryStartPct: 91, batteryEndPct: 90, batteryState: "unplugged", lowPowerMode: false, cpuSeconds: 1.5,
       wallSeconds: 2, thermal: [ThermalReading(seconds: 0, zone: "ProcessInfo.thermalState", value: "nominal")])
-    return BenchReport(
+    var report = BenchReport(
       manifest: manifest, bundlePath: nil, device: DeviceInfo(model: "iPhone16,1", os: "iOS 18.1", arch: "arm64"),
       settings: settings, runtime: "ExecuTorch", appVersion: "0.1.0", samples: samples, energy: energy)
+    // An image row, so check.sh's schema validation covers the `images` rows too.
+    var row = ImageBenchRow(
+      size: ImageSizeSpec(method: "encode_image_224x448", height: 224, width: 448, gridTHW: [1, 14, 28], tokens: 98),
+      promptTokens: 2 + 98 + 16)
+    row.encodeMs = [40, 44]
+    row.ttftMs = [90, 100]
+    report.images = [row]
+    return report
+  }
+
+  func testImageRows() throws {
+    let rows = try report().json()["images"] as! [[String: Any]]
+    XCTAssertEqual(rows.count, 1)
+    XCTAssertEqual(rows[0]["prompt_tokens"] as? Int, 116)
+    XCTAssertEqual(rows[0]["method"] as? String, "encode_image_224x448")
+    XCTAssertEqual((rows[0]["encode_ms"] as! [String: Any])["median"] as! Double, 42, accuracy: 1e-12)
+    XCTAssertEqual((rows[0]["ttft_ms"] as! [String: Any])["mean"] as! Double, 95, accuracy: 1e-12)
+    var text = try report()
+    text.images = []
+    XCTAssertNil(try text.json()["images"], "a text bundle's report has no images key")
   }
 
   func testNumbersAndShape() throws {

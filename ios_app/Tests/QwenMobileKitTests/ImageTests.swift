@@ -85,6 +85,19 @@ final class ImageTests: XCTestCase {
     return try Manifest(json: try JSONNode.parse(try JSONWriter.data(root), source: "vision.json"))
   }
 
+  /// Pixels of runtime/images.py synthetic_image(20, 30), printed by Python: (row, column) -> R, G, B.
+  func testTestCardIsTheHostsSyntheticImage() {
+    let card = ImageRGB.testCard(height: 20, width: 30)
+    let want: [(Int, Int, [UInt8])] = [
+      (0, 0, [0, 0, 28]), (19, 29, [255, 255, 228]), (7, 8, [93, 70, 228]), (8, 7, [107, 61, 228]),
+      (10, 15, [134, 131, 28]), (16, 16, [214, 140, 28]),
+    ]
+    for (r, c, rgb) in want {
+      let i = 3 * (r * 30 + c)
+      XCTAssertEqual(Array(card.rgb[i..<(i + 3)]), rgb, "pixel \(r),\(c)")
+    }
+  }
+
   func testManifestVisionSection() throws {
     XCTAssertNil(try Manifest(json: try loadVector("engine_plan_pte.json")["manifest"]).vision)
     let m = try ImageTests.visionManifest()
