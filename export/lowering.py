@@ -11,6 +11,13 @@ Methods of the program:
     state_write(*buffers) -> [1] zero
         Snapshots: the runtime saves the model state after a turn and restores it later without re-prefilling.
         They live in the program because its state is planned memory no runtime API exposes.
+From a checkpoint with a vision tower (runtime/CONTRACT.md, "Images"), also:
+    embed_tokens(tokens [1,T]) -> embeds [1,T,hidden]                   (EMBED_METHOD)
+    prefill_embeddings(embeds [1,T,hidden], input_pos [T], rope_pos [3,T]) -> logits [1,1,vocab]
+        `forward` over embeddings with explicit M-RoPE positions; input_pos[0] == 0 resets the state the same way.
+    decode_token_rope(tokens [1,1], input_pos [1], rope_pos [1]) -> logits [1,1,vocab]
+        `decode_token` whose rotary position (behind the cache slot after an image) is given apart from the slot.
+    encode_image_<H>x<W>(rgb [H,W,3] uint8) -> image embeds [tokens, hidden]   (models/vision_export.py)
 All methods read and write the same KV caches, conv states and recurrent states (`share_mutable_buffers`), so a prompt
 prefilled by `forward` is continued by `decode_token`, and `state_write` replaces what both see.
 """
@@ -23,7 +30,8 @@ from torch import nn
 from qwen_mobile.models import Qwen35ForCausalLM
 from qwen_mobile.models.gated_delta import native_op
 
-from qwen_mobile.runtime.contract import (DECODE_METHOD, PREFILL_METHOD, STATE_READ_METHOD, STATE_WRITE_METHOD,
+from qwen_mobile.runtime.contract import (DECODE_METHOD, EMBED_METHOD, EMBEDDINGS_PREFILL_METHOD, PREFILL_METHOD,
+                                          ROPE_DECODE_METHOD, STATE_READ_METHOD, STATE_WRITE_METHOD, image_method,
                                           is_state_buffer)
 
 
@@ -58,6 +66,44 @@ class DecodeEntry(nn.Module):
         return self.model(tokens, input_pos)
 
 
+class EmbedEntry(nn.Module):
+    """`embed_tokens`: the token embedding table (quantized as the recipe says), for prompts spliced with images."""
+
+    def __init__(self, model: Qwen35ForCausalLM):
+        super().__init__()
+        self.model = model
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.model.model.embed_tokens(tokens)  # [1,T] -> [1,T,h]
+
+
+class PrefillEmbeddingsEntry(nn.Module):
+    """`prefill_embeddings`: PrefillEntry over embeddings with explicit M-RoPE positions."""
+
+    def __init__(self, model: Qwen35ForCausalLM):
+        super().__init__()
+        self.model = model
+
+    def forward(self, embeds: torch.Tensor, input_pos: torch.Tensor, rope_pos: torch.Tensor) -> torch.Tensor:
+        reset = native_op("reset_state", "which every exported prefill needs")
+        for _, buf in state_buffers(self.model):
+            reset(buf, input_pos)
+        return self.model.forward_embeddings(embeds, input_pos, rope_pos)  # [1,T,h], [T], [3,T]
+
+
+class DecodeRopeEntry(nn.Module):
+    """`decode_token_rope`: one text token at cache slot input_pos and rotary position rope_pos (all three M-RoPE rows
+    equal, as for every token after the prompt; the tables are then bit-equal to `decode_token`'s)."""
+
+    def __init__(self, model: Qwen35ForCausalLM):
+        super().__init__()
+        self.model = model
+
+    def forward(self, tokens: torch.Tensor, input_pos: torch.Tensor, rope_pos: torch.Tensor) -> torch.Tensor:
+        embeds = self.model.model.embed_tokens(tokens)  # [1,1,h]
+        return self.model.forward_embeddings(embeds, input_pos, rope_pos.expand(3, 1))  # rope_pos [1] -> [3,1]
+
+
 class StateReadEntry(nn.Module):
     """`state_read`: copies of every state buffer, in `state_buffers` order."""
 
@@ -84,7 +130,9 @@ class StateWriteEntry(nn.Module):
         return torch.zeros(1)  # ExecuTorch methods need an output
 
 
-def export_methods(model: Qwen35ForCausalLM, max_prefill_chunk: int) -> dict[str, torch.export.ExportedProgram]:
+def export_methods(model: Qwen35ForCausalLM, max_prefill_chunk: int,
+                   image_text: bool = False) -> dict[str, torch.export.ExportedProgram]:
+    """The text methods; image_text: also the three a prompt with images runs through (IMAGE_TEXT_METHODS)."""
     from torch.export import Dim
 
     from .transforms import kv_cache_op, last_position_logits
@@ -95,7 +143,33 @@ def export_methods(model: Qwen35ForCausalLM, max_prefill_chunk: int) -> dict[str
     # Next-token logits only; KV writes through qwen35::kv_cache_update, which the program runs in place (index_copy_
     # would export as a whole-cache index_put plus a whole-cache copy back, per layer and token: runtime/state_ops.py).
     with last_position_logits(model), kv_cache_op(model):
-        return _export_methods(model, seq, example_t)
+        programs = _export_methods(model, seq, example_t)
+        if image_text:
+            programs.update(_export_image_text_methods(model, seq, example_t))
+    return programs
+
+
+def _export_image_text_methods(model: Qwen35ForCausalLM, seq, example_t: int) -> dict:
+    from torch.export import export
+
+    hidden = model.config.hidden_size
+    with torch.no_grad():
+        embed = export(EmbedEntry(model), (torch.zeros(1, example_t, dtype=torch.long),),
+                       dynamic_shapes=({1: seq},), strict=False)
+        prefill = export(PrefillEmbeddingsEntry(model),
+                         (torch.zeros(1, example_t, hidden), torch.arange(example_t),
+                          torch.arange(example_t).expand(3, -1).contiguous()),
+                         dynamic_shapes=({1: seq}, {0: seq}, {1: seq}), strict=False)
+        decode = export(DecodeRopeEntry(model), (torch.zeros(1, 1, dtype=torch.long), torch.zeros(1, dtype=torch.long),
+                                                 torch.zeros(1, dtype=torch.long)), strict=False)
+    return {EMBED_METHOD: embed, EMBEDDINGS_PREFILL_METHOD: prefill, ROPE_DECODE_METHOD: decode}
+
+
+def export_image_methods(visual, sizes, processor) -> dict[str, torch.export.ExportedProgram]:
+    """One `encode_image_<H>x<W>` per (height, width) of `sizes` (models/vision_export.py)."""
+    from qwen_mobile.models.vision_export import export_encode_image_rgb
+
+    return {image_method(h, w): export_encode_image_rgb(visual, h, w, processor) for h, w in sizes}
 
 
 def _export_methods(model: Qwen35ForCausalLM, seq, example_t: int) -> dict[str, torch.export.ExportedProgram]:

@@ -56,6 +56,7 @@ class QuantReport:
     wq_linears: int = 0  # linears on qwen35::linear_wq (checked against the exported graph)
     wq_a8_linears: int = 0  # linears on qwen35::linear_wq_a8: the shared head of the 8da recipes
     wq_embedding: bool = False  # embedding on qwen35::embedding_wq
+    kept_linears: list[str] = field(default_factory=list)  # left in fp32 on purpose (`keep`), with the reason
 
 
 def _linear_config(scheme: str, group_size: int):
@@ -180,7 +181,17 @@ def _set_submodule(model: nn.Module, fqn: str, module: nn.Module) -> None:
     setattr(model.get_submodule(parent) if parent else model, name, module)
 
 
-def _quantize_weight_only(model: nn.Module, report: "QuantReport", embed, lm_head, tied: bool) -> None:
+def _kept(fqn: str, keep: dict[str, str], report: "QuantReport") -> bool:
+    """Whether `fqn` stays fp32 because `keep` names it (or a module above it); recorded with the reason."""
+    for prefix, why in keep.items():
+        if fqn == prefix or fqn.startswith(prefix + "."):
+            report.kept_linears.append(f"{fqn} ({why})")
+            return True
+    return False
+
+
+def _quantize_weight_only(model: nn.Module, report: "QuantReport", embed, lm_head, tied: bool,
+                          keep: dict[str, str]) -> None:
     """`--qlinear 8w|4w`: every eligible nn.Linear (and the embedding, if asked) onto our qwen35 ops."""
     import qwen_mobile.runtime.wq  # noqa: F401  defines torch.ops.qwen35.linear_wq / embedding_wq
 
@@ -191,7 +202,7 @@ def _quantize_weight_only(model: nn.Module, report: "QuantReport", embed, lm_hea
         if tied and report.qembedding == report.qlinear:
             shared = table
     for fqn, module in list(model.named_modules()):
-        if not isinstance(module, nn.Linear):
+        if not isinstance(module, nn.Linear) or _kept(fqn, keep, report):
             continue
         group = module.in_features if bits == 8 else gs  # int8: per channel
         if module.in_features % group:
@@ -218,21 +229,23 @@ def check_weight_only_nodes(programs: dict, report: "QuantReport", methods=TOKEN
 
     Expected per method: one linear_wq (linear_wq_a8) per quantized linear on it, one embedding_wq if the embedding was
     quantized with our op. A missing node means the graph silently computes something else (e.g. a decomposed
-    fallback).
+    fallback). methods: names of methods that run every module, or {name: (runs the linears, runs the embedding)}
+    for methods that run only part of the model (embed_tokens: the embedding; prefill_embeddings: the linears).
     """
     import re
 
     if not report.wq_linears and not report.wq_a8_linears and not report.wq_embedding:
         return {}
-    want = {"linear_wq": report.wq_linears, "linear_wq_a8": report.wq_a8_linears,
-            "embedding_wq": int(report.wq_embedding)}
+    parts = methods if isinstance(methods, dict) else {m: (True, True) for m in methods}
 
     def op_name(target) -> str | None:  # the exact op: "qwen35.linear_wq" is a prefix of "qwen35.linear_wq_a8"
         m = re.search(r"qwen35\.(\w+)", str(target))
         return m.group(1) if m else None
 
     counts = {}
-    for method in methods:
+    for method, (linears, embedding) in parts.items():
+        want = {"linear_wq": report.wq_linears * linears, "linear_wq_a8": report.wq_a8_linears * linears,
+                "embedding_wq": int(report.wq_embedding and embedding)}
         nodes = [n for n in programs[method].graph.nodes if n.op == "call_function"]
         got = {op: sum(1 for n in nodes if op_name(n.target) == op) for op in want}
         counts[method] = got
@@ -244,8 +257,9 @@ def check_weight_only_nodes(programs: dict, report: "QuantReport", methods=TOKEN
 
 @torch.no_grad()
 def quantize_model(model: nn.Module, qlinear: str, qembedding: str, group_size: int,
-                   tied_table: str = "once") -> QuantReport:
-    """Quantize `model` in place and return what was done."""
+                   tied_table: str = "once", keep: dict[str, str] | None = None) -> QuantReport:
+    """Quantize `model` in place and return what was done. keep: linears (qualified names, or modules above them)
+    that stay fp32 whatever `qlinear` says, each with the reason the report records."""
     from torchao.quantization import quantize_
     from torchao.utils import unwrap_tensor_subclass
 
@@ -265,7 +279,7 @@ def quantize_model(model: nn.Module, qlinear: str, qembedding: str, group_size: 
     if qlinear in WEIGHT_ONLY_BITS:
         if qembedding not in ("none", *WEIGHT_ONLY_BITS):
             raise ValueError(f"--qembedding {qembedding!r} with --qlinear {qlinear}: expected none, 8w or 4w")
-        _quantize_weight_only(model, report, embed, lm_head, tied)
+        _quantize_weight_only(model, report, embed, lm_head, tied, keep or {})
         _upcast_remaining(model)
         return report
     if tied and qembedding in WEIGHT_ONLY_BITS and tied_table == "once":
@@ -278,7 +292,7 @@ def quantize_model(model: nn.Module, qlinear: str, qembedding: str, group_size: 
         grouped = qlinear in ("8da4w", "4w")
 
         def take_linear(module: nn.Module, fqn: str) -> bool:
-            if not isinstance(module, nn.Linear):
+            if not isinstance(module, nn.Linear) or _kept(fqn, keep or {}, report):
                 return False
             if grouped and module.in_features % group_size:
                 report.skipped_linears.append(f"{fqn} (in_features {module.in_features} % group {group_size})")

@@ -92,6 +92,24 @@ def open_source(source: str, out: str | Path, *, force: bool, quality_gate: bool
                         quality_gate=not random_weights if quality_gate is None else quality_gate)
 
 
+def vision_config(source_dir: Path | None):
+    """SOURCE's vision tower config when it has one: config.json has a vision_config and the safetensors hold
+    model.visual.* tensors; else None (a preset, a CausalLM save, or a config whose tower weights were left out)."""
+    from qwen_mobile.models.config import Qwen35VisionConfig
+    from qwen_mobile.models.weights import checkpoint_files, map_vision_key
+
+    if source_dir is None:
+        return None
+    config = Qwen35VisionConfig.from_json(source_dir)
+    if config is None:
+        return None
+    if not any(map_vision_key(key) is not None for key in checkpoint_files(source_dir)):
+        warnings.warn(f"SOURCE {source_dir}: config.json has a vision_config but the safetensors hold no "
+                      "model.visual.* tensors; exporting the text model only")
+        return None
+    return config
+
+
 def check_context(max_seq_len: int, config: Qwen35Config) -> None:
     if max_seq_len > config.max_position_embeddings:
         raise ValueError(f"--max-seq-len {max_seq_len} exceeds the model's max_position_embeddings "

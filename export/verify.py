@@ -85,6 +85,86 @@ def compare_with_eager(program, eager, prompt: list[int], steps: int = 32) -> di
     return compare_with_reference(program, eager_reference(eager, prompt, steps))
 
 
+@dataclass
+class EagerImageReference:
+    """Eager fp32's greedy run on the fixed image prompt (CONTRACT.md, "Images"): the image, the prompt with its
+    span, the positions, the tokens it fed and its logits at every step."""
+
+    rgb: torch.Tensor  # uint8 [H,W,3], the encode_image method's input
+    method: str  # encode_image_<H>x<W>
+    grid: tuple[int, int, int]  # (1, gh, gw) patches
+    prompt: list[int]  # with vision_start, image_token_id x tokens, vision_end
+    rope_pos: torch.Tensor  # [3,T]
+    next_rope: int  # the rotary position of the first decoded token
+    fed_tokens: list[int]
+    logits: torch.Tensor  # [steps+1, vocab]
+
+
+IMAGE_QUESTION = "What is in this picture? Answer in one sentence."
+
+
+def image_prompt(vision, tokens: int, vocab_size: int, tokenizer=None) -> list[int]:
+    """The gate's image prompt: a ChatML user turn holding the image's span before a short question (as Qwen's chat
+    template writes it) with a tokenizer; without one, fixed random text ids (no vision ids) around the span.
+
+    vision: the tower's config (token ids); tokens: the image's placeholder count."""
+    span = [vision.vision_start_token_id] + [vision.image_token_id] * tokens + [vision.vision_end_token_id]
+    if tokenizer is not None:
+        def encode(text: str) -> list[int]:
+            return tokenizer.encode(text, add_special_tokens=False).ids
+
+        head, tail = encode("<|im_start|>user\n"), encode(f"{IMAGE_QUESTION}<|im_end|>\n<|im_start|>assistant\n")
+        if head and tail:
+            return head + span + tail
+    special = {vision.image_token_id, vision.video_token_id, vision.vision_start_token_id, vision.vision_end_token_id}
+    gen = torch.Generator().manual_seed(4321)
+    text = [t for t in torch.randint(0, vocab_size, (40,), generator=gen).tolist() if t not in special]
+    return text[:5] + span + text[5:15]
+
+
+@torch.no_grad()
+def eager_image_reference(vision_language, processor, rgb: torch.Tensor, method: str, prompt: list[int],
+                          steps: int) -> EagerImageReference:
+    """models/vision_language.Qwen35VisionLanguage on the prompt with one image (fp32, before quantization), then
+    `steps` greedy tokens teacher-forcing itself, as eager_reference does for text."""
+    from qwen_mobile.models.vision_language import mrope_positions
+    from qwen_mobile.models.vision_preprocess import normalize, patchify
+
+    vl = vision_language
+    patches, gh, gw = patchify(normalize(rgb.permute(2, 0, 1), processor), processor)  # [H,W,3] -> [3,H,W]
+    grid = (1, gh, gw)
+    rope_pos, next_rope = mrope_positions(prompt, [grid], vl.image_token_id, vl.visual.config.spatial_merge_size)
+    ref = [vl.prefill(prompt, patches, [grid])[0, -1]]
+    fed = []
+    for _ in range(steps):
+        fed.append(int(ref[-1].argmax()))
+        ref.append(vl.decode(fed[-1])[0, -1])
+    vl.text.reset()
+    return EagerImageReference(rgb, method, grid, list(prompt), rope_pos, next_rope, fed, torch.stack(ref).float())
+
+
+@torch.no_grad()
+def compare_image_with_reference(program, reference: EagerImageReference, image_token_id: int) -> dict:
+    """The bundle through CONTRACT.md's steps (encode_image, embed_tokens, splice, prefill_embeddings in two uneven
+    chunks split inside the image's span, decode_token_rope teacher-forced on eager's tokens) vs eager's logits.
+
+    program: runtime.program.BundleProgram."""
+    prompt = reference.prompt
+    image = program.encode_image(reference.method, reference.rgb)  # [N,hidden]
+    embeds = program.embed(prompt).clone()  # [T,hidden]
+    slots = torch.tensor(prompt) == image_token_id  # [T]
+    if int(slots.sum()) != image.shape[0]:
+        raise RuntimeError(f"{reference.method} returned {image.shape[0]} embeddings for {int(slots.sum())} image "
+                           "tokens")
+    embeds[slots] = image
+    split = int(slots.nonzero()[0]) + max(1, image.shape[0] // 2)  # the second chunk starts inside the image
+    program.prefill_embeddings(embeds[:split], 0, reference.rope_pos[:, :split])
+    got = [program.prefill_embeddings(embeds[split:], split, reference.rope_pos[:, split:])]
+    for k, token in enumerate(reference.fed_tokens):
+        got.append(program.decode_rope(token, len(prompt) + k, reference.next_rope + k))
+    return logit_metrics(reference.logits, torch.stack(got).float())
+
+
 @torch.no_grad()
 def compare_with_reference(program, reference: EagerReference) -> dict:
     """Feed `program` the reference's prompt (two uneven prefill chunks) and tokens; compare logits step by step."""
@@ -97,7 +177,11 @@ def compare_with_reference(program, reference: EagerReference) -> dict:
         got = [program.prefill(prompt, 0)]
     for i, token in enumerate(reference.fed_tokens):
         got.append(program.decode(token, len(prompt) + i))
-    ref_t, got_t = reference.logits, torch.stack(got).float()  # [steps+1, vocab]
+    return logit_metrics(reference.logits, torch.stack(got).float())
+
+
+def logit_metrics(ref_t: torch.Tensor, got_t: torch.Tensor) -> dict:
+    """Per-step logits [steps+1, vocab] of eager and of the program -> the numbers `gate` judges."""
     log_p, log_q = torch.log_softmax(ref_t, -1), torch.log_softmax(got_t, -1)
     kl = (log_p.exp() * (log_p - log_q)).sum(-1)  # KL(eager || program) per step
     top5_ref = ref_t.topk(5, -1).indices
