@@ -43,7 +43,9 @@ if [ "$NATIVE" = yes ]; then need "native-code: 'arm64-v8a'"; fi
 aapt dump xmltree "$APK" AndroidManifest.xml > "$W/manifest-tree.txt"
 grep -q 'com.google.intent.action.TEST_LOOP' "$W/manifest-tree.txt" || fail "no Game Loop intent filter"
 grep -q 'extractNativeLibs.*=(type 0x12)0xffffffff' "$W/manifest-tree.txt" || fail "extractNativeLibs is not true"
-unzip -v "$APK" | grep -q 'Stored.*resources.arsc' || fail "resources.arsc is compressed (targetSdk >= 30 refuses it)"
+# Through a file: with pipefail, grep -q leaving early would SIGPIPE unzip and fail the check at random.
+unzip -v "$APK" > "$W/unzip-v.txt"
+grep -q 'Stored.*resources.arsc' "$W/unzip-v.txt" || fail "resources.arsc is compressed (targetSdk >= 30 refuses it)"
 SUMMARY+=("badging: $(grep -E "^(package|launchable-activity|native-code)" "$W/badging.txt" | tr '\n' ' ')")
 
 # ---- JUnit ---------------------------------------------------------------------------------------------------------

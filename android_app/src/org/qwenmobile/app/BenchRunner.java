@@ -22,6 +22,7 @@ import org.qwenmobile.core.BenchReport;
 import org.qwenmobile.core.Bundle;
 import org.qwenmobile.core.Energy;
 import org.qwenmobile.core.Files;
+import org.qwenmobile.core.ImageInput;
 import org.qwenmobile.core.Json;
 import org.qwenmobile.core.ServeProtocol;
 
@@ -120,6 +121,40 @@ final class BenchRunner {
         }
     }
 
+    /** Text tokens after the image in the image rows (runtime/bench.py IMAGE_PROMPT_TEXT_TOKENS). */
+    static final int IMAGE_PROMPT_TEXT_TOKENS = 16;
+
+    /**
+     * The report's {@code images} rows, as runtime/bench.py measures them: per image size, the test card before 16
+     * random text tokens, one greedy token; the runner's encode time and the whole prompt's time to first token.
+     */
+    private void imageRows(RunnerProcess runner, Bundle.Vision vision, Settings s, Set<Integer> avoid,
+                           BenchReport report, Progress p) throws Exception {
+        Set<Integer> textAvoid = new HashSet<Integer>(avoid);
+        textAvoid.add(vision.imageTokenId);
+        textAvoid.add(vision.visionStartTokenId);
+        textAvoid.add(vision.visionEndTokenId);
+        int[] text = BenchReport.randomPrompt(runner.ready.vocabSize, IMAGE_PROMPT_TEXT_TOKENS, s.seed, textAvoid);
+        int[] prompt = new int[text.length + 3];
+        prompt[0] = vision.visionStartTokenId;
+        prompt[1] = vision.imageTokenId;
+        prompt[2] = vision.visionEndTokenId;
+        System.arraycopy(text, 0, prompt, 3, text.length);
+        for (ImageInput.Size size : vision.sizes) {
+            ImageInput card = ImageInput.testCard(size.height, size.width);
+            BenchReport.ImageRow row = new BenchReport.ImageRow(size, prompt.length - 1 + size.tokens);
+            for (int k = 0; k < s.warmup + s.runs; k++) {
+                p.onStatus("image " + size + (k < s.warmup ? ", warmup " + (k + 1) : ", run " + (k - s.warmup + 1)));
+                ServeProtocol.Done d = runner.client.generate(prompt, card, 1, ServeProtocol.Sampling.greedy(), false,
+                        false, null);
+                if (k < s.warmup) continue;
+                row.encodeMs.add(d.imageEncodeMs);
+                row.ttftMs.add(d.ttftMs);
+            }
+            report.images.add(row);
+        }
+    }
+
     File run(File bundleDir, Settings s, Progress p) throws Exception {
         p.onStatus("checking " + bundleDir.getName());
         Bundle b = Bundle.open(bundleDir, AppFiles.manifestSchema(context), AppFiles.hashCache(context));
@@ -204,6 +239,9 @@ final class BenchRunner {
                     p.onRun(point);
                 }
             }
+            phase = "warmup";  // outside the energy window: not part of the measured token runs
+            Bundle.Vision vision = b.vision();
+            if (vision != null) imageRows(runner, vision, s, avoid, report, p);
         } finally {
             sampler.shutdown();
             sampler.awaitTermination(2, TimeUnit.SECONDS);

@@ -44,6 +44,21 @@ public final class BenchReport {
     public Map<String, Object> memory;
     public final List<Object> notes = new ArrayList<Object>();
     public final List<Object> perRun = new ArrayList<Object>();  // chart data: tok/s and temperature per run
+    /** The schema's {@code images} rows (bundles with a vision section): per size, measured encode and TTFT. */
+    public final List<ImageRow> images = new ArrayList<ImageRow>();
+
+    /** One image size's measured runs: the test card before a short text prompt, greedy to the first token. */
+    public static final class ImageRow {
+        public final ImageInput.Size size;
+        public final int promptTokens;  // the whole prompt, the image's tokens included
+        public final List<Double> encodeMs = new ArrayList<Double>();
+        public final List<Double> ttftMs = new ArrayList<Double>();
+
+        public ImageRow(ImageInput.Size size, int promptTokens) {
+            this.size = size;
+            this.promptTokens = promptTokens;
+        }
+    }
     public long createdMs = System.currentTimeMillis();
 
     public BenchReport(String appVersion, String runtime) {
@@ -130,6 +145,21 @@ public final class BenchReport {
             results.add(res);
         }
         doc.put("results", results);
+        if (!images.isEmpty()) {
+            List<Object> rows = new ArrayList<Object>();
+            for (ImageRow row : images) {
+                LinkedHashMap<String, Object> m = new LinkedHashMap<String, Object>();
+                m.put("height", (long) row.size.height);
+                m.put("width", (long) row.size.width);
+                m.put("method", row.size.method);
+                m.put("tokens", (long) row.size.tokens);
+                m.put("prompt_tokens", (long) row.promptTokens);
+                m.put("encode_ms", Stats.of(row.encodeMs));
+                m.put("ttft_ms", Stats.of(row.ttftMs));
+                rows.add(m);
+            }
+            doc.put("images", rows);
+        }
         doc.put("memory", memory);
         doc.put("energy", energy);
         doc.put("notes", notes);

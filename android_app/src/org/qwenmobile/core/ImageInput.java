@@ -107,6 +107,23 @@ public final class ImageInput {
         return (c * a + 255 * (255 - a) + 127) / 255;
     }
 
+    /**
+     * runtime/images.py synthetic_image: a fixed test card (red and green ramps, a blue checkerboard of 8-pixel
+     * squares), so benchmarks time the same pixels on every device and the host without a file.
+     */
+    public static ImageInput testCard(int height, int width) {
+        byte[] rgb = new byte[height * width * 3];
+        for (int r = 0; r < height; r++) {
+            for (int c = 0; c < width; c++) {
+                int i = 3 * (r * width + c);
+                rgb[i] = (byte) (r * 255 / Math.max(height - 1, 1));
+                rgb[i + 1] = (byte) (c * 255 / Math.max(width - 1, 1));
+                rgb[i + 2] = (byte) (((r / 8 + c / 8) % 2) * 200 + 28);
+            }
+        }
+        return new ImageInput(width, height, rgb);
+    }
+
     /** The generate request's {@code image} field. */
     public Map<String, Object> requestField() {
         Map<String, Object> m = new LinkedHashMap<String, Object>();

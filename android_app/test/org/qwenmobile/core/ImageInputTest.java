@@ -149,6 +149,49 @@ public class ImageInputTest {
         }
     }
 
+    @Test
+    public void testCardIsTheHostsSyntheticImage() {
+        // Pixels of runtime/images.py synthetic_image(20, 30), printed by Python: (row, column) -> R, G, B.
+        int[][] want = {{0, 0, 0, 0, 28}, {19, 29, 255, 255, 228}, {7, 8, 93, 70, 228}, {8, 7, 107, 61, 228},
+            {10, 15, 134, 131, 28}, {16, 16, 214, 140, 28}};
+        ImageInput card = ImageInput.testCard(20, 30);
+        assertEquals(30, card.width);
+        assertEquals(20, card.height);
+        for (int[] w : want) {
+            int i = 3 * (w[0] * 30 + w[1]);
+            assertArrayEquals("pixel " + w[0] + "," + w[1], new int[] {w[2], w[3], w[4]},
+                    new int[] {card.rgb[i] & 0xff, card.rgb[i + 1] & 0xff, card.rgb[i + 2] & 0xff});
+        }
+    }
+
+    @Test
+    public void benchReportImageRowsFollowTheBenchSchema() throws Exception {
+        BenchReport report = new BenchReport("test", "runtime");
+        report.add(new BenchReport.Run(8, 2, 10.0, 800.0, 100.0, Arrays.asList(10.0)));
+        BenchReport.ImageRow row = new BenchReport.ImageRow(new ImageInput.Size(224, 448, 98, "encode_image_224x448"),
+                2 + 98 + 16);
+        row.encodeMs.addAll(Arrays.asList(40.0, 44.0));
+        row.ttftMs.addAll(Arrays.asList(90.0, 100.0));
+        report.images.add(row);
+        Map<String, Object> doc = report.toJson();
+        Map<String, Object> got = Json.obj(Json.arr(doc.get("images"), "images").get(0), "row");
+        assertEquals(Arrays.asList("height", "width", "method", "tokens", "prompt_tokens", "encode_ms", "ttft_ms"),
+                new ArrayList<String>(got.keySet()));
+        assertEquals(116L, got.get("prompt_tokens"));
+        assertEquals(42.0, (Double) Json.obj(got.get("encode_ms"), "e").get("median"), 1e-12);
+        assertEquals(95.0, (Double) Json.obj(got.get("ttft_ms"), "t").get("mean"), 1e-12);
+        // The schema's images rows (runtime/schemas/bench.schema.json) accept it; a text-only report has none.
+        Map<String, Object> schema = TestFiles.json("runtime/schemas/bench.schema.json");
+        Map<String, Object> imagesSchema = Json.obj(Json.obj(schema.get("properties"), "p").get("images"), "images");
+        Map<String, Object> rowSchema = new LinkedHashMap<String, Object>(Json.obj(imagesSchema.get("items"), "items"));
+        rowSchema.put("$defs", schema.get("$defs"));
+        assertNull(new JsonSchema(rowSchema).validate(got));
+        got.remove("encode_ms");
+        assertTrue(new JsonSchema(rowSchema).validate(got) != null);
+        report.images.clear();
+        assertTrue(!report.toJson().containsKey("images"));
+    }
+
     static Map<String, Object> visionSection() {
         Map<String, Object> v = new LinkedHashMap<String, Object>();
         v.put("image_token_id", 150L);
