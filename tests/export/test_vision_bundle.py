@@ -245,8 +245,16 @@ def _export_tiny_vlm_bundle(argv: list[str]) -> None:
     parser.add_argument("--image-sizes", default="128,64x128,96x32")
     parser.add_argument("--max-seq-len", type=int, default=256)
     parser.add_argument("--max-prefill-chunk", type=int, default=32)
+    parser.add_argument("--text-weight-scale", type=float, default=TEXT_WEIGHT_SCALE,
+                        help="scale of the text model's matrices (1: transformers' init, whose greedy text repeats "
+                             "one token)")
     args = parser.parse_args(argv)
-    make_hf_vlm(args.vision).save_pretrained(args.out / "checkpoint")
+    model = make_hf_vlm(args.vision)
+    with torch.no_grad():
+        for p in model.model.language_model.parameters():
+            if p.dim() >= 2:
+                p.mul_(args.text_weight_scale)
+    model.save_pretrained(args.out / "checkpoint")
     export(str(args.out / "checkpoint"), args.out / "bundle", preset=args.preset, image_sizes=args.image_sizes,
            max_seq_len=args.max_seq_len, max_prefill_chunk=args.max_prefill_chunk, force=True)
     print(args.out / "bundle")
