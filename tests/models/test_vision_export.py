@@ -44,3 +44,35 @@ def test_grid_must_fold_into_merged_tokens(hf_vlm):
     visual = Qwen35VisionModel.from_pretrained(folder)
     with pytest.raises(ValueError, match="encode_image grid 3x4: both sides must be positive multiples of"):
         EncodeImage(visual, 3, 4)
+
+
+@pytest.mark.parametrize("vision,size", [("A", (64, 32)), ("B", (32, 48))], ids=["A-64x32", "B-32x48"])
+def test_rgb_entry_prepares_pixels_as_the_preprocessor(hf_vlm, vision, size):
+    """EncodeImageRGB (the bundle's encode_image_<H>x<W>, uint8 HWC in) eagerly: its patches against
+    vision_preprocess.normalize + patchify of the same pixels, its embeddings against the tower's encode_frame."""
+    from qwen_mobile.models.vision_export import EncodeImageRGB
+    from qwen_mobile.models.vision_preprocess import ImageProcessorConfig, normalize, patchify
+
+    folder, _ = hf_vlm(vision)
+    visual = Qwen35VisionModel.from_pretrained(folder)
+    processor = ImageProcessorConfig.from_pretrained(folder, visual.config)
+    rgb = torch.randint(0, 256, (*size, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(3))  # [H,W,3]
+    want, gh, gw = patchify(normalize(rgb.permute(2, 0, 1), processor), processor)
+    entry = EncodeImageRGB(visual, *size, processor)
+    got = entry.patches(rgb)
+    # x * rescale_factor in float32 here, in float64 then rounded in the preprocessor: one ulp of values in [-1, 1].
+    torch.testing.assert_close(got, want, atol=2.4e-7, rtol=0)
+    with torch.no_grad():
+        # The precomputed position tables are the tower's own: bit-equal embeddings for the same patches.
+        assert torch.equal(entry.encode(want), visual.encode_frame(want, gh, gw))
+
+
+def test_rgb_size_must_be_whole_merged_tokens(hf_vlm):
+    from qwen_mobile.models.vision_export import EncodeImageRGB
+    from qwen_mobile.models.vision_preprocess import ImageProcessorConfig
+
+    folder, _ = hf_vlm("B")
+    visual = Qwen35VisionModel.from_pretrained(folder)
+    with pytest.raises(ValueError, match=r"image size 32x36: both sides must be positive multiples of patch_size \* "
+                                         "spatial_merge_size = 8"):
+        EncodeImageRGB(visual, 32, 36, ImageProcessorConfig.from_pretrained(folder, visual.config))
