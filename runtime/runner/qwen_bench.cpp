@@ -296,7 +296,7 @@ Options parse_args(int argc, char** argv) {
         {!o.json_out.empty(), "--json"}, {!o.dump_logits.empty(), "--dump-logits"}, {!o.etdump.empty(), "--etdump"},
         {!o.power_log.empty(), "--power-log"}, {o.unshared_arenas, "--unshared-arenas"},
         {!o.image_file.empty(), "--image"}, {o.image_height > 0, "--image-size"},
-        {o.print_positions, "--print-positions"}};
+        {o.print_positions, "--print-positions"}, {o.no_image_rows, "--no-image-rows"}};
     for (const auto& f : bench_only)
       if (f.first)
         throw Failure(std::string("--serve: ") + f.second + " is a benchmark-mode option; send the settings in a "

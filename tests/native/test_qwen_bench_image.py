@@ -133,6 +133,10 @@ def test_cli_errors_name_the_flag(qwen_bench, manifest_only_vision, fp32, tmp_pa
     assert "--image: give its size" in bench_error(qwen_bench, "--bundle", fp32_bundle, "--image", rgb)
     assert "--serve: --image is a benchmark-mode option" in bench_error(
         qwen_bench, "--serve", "--bundle", fp32_bundle, "--image", rgb, "--image-size", "96x32")
+    assert "--serve: --no-image-rows is a benchmark-mode option" in bench_error(
+        qwen_bench, "--serve", "--bundle", fp32_bundle, "--no-image-rows")
+    assert "--prompt-len: random prompts have no image token" in bench_error(
+        qwen_bench, "--bundle", manifest_only_vision, "--image", rgb, "--image-size", "96x32", "--prompt-len", "8")
 
 
 def image_field(height: int, width: int, data: bytes | None = None, **extra) -> dict:
