@@ -524,11 +524,9 @@ static float dot_row_a8_q4_paired_gs(int64_t gs, const uint8_t* row, const void*
 // wrote them). One 16-byte weight load gives both halves. With the dot-product extension two sdots; without it four
 // widening multiplies into one int16 vector (4 products per lane, each |.| <= 15 * 127: at most 7,620, no overflow)
 // and one pairwise widening add.
-static inline int32x4_t block_q4_raw(int32x4_t acc, const uint8_t* w, const int8_t* q) {
-  const uint8x16_t b = vld1q_u8(w);
+static inline int32x4_t block_q4_raw_reg(int32x4_t acc, uint8x16_t b, int8x16_t qe, int8x16_t qo) {
   const int8x16_t lo = vreinterpretq_s8_u8(vandq_u8(b, vdupq_n_u8(0x0f)));
   const int8x16_t hi = vreinterpretq_s8_u8(vshrq_n_u8(b, 4));
-  const int8x16_t qe = vld1q_s8(q), qo = vld1q_s8(q + 16);
 #if defined(__ARM_FEATURE_DOTPROD)
   return vdotq_s32(vdotq_s32(acc, lo, qe), hi, qo);
 #else
@@ -539,12 +537,16 @@ static inline int32x4_t block_q4_raw(int32x4_t acc, const uint8_t* w, const int8
   return vpadalq_s16(acc, p);
 #endif
 }
+static inline int32x4_t block_q4_raw(int32x4_t acc, const uint8_t* w, const int8_t* q) {
+  return block_q4_raw_reg(acc, vld1q_u8(w), vld1q_s8(q), vld1q_s8(q + 16));
+}
 
 // int4, group size 32, 64 or 128, 4 groups per step. Raw nibbles against the codes, the -8 offsets taken off
 // as integers through qsum (8 * qsum per group), then three pairwise adds turn the 4 groups' lane sums into one vector
 // of 4 exact group sums, and one multiply by sc * sx and one FMA apply the scales. The per-group body (dot_row_a8)
 // subtracted 8 from every weight byte, reduced each group across lanes on its own and converted its fp16 scale as a
-// scalar: about 15 instructions per group beyond the products.
+// scalar: about 15 instructions per group beyond the products. Now the odd last row of a slab; rows_a8_q4_neon below
+// takes the others two at a time.
 template <int GS, bool F16>
 static float dot_row_a8_q4_neon(const uint8_t* row, const void* scales_row, const int8_t* qx, const float* sx,
                                 const int32_t* qsum, int64_t G) {
@@ -580,15 +582,238 @@ static float dot_row_a8_q4_neon(const uint8_t* row, const void* scales_row, cons
   return vaddvq_f32(acc) + tail;
 }
 
-template <bool F16>
-static float dot_row_a8_q4_neon_gs(int64_t gs, const uint8_t* row, const void* scales_row, const int8_t* qx,
-                                   const float* sx, const int32_t* qsum, int64_t G) {
-  switch (gs) {
-    case 32: return dot_row_a8_q4_neon<32, F16>(row, scales_row, qx, sx, qsum, G);
-    case 64: return dot_row_a8_q4_neon<64, F16>(row, scales_row, qx, sx, qsum, G);
-    default: return dot_row_a8_q4_neon<128, F16>(row, scales_row, qx, sx, qsum, G);
+// Two rows per step: the codes are loaded once for both (they were half of the single-row body's loads), weights
+// and codes come in 64-byte ld1 {4 regs}, and the int32 group accumulators are never zeroed: each of the 4 group
+// slots keeps summing across steps, so a step's group sums are the pairwise-added running totals minus the previous
+// step's (one subtraction per row and step instead of 4 zeroing moves; the difference is exact, the running totals
+// may wrap and the wrap cancels). Per 32-block and row: 2 nibble ops and 2 sdots; per 4 groups and row: 3 addp, 2
+// integer subtractions (previous totals, 8 * qsum), and the scale convert, multiply, int->float and FMA.
+// Blocks of a step: 4 groups x GS/32 blocks, weights 16 bytes and codes 32 bytes per block, both contiguous.
+template <int GS>
+__attribute__((always_inline)) static inline void step4_q4_rows2(const uint8_t* w0, const uint8_t* w1,
+                                                                 const int8_t* q, int32x4_t (&gi)[2][4]) {
+  constexpr int kBlocks = GS / kA8Block;
+  for (int c = 0; c < kBlocks; ++c) {  // chunk c: blocks 4c .. 4c+3 of the step, 64 weight bytes per row
+    const uint8x16x4_t a = vld1q_u8_x4(w0 + 64 * c), b = vld1q_u8_x4(w1 + 64 * c);
+    for (int h = 0; h < 2; ++h) {  // two blocks at a time: their 64 bytes of codes in one load
+      const int8x16x4_t qq = vld1q_s8_x4(q + 128 * c + 64 * h);
+      for (int i = 0; i < 2; ++i) {
+        const int grp = (4 * c + 2 * h + i) / kBlocks;
+        gi[0][grp] = block_q4_raw_reg(gi[0][grp], a.val[2 * h + i], qq.val[2 * i], qq.val[2 * i + 1]);
+        gi[1][grp] = block_q4_raw_reg(gi[1][grp], b.val[2 * h + i], qq.val[2 * i], qq.val[2 * i + 1]);
+      }
+    }
   }
 }
+
+// The 4 group sums of one row's step from its running totals (8 * qsum already taken off); prev becomes the totals.
+__attribute__((always_inline)) static inline int32x4_t step_sums(const int32x4_t (&gi)[4], int32x4_t& prev,
+                                                                 int32x4_t qsum8) {
+  const int32x4_t total = vpaddq_s32(vpaddq_s32(gi[0], gi[1]), vpaddq_s32(gi[2], gi[3]));
+  const int32x4_t sums = vsubq_s32(vsubq_s32(total, prev), qsum8);
+  prev = total;
+  return sums;
+}
+
+template <bool F16>
+__attribute__((always_inline)) static inline float32x4_t scales4(const void* scales_row, int64_t g) {
+  return F16 ? vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(static_cast<const uint16_t*>(scales_row) + g)))
+             : vld1q_f32(static_cast<const float*>(scales_row) + g);
+}
+
+#if defined(__ARM_FEATURE_DOTPROD) && defined(__aarch64__)
+// The decode head's body (M = 1, group 32, fp16 scales, K a multiple of 256: every 8da head the exporter writes) as
+// one asm loop: the same arithmetic as step4_q4_rows2 / step_sums above, two steps per trip so the running totals and
+// the previous ones swap registers (v29/v30 <-> v24/v25) instead of being copied, all 31 vector registers assigned
+// by hand (GCC spilled the scales and accumulators, or copied registers, at 68 instructions per 8 group-rows and
+// ~85 per row pair around the loop). Per step of 2 rows x 4 groups: 4 loads of 64 bytes (weights of both rows, the
+// codes), 16 nibble ops, 16 sdots, 6 addp, 4 integer subtractions, 4 loads for scales / sx / 8 * qsum, 2 fcvtl,
+// 2 fmul, 2 scvtf, 2 fmla and 2 prefetches: 60 instructions, 61 with the loop's 2 per trip (7.6 per 32 weights and
+// row; the single-row body above ran 12). The group accumulators and totals carry over from one row pair to the next
+// (only differences are used), so a pair costs about 20 instructions outside its steps.
+#define QWEN35_A8_STEP(T0, T1, P0, P1)                                                         \
+  "ld1 {v0.16b-v3.16b}, [%[w0]], #64\n\t"                                                      \
+  "ld1 {v4.16b-v7.16b}, [%[w1]], #64\n\t"                                                      \
+  "ld1 {v8.16b-v11.16b}, [%[q]], #64\n\t"                                                      \
+  "prfm pldl1keep, [%[w0], #1024]\n\t"                                                         \
+  "prfm pldl1keep, [%[w1], #1024]\n\t"                                                         \
+  "and v12.16b, v0.16b, v28.16b\n\t"                                                           \
+  "ushr v13.16b, v0.16b, #4\n\t"                                                               \
+  "and v14.16b, v4.16b, v28.16b\n\t"                                                           \
+  "ushr v15.16b, v4.16b, #4\n\t"                                                               \
+  "sdot v16.4s, v12.16b, v8.16b\n\t"                                                           \
+  "sdot v20.4s, v14.16b, v8.16b\n\t"                                                           \
+  "sdot v16.4s, v13.16b, v9.16b\n\t"                                                           \
+  "sdot v20.4s, v15.16b, v9.16b\n\t"                                                           \
+  "and v12.16b, v1.16b, v28.16b\n\t"                                                           \
+  "ushr v13.16b, v1.16b, #4\n\t"                                                               \
+  "and v14.16b, v5.16b, v28.16b\n\t"                                                           \
+  "ushr v15.16b, v5.16b, #4\n\t"                                                               \
+  "sdot v17.4s, v12.16b, v10.16b\n\t"                                                          \
+  "sdot v21.4s, v14.16b, v10.16b\n\t"                                                          \
+  "sdot v17.4s, v13.16b, v11.16b\n\t"                                                          \
+  "sdot v21.4s, v15.16b, v11.16b\n\t"                                                          \
+  "ld1 {v8.16b-v11.16b}, [%[q]], #64\n\t"                                                      \
+  "and v12.16b, v2.16b, v28.16b\n\t"                                                           \
+  "ushr v13.16b, v2.16b, #4\n\t"                                                               \
+  "and v14.16b, v6.16b, v28.16b\n\t"                                                           \
+  "ushr v15.16b, v6.16b, #4\n\t"                                                               \
+  "sdot v18.4s, v12.16b, v8.16b\n\t"                                                           \
+  "sdot v22.4s, v14.16b, v8.16b\n\t"                                                           \
+  "sdot v18.4s, v13.16b, v9.16b\n\t"                                                           \
+  "sdot v22.4s, v15.16b, v9.16b\n\t"                                                           \
+  "and v12.16b, v3.16b, v28.16b\n\t"                                                           \
+  "ushr v13.16b, v3.16b, #4\n\t"                                                               \
+  "and v14.16b, v7.16b, v28.16b\n\t"                                                           \
+  "ushr v15.16b, v7.16b, #4\n\t"                                                               \
+  "sdot v19.4s, v12.16b, v10.16b\n\t"                                                          \
+  "sdot v23.4s, v14.16b, v10.16b\n\t"                                                          \
+  "sdot v19.4s, v13.16b, v11.16b\n\t"                                                          \
+  "sdot v23.4s, v15.16b, v11.16b\n\t"                                                          \
+  "addp v12.4s, v16.4s, v17.4s\n\t"                                                            \
+  "addp v13.4s, v18.4s, v19.4s\n\t"                                                            \
+  "addp " T0 ".4s, v12.4s, v13.4s\n\t"                                                         \
+  "addp v14.4s, v20.4s, v21.4s\n\t"                                                            \
+  "addp v15.4s, v22.4s, v23.4s\n\t"                                                            \
+  "addp " T1 ".4s, v14.4s, v15.4s\n\t"                                                         \
+  "ld1 {v8.4s}, [%[q8]], #16\n\t"                                                              \
+  "ld1 {v9.4s}, [%[sx]], #16\n\t"                                                              \
+  "ldr d0, [%[s0]], #8\n\t"                                                                    \
+  "ldr d4, [%[s1]], #8\n\t"                                                                    \
+  "sub v12.4s, " T0 ".4s, " P0 ".4s\n\t"                                                       \
+  "sub v14.4s, " T1 ".4s, " P1 ".4s\n\t"                                                       \
+  "sub v12.4s, v12.4s, v8.4s\n\t"                                                              \
+  "sub v14.4s, v14.4s, v8.4s\n\t"                                                              \
+  "fcvtl v0.4s, v0.4h\n\t"                                                                     \
+  "fcvtl v4.4s, v4.4h\n\t"                                                                     \
+  "fmul v0.4s, v0.4s, v9.4s\n\t"                                                               \
+  "fmul v4.4s, v4.4s, v9.4s\n\t"                                                               \
+  "scvtf v12.4s, v12.4s\n\t"                                                                   \
+  "scvtf v14.4s, v14.4s\n\t"                                                                   \
+  "fmla v26.4s, v12.4s, v0.4s\n\t"                                                             \
+  "fmla v27.4s, v14.4s, v4.4s\n\t"
+
+// Rows [n, n + 2 * pairs) of the head: out[0 .. 2 * pairs). w: row n's packed weights, s: row n's fp16 scales, q / sx /
+// q8: the codes, their group scales and 8 * qsum of the one activation row; G % 8 == 0.
+static void rows2_a8_q4_g32_f16_asm(const uint8_t* w, const uint16_t* s, const int8_t* q, const float* sx,
+                                    const int32_t* q8, int64_t G, int64_t pairs, float* out) {
+  const int64_t row_bytes = G * 16, trips = G / 8;
+  const uint8_t* w1;
+  const uint16_t* s1;
+  const int8_t* qp;
+  const float* sxp;
+  const int32_t* q8p;
+  int64_t left;
+  asm volatile(
+      "movi v28.16b, #0x0f\n\t"
+      "movi v16.4s, #0\n\tmovi v17.4s, #0\n\tmovi v18.4s, #0\n\tmovi v19.4s, #0\n\t"
+      "movi v20.4s, #0\n\tmovi v21.4s, #0\n\tmovi v22.4s, #0\n\tmovi v23.4s, #0\n\t"
+      "movi v24.4s, #0\n\tmovi v25.4s, #0\n\t"
+      "1:\n\t"
+      "add %[w1], %[w0], %[row_bytes]\n\t"
+      "add %[s1], %[s0], %[G], lsl #1\n\t"
+      "mov %[q], %[q_in]\n\t"
+      "mov %[sx], %[sx_in]\n\t"
+      "mov %[q8], %[q8_in]\n\t"
+      "mov %[left], %[trips]\n\t"
+      "movi v26.4s, #0\n\t"
+      "movi v27.4s, #0\n\t"
+      "2:\n\t"
+      QWEN35_A8_STEP("v29", "v30", "v24", "v25")
+      QWEN35_A8_STEP("v24", "v25", "v29", "v30")
+      "subs %[left], %[left], #1\n\t"
+      "b.ne 2b\n\t"
+      "faddp v26.4s, v26.4s, v27.4s\n\t"  // row n: lanes 0, 1; row n + 1: lanes 2, 3
+      "faddp v26.4s, v26.4s, v26.4s\n\t"
+      "str d26, [%[out]], #8\n\t"
+      "mov %[w0], %[w1]\n\t"  // w1 ends where row n + 2 starts
+      "mov %[s0], %[s1]\n\t"
+      "subs %[pairs], %[pairs], #1\n\t"
+      "b.ne 1b\n\t"
+      : [w0] "+r"(w), [s0] "+r"(s), [out] "+r"(out), [pairs] "+r"(pairs), [w1] "=&r"(w1), [s1] "=&r"(s1),
+        [q] "=&r"(qp), [sx] "=&r"(sxp), [q8] "=&r"(q8p), [left] "=&r"(left)
+      : [row_bytes] "r"(row_bytes), [G] "r"(G), [trips] "r"(trips), [q_in] "r"(q), [sx_in] "r"(sx), [q8_in] "r"(q8)
+      : "memory", "cc", "v0", "v1", "v2", "v3", "v4", "v5", "v6", "v7", "v8", "v9", "v10", "v11", "v12", "v13",
+        "v14", "v15", "v16", "v17", "v18", "v19", "v20", "v21", "v22", "v23", "v24", "v25", "v26", "v27", "v28",
+        "v29", "v30");
+}
+#undef QWEN35_A8_STEP
+#endif
+
+// Output rows [n0, n1) of int4 group-32/64/128 weights against the M rows of codes: rows two at a time (the last odd
+// one through dot_row_a8_q4_neon), with GS and the scale type fixed for the whole slab.
+template <int GS, bool F16>
+static void rows_a8_q4_neon(const WqLinear& p, const WqActQ8& a, int64_t n0, int64_t n1) {
+  constexpr int kWBytes = GS / 2;
+  const int64_t G = p.K / GS, row_bytes = p.K / 2, scale_bytes = F16 ? 2 : 4, steps = G / 4;
+  const uint8_t* qw = static_cast<const uint8_t*>(p.qweight);
+  const char* scales = static_cast<const char*>(p.scales);
+  std::vector<int32_t> qsum8(static_cast<size_t>(p.M * G));  // 8 * qsum, the -8 offsets of the raw nibbles
+  for (int64_t i = 0; i < p.M * G; ++i) qsum8[i] = 8 * a.qsum[i];
+  int64_t n = n0;
+#if defined(__ARM_FEATURE_DOTPROD) && defined(__aarch64__)
+  if (GS == 32 && F16 && p.M == 1 && G % 8 == 0 && n1 - n0 >= 2) {
+    const int64_t pairs = (n1 - n0) / 2;
+    rows2_a8_q4_g32_f16_asm(qw + n0 * row_bytes, static_cast<const uint16_t*>(p.scales) + n0 * G, a.q, a.sx,
+                            qsum8.data(), G, pairs, p.out + n0);
+    n += 2 * pairs;
+  }
+#endif
+  for (; n + 2 <= n1; n += 2)
+    for (int64_t m = 0; m < p.M; ++m) {
+      const uint8_t* w0 = qw + n * row_bytes;
+      const uint8_t* w1 = w0 + row_bytes;
+      const char* s0 = scales + n * G * scale_bytes;
+      const char* s1 = s0 + G * scale_bytes;
+      const int8_t* q = a.q + m * p.K;
+      const float* sx = a.sx + m * G;
+      const int32_t* q8 = qsum8.data() + m * G;
+      int32x4_t gi[2][4], prev[2];
+      for (int r = 0; r < 2; ++r) {
+        prev[r] = vdupq_n_s32(0);
+        for (int j = 0; j < 4; ++j) gi[r][j] = vdupq_n_s32(0);
+      }
+      float32x4_t acc0 = vdupq_n_f32(0.f), acc1 = vdupq_n_f32(0.f);
+      for (int64_t t = 0; t < steps; ++t) {
+        __builtin_prefetch(w0 + kPrefetchBytes);
+        __builtin_prefetch(w1 + kPrefetchBytes);
+        step4_q4_rows2<GS>(w0, w1, q, gi);
+        const int32x4_t qs8 = vld1q_s32(q8);
+        const float32x4_t sxv = vld1q_f32(sx);
+        const int32x4_t d0 = step_sums(gi[0], prev[0], qs8), d1 = step_sums(gi[1], prev[1], qs8);
+        acc0 = vfmaq_f32(acc0, vcvtq_f32_s32(d0), vmulq_f32(scales4<F16>(s0, 0), sxv));
+        acc1 = vfmaq_f32(acc1, vcvtq_f32_s32(d1), vmulq_f32(scales4<F16>(s1, 0), sxv));
+        w0 += 4 * kWBytes;
+        w1 += 4 * kWBytes;
+        s0 += 4 * scale_bytes;
+        s1 += 4 * scale_bytes;
+        q += 4 * GS;
+        sx += 4;
+        q8 += 4;
+      }
+      const float32x4_t both = vpaddq_f32(acc0, acc1);  // row n: lanes 0 + 1, row n + 1: lanes 2 + 3
+      float r0 = vgetq_lane_f32(both, 0) + vgetq_lane_f32(both, 1), r1 = vgetq_lane_f32(both, 2) + vgetq_lane_f32(both, 3);
+      for (int64_t g = steps * 4; g < G; ++g) {  // groups past the last whole step
+        const int64_t k = g * GS;
+        int32x4_t t0 = vdupq_n_s32(0), t1 = vdupq_n_s32(0);
+        for (int b = 0; b < GS / kA8Block; ++b) {
+          t0 = block_q4_raw(t0, qw + n * row_bytes + (k + b * kA8Block) / 2, a.q + m * p.K + k + b * kA8Block);
+          t1 = block_q4_raw(t1, qw + (n + 1) * row_bytes + (k + b * kA8Block) / 2, a.q + m * p.K + k + b * kA8Block);
+        }
+        const float sxg = a.sx[m * G + g];
+        const int32_t off = qsum8[m * G + g];
+        r0 += static_cast<float>(vaddvq_s32(t0) - off) * (scale_at(p.scales, p.scale_dtype, n * G + g) * sxg);
+        r1 += static_cast<float>(vaddvq_s32(t1) - off) * (scale_at(p.scales, p.scale_dtype, (n + 1) * G + g) * sxg);
+      }
+      p.out[m * p.N + n] = r0;
+      p.out[m * p.N + n + 1] = r1;
+    }
+  for (; n < n1; ++n)  // an odd row at the end of the slab
+    for (int64_t m = 0; m < p.M; ++m)
+      p.out[m * p.N + n] = dot_row_a8_q4_neon<GS, F16>(qw + n * row_bytes, scales + n * G * scale_bytes,
+                                                       a.q + m * p.K, a.sx + m * G, a.qsum + m * G, G);
+}
+
 #endif
 
 template <int BITS>
@@ -598,18 +823,11 @@ static void linear_a8_rows(const WqLinear& p, const WqActQ8& a, int64_t n0, int6
 #if defined(__ARM_NEON) && !defined(QWEN35_ISA_AVX2)
   if (BITS == 4 && (p.group_size == 32 || p.group_size == 64 || p.group_size == 128)) {
     const bool f16 = p.scale_dtype == kWqF16;
-    const int64_t scale_bytes = f16 ? 2 : 4;
-    const char* scales = static_cast<const char*>(p.scales);
-    for (int64_t n = n0; n < n1; ++n)
-      for (int64_t m = 0; m < p.M; ++m) {
-        const void* sr = scales + n * G * scale_bytes;
-        p.out[m * p.N + n] =
-            f16 ? dot_row_a8_q4_neon_gs<true>(p.group_size, qw + n * row_bytes, sr, a.q + m * p.K, a.sx + m * G,
-                                              a.qsum + m * G, G)
-                : dot_row_a8_q4_neon_gs<false>(p.group_size, qw + n * row_bytes, sr, a.q + m * p.K, a.sx + m * G,
-                                               a.qsum + m * G, G);
-      }
-    return;
+    switch (p.group_size) {
+      case 32: return f16 ? rows_a8_q4_neon<32, true>(p, a, n0, n1) : rows_a8_q4_neon<32, false>(p, a, n0, n1);
+      case 64: return f16 ? rows_a8_q4_neon<64, true>(p, a, n0, n1) : rows_a8_q4_neon<64, false>(p, a, n0, n1);
+      default: return f16 ? rows_a8_q4_neon<128, true>(p, a, n0, n1) : rows_a8_q4_neon<128, false>(p, a, n0, n1);
+    }
   }
 #endif
 #if defined(QWEN35_ISA_AVX2)

@@ -183,6 +183,10 @@ int main() {
   ok &= run_case_a8(4, 2, 21, 72, 24);
   ok &= run_case_a8(4, 1, 13, 192, 32, true);  // 6 groups: NEON's 4-group step, then 2 single groups
   ok &= run_case_a8(4, 1, 9, 160, 80);
+  // the decode head's shape class (M = 1, group 32, fp16 scales, K % 256 == 0): NEON's two-row body over 18 row
+  // pairs whose accumulators carry from pair to pair, then the odd last row; and a single pair of one 8-group trip
+  ok &= run_case_a8(4, 1, 37, 1024, 32, true);
+  ok &= run_case_a8(4, 1, 2, 256, 32, true);
   ok &= run_case_a8(8, 2, 11, 80, 40);
   ok &= run_case_a8(8, 1, 33, 1024, 1024);
   ok &= a8_rounds_half_to_even(4);
