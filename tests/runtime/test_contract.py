@@ -109,3 +109,24 @@ def test_seq_axis_is_the_token_axis_of_kv_caches_only():
     assert contract.seq_axis("model.layers.0.linear_attn.conv_state") is None
     assert contract.is_state_buffer("model.layers.0.linear_attn.conv_state")
     assert not contract.is_state_buffer("model.layers.0.linear_attn.A_log")
+
+
+IMAGE_H = ROOT / "runtime" / "runner" / "image_prompt.h"
+SWIFT_IMAGES = ROOT / "ios_app" / "Sources" / "QwenMobileKit" / "Images.swift"
+JAVA_IMAGE_INPUT = ROOT / "android_app" / "src" / "org" / "qwenmobile" / "core" / "ImageInput.java"
+
+
+def test_the_readers_name_the_image_methods_and_share_the_size_rule():
+    from qwen_mobile.runtime import images
+
+    for name, const in (("kEmbedMethod", contract.EMBED_METHOD),
+                        ("kEmbeddingsPrefillMethod", contract.EMBEDDINGS_PREFILL_METHOD),
+                        ("kRopeDecodeMethod", contract.ROPE_DECODE_METHOD),
+                        ("kImageMethodPrefix", contract.IMAGE_METHOD_PREFIX)):
+        assert _one(rf'{name}\s*=\s*"(\w+)"', IMAGE_H) == const, name
+    for name, const in (("embedMethod", contract.EMBED_METHOD), ("prefillMethod", contract.EMBEDDINGS_PREFILL_METHOD),
+                        ("decodeMethod", contract.ROPE_DECODE_METHOD)):
+        assert _one(rf'static let {name}\s*=\s*"(\w+)"', SWIFT_IMAGES) == const, name
+    # The size rule's tolerance: the apps choose the same size as the host for the same image.
+    assert float(_one(r"static let sameAspect\s*=\s*([0-9.]+)", SWIFT_IMAGES)) == images.SAME_ASPECT
+    assert float(_one(r"SAME_ASPECT\s*=\s*([0-9.]+);", JAVA_IMAGE_INPUT)) == images.SAME_ASPECT
