@@ -34,8 +34,8 @@ def _thinking(args, bundle: Bundle) -> bool:
 
 def _timings_line(result, what: str) -> str:
     decode = f"{result.decode_tok_s:.1f} tok/s" if result.decode_tok_s else "-"
-    images = "".join(f"image {im['original_hw'][1]}x{im['original_hw'][0]} -> {im['encoded_hw'][1]}x"
-                     f"{im['encoded_hw'][0]} ({im['tokens']} tokens), " for im in result.images)
+    images = "".join(f"image {im['original_hw'][0]}x{im['original_hw'][1]} -> {im['encoded_hw'][0]}x"
+                     f"{im['encoded_hw'][1]} (HxW, {im['tokens']} tokens), " for im in result.images)
     if images:
         images += f"encoded in {result.image_encode_s * 1e3:.0f} ms; "
     return (f"[{what}: {images}{len(result.prompt_ids)} prompt tokens in {result.prefill_s * 1e3:.0f} ms "
@@ -232,7 +232,8 @@ def _attach_image(line: str, bundle: Bundle, attached: list) -> None:
         return
     attached.append(image)
     (h, w), (eh, ew) = image.original_size, image.size
-    print(f"[image {path}: {w}x{h} -> {ew}x{eh}, {image.tokens} tokens; sent with your next message]", file=sys.stderr)
+    print(f"[image {path}: {h}x{w} -> {eh}x{ew} (HxW), {image.tokens} tokens; sent with your next message]",
+          file=sys.stderr)
 
 
 def _chat_command(line: str, session, base, snapshot_dir: Path) -> str | None:
