@@ -12,6 +12,8 @@ them in its manifest; the caller resizes an image to one of them (runtime/CONTRA
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -43,13 +45,25 @@ class EncodeImage(nn.Module):
         return torch.zeros(self.grid_h * self.grid_w, self.visual.config.patch_dim)
 
     def forward(self, patches: torch.Tensor) -> torch.Tensor:
-        """Qwen35VisionModel.encode_frame with the position tables above."""
+        """Qwen35VisionModel.encode_frame with the position tables above and the blocks' GELU in sigmoid form."""
         visual = self.visual
         x = visual.patch_embed(patches)  # [N,D]
         x = x + self.positions.to(x.dtype)
-        for block in visual.blocks:
-            x = block(x, self.rope_cos, self.rope_sin)
+        for block in visual.blocks:  # Qwen35VisionBlock.forward, its MLP spelled out for gelu_tanh below
+            x = x + block.attn(block.norm1(x), self.rope_cos, self.rope_sin)
+            x = x + block.mlp.linear_fc2(gelu_tanh(block.mlp.linear_fc1(block.norm2(x))))
         return visual.merger(x)  # [N/4, out]
+
+
+GELU_TANH_SCALE = 2 * math.sqrt(2 / math.pi)
+
+
+def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
+    """F.gelu(x, approximate="tanh") as x * sigmoid(2c(x + 0.044715 x^3)), c = sqrt(2/pi) (0.5 (1 + tanh z) =
+    sigmoid(2z)). XNNPACK's own tanh-GELU is an approximation: measured max |error| 4.7e-4 (1.0e-4 relative) on
+    [196, 3072] inputs of std 3, which took a random 0.8B-shape fp32 tower to 1.6e-4 relative from eager; this form
+    lowers into the same delegate and stays within 5e-7 (2.9e-8 relative)."""
+    return x * torch.sigmoid(GELU_TANH_SCALE * (x + 0.044715 * x * x * x))
 
 
 def image_grid(height: int, width: int, visual_config) -> tuple[int, int, int]:
