@@ -63,6 +63,20 @@ def export_summary(manifest: dict, out: Path) -> str:
                          f"max |dlogit| {ver['max_abs_logit_diff']:.2e}, KL {ver['mean_kl']:.2e} "
                          f"over {ver['steps']} steps [{ver['gate']}]"
                          + (f"; {ver['evaluator']}" if ver.get("evaluator") else "")),
+    ]
+    image = ver.get("image")
+    if image:
+        rows.append(("image prompt", f"{'PASS' if image['passed'] else 'FAIL'}: top-1 {image['top1_agreement']:.1%}, "
+                                     f"max |dlogit| {image['max_abs_logit_diff']:.2e}, KL {image['mean_kl']:.2e} "
+                                     f"over {image['steps']} steps ({image['method']}, {image['image_tokens']} image "
+                                     f"tokens)"))
+    if "vision" in manifest:
+        quant = manifest["vision"]["quantization"]
+        rows.append(("images", ", ".join(f"{i['height']}x{i['width']} ({i['tokens']} tokens)"
+                                         for i in manifest["vision"]["images"])
+                     + f"; tower {quant['qlinear']}" + (f", {len(quant['kept_fp32'])} linear(s) kept fp32"
+                                                        if quant["kept_fp32"] else "")))
+    rows += [
         ("export time", f"{exp['seconds']:.0f} s (" + ", ".join(f"{k} {v:.0f}s" for k, v in
                                                             exp["stage_seconds"].items()) + ")"),
     ]
