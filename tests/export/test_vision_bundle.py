@@ -234,6 +234,30 @@ def test_vision_flags_are_xnnpack_only(hf_vlm, tmp_path, capsys):
     assert "--no-vision applies to --recipe xnnpack only" in capsys.readouterr().err
 
 
+def test_gate_image_prompt_is_a_chatml_user_turn_with_the_span():
+    """verify.image_prompt with a tokenizer (nano's holds Qwen's special tokens): the image's span inside the user turn
+    before the question, as Qwen's chat template writes it; without one, random text around exactly one span."""
+    from tokenizers import Tokenizer
+
+    from qwen_mobile.export.source import SHIPPED_MODELS
+    from qwen_mobile.export.verify import IMAGE_QUESTION, image_prompt
+    from qwen_mobile.models.config import Qwen35VisionConfig
+
+    tokenizer = Tokenizer.from_file(str(SHIPPED_MODELS["nano"] / "tokenizer.json"))
+    ids = {name: tokenizer.token_to_id(f"<|{name}|>") for name in ("vision_start", "image_pad", "vision_end")}
+    vision = Qwen35VisionConfig(depth=1, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64,
+                                image_token_id=ids["image_pad"], vision_start_token_id=ids["vision_start"],
+                                vision_end_token_id=ids["vision_end"])
+    prompt = image_prompt(vision, 3, tokenizer.get_vocab_size(), tokenizer)
+    assert tokenizer.decode(prompt, skip_special_tokens=False) == (
+        "<|im_start|>user\n<|vision_start|>" + "<|image_pad|>" * 3 + "<|vision_end|>" + IMAGE_QUESTION
+        + "<|im_end|>\n<|im_start|>assistant\n")
+    plain = image_prompt(vision, 3, tokenizer.get_vocab_size())
+    start = plain.index(ids["vision_start"])
+    assert plain[start:start + 5] == [ids["vision_start"]] + [ids["image_pad"]] * 3 + [ids["vision_end"]]
+    assert plain.count(ids["image_pad"]) == 3 and plain.count(ids["vision_start"]) == 1 and len(plain) > 10
+
+
 def random_tower_0_8b() -> Qwen35VisionModel:
     """A random tower of the 0.8B release's shape (qwen35-architecture.md: depth 12, 768 wide, 12 heads, MLP 3072,
     out 1024, patch 16): torch's default init, norms and biases perturbed, learned positions of std 0.5."""
