@@ -213,13 +213,16 @@ def test_text_only_source_and_no_vision(hf_vlm, hf_checkpoint, tmp_path):
     ("32x36", "--image-sizes 32x36: both sides must be positive multiples of 8"),
     ("abc", "--image-sizes 'abc': expected S or HxW"),
     ("32,0", "--image-sizes '0': expected S or HxW"),
-], ids=["not-multiple", "width-not-multiple", "not-a-size", "zero"])
+    ("32,96x96", "--image-sizes 96x96: one image takes 144 tokens (plus its two markers), more than the context, "
+                 "--max-seq-len 96"),
+], ids=["not-multiple", "width-not-multiple", "not-a-size", "zero", "past-the-context"])
 def test_bad_image_sizes_name_the_flag(hf_vlm, tmp_path, capsys, sizes, message):
     from qwen_mobile.export.cli import main
 
     src, _ = hf_vlm("B")
     out = tmp_path / "bundle"
-    assert main(["export", str(src), "--out", str(out), "--image-sizes", sizes, "--no-progress"]) == 2
+    assert main(["export", str(src), "--out", str(out), "--image-sizes", sizes, "--no-progress", "--max-seq-len",
+                 str(SMALL["max_seq_len"]), "--max-prefill-chunk", str(SMALL["max_prefill_chunk"])]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert message in err[-1] and not out.exists()
     with pytest.raises(UsageError, match="--image-sizes"):
