@@ -217,16 +217,17 @@ class XnnpackRecipe(Recipe):
             try:
                 image_grid(h, w, vision)
             except ValueError:
-                raise UsageError(f"--image-sizes {h}x{w}: both sides must be positive multiples of {factor} (patch_size "
-                                 f"{vision.patch_size} x spatial_merge_size {vision.spatial_merge_size})") from None
+                raise UsageError(f"--image-sizes {h}x{w}: both sides must be positive multiples of {factor} "
+                                 f"(patch_size {vision.patch_size} x spatial_merge_size {vision.spatial_merge_size})"
+                                 ) from None
         for h, w in s.image_sizes:
             if h * w // factor ** 2 + 2 > s.max_seq_len:
                 raise UsageError(f"--image-sizes {h}x{w}: one image takes {h * w // factor ** 2} tokens (plus its two "
                                  f"markers), more than the context, --max-seq-len {s.max_seq_len}")
         smallest = min(h * w for h, w in s.image_sizes) // factor ** 2
         if smallest + 32 > s.max_seq_len:
-            raise UsageError(f"--image-sizes: the smallest size takes {smallest} tokens, which with the gate's question "
-                             f"does not fit --max-seq-len {s.max_seq_len}")
+            raise UsageError(f"--image-sizes: the smallest size takes {smallest} tokens, which with the gate's "
+                             f"question does not fit --max-seq-len {s.max_seq_len}")
 
     def image_sizes(self, job: ExportJob) -> list[tuple[int, int]]:
         """The exported sizes, [] for a bundle without image methods."""

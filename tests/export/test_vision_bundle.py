@@ -33,9 +33,10 @@ SMALL = dict(max_seq_len=96, max_prefill_chunk=16, progress=False)
 # Tower B: 4-pixel patches, merge 2 -> sides in multiples of 8; 32x32 = 8x8 patches = 16 tokens, 32x48 = 24 tokens
 # (a wide image: its H and W rotary rows differ). Tower A: 16-pixel patches -> multiples of 32.
 B_SIZES = "32,32x48"
-# encode_image (.pte, uint8 in) vs vision_preprocess.normalize + patchify + the eager tower, relative to max(1, max|ref|):
-# measured 4.4e-6 on tower B (of which 2e-6 is the one-ulp difference of the in-graph x * rescale_factor, amplified by
-# B's x50 query/key weights) and 4.8e-7 on tower A. With XNNPACK's own tanh-GELU it was 1.2e-5 (vision_export.gelu_tanh).
+# encode_image (.pte, uint8 in) vs vision_preprocess.normalize + patchify + the eager tower, relative to
+# max(1, max|ref|): measured 4.4e-6 on tower B (2e-6 of it the one-ulp difference of the in-graph x * rescale_factor,
+# amplified by B's x50 query/key weights) and 4.8e-7 on tower A. With XNNPACK's own tanh-GELU it was 1.2e-5
+# (vision_export.gelu_tanh).
 ENCODE_RELATIVE_ATOL = 1e-5
 # fp32 logits of the bundle vs eager Qwen35VisionLanguage, relative to max(1, max |logit|): the text gate's bound
 # (verify.FP32_MAX_ABS_LOGIT_DIFF); the export's own image gate measured 8.6e-7 on this model.
