@@ -13,7 +13,9 @@ import torch
 
 TESTS = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(TESTS / "models"), str(TESTS / "export"), str(TESTS)]
-from test_vision_bundle import export_quietly, vlm_checkpoint  # noqa: E402
+from test_vision_bundle import vlm_checkpoint  # noqa: E402
+
+from qwen_mobile.export import export  # noqa: E402
 
 from qwen_mobile.models.vision_language import Qwen35VisionLanguage  # noqa: E402
 from qwen_mobile.models.vision_preprocess import ImageProcessorConfig, normalize, patchify  # noqa: E402
@@ -27,11 +29,32 @@ GENERATED = 12
 SIZES = "32,32x48"  # tower B: 4-pixel patches, merge 2
 
 
+SPECIAL = {"<|image_pad|>": 150, "<|video_pad|>": 151, "<|vision_start|>": 152, "<|vision_end|>": 153,
+           "<|im_start|>": 154, "<|im_end|>": 155, "<think>": 156, "</think>": 157}
+
+
+def write_word_tokenizer(folder: Path) -> None:
+    """A word-level tokenizer over the tiny VLM's 160 ids: w0..w149 are words, the vision and ChatML tokens sit at the
+    ids the checkpoint's config names (image 150, vision_start 152, vision_end 153), 159 is unknown; whitespace splits.
+    Enough for the chat template and the image span to go through real tokenization."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, decoders
+
+    # No <|endoftext|>: this random model answers this prompt with id 158 first, which would end every reply at once.
+    vocab = {f"w{i}": i for i in range(150)} | SPECIAL | {"w158": 158, "<unk>": 159}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.decoder = decoders.WordPiece(prefix="##")  # joins words with spaces
+    tok.add_special_tokens(list(SPECIAL))
+    tok.save(str(folder / "tokenizer.json"))
+
+
 @pytest.fixture(scope="module")
 def vlm(tmp_path_factory):
     src = vlm_checkpoint(tmp_path_factory, "B")
+    write_word_tokenizer(src)
     out = tmp_path_factory.mktemp("host-images") / "vlm-fp32"
-    export_quietly(src, out, preset="xnnpack-fp32", image_sizes=SIZES)
+    export(str(src), out, preset="xnnpack-fp32", image_sizes=SIZES, max_seq_len=96, max_prefill_chunk=16,
+           progress=False)
     return src, out
 
 
@@ -159,3 +182,34 @@ def test_bench_reports_image_rows(vlm, capsys, tmp_path):
     assert rows[(32, 48)]["tokens"] == 24 and rows[(32, 48)]["prompt_tokens"] == 24 + 2 + 16
     assert 0 < rows[(32, 48)]["encode_ms"]["median"] < rows[(32, 48)]["ttft_ms"]["median"]
     assert "image HxW" in capsys.readouterr().out
+
+
+def test_chat_image_and_run_chat_image_tokenize_the_span(vlm, photo, monkeypatch, capsys):
+    import io
+
+    from qwen_mobile.export.cli import main
+    from qwen_mobile.runtime.chat import ChatTemplate
+
+    src, out = vlm
+    bundle = Bundle(out)
+    image = load_image(photo, bundle.vision)
+    eager, processor = eager_for(src)
+    patches, grids = eager_patches(image, processor)
+    # What the chat sends: the user turn with Qwen's image span before the text, then the generation prompt.
+    template = ChatTemplate(thinking=False)
+    ids = bundle.encode(template.user("<|vision_start|><|image_pad|><|vision_end|>w5 w6"))
+    assert ids.count(150) == 1 and ids[ids.index(150) - 1] == 152 and ids[ids.index(150) + 1] == 153
+    expanded = ids[:ids.index(150)] + [150] * image.tokens + ids[ids.index(150) + 1:]
+    reply = eager.generate(expanded, patches, grids, max_new_tokens=8, stop_ids=tuple(bundle.stop_ids))
+    expected = bundle.decode([t for t in reply if t not in bundle.stop_ids])
+
+    monkeypatch.setattr("sys.stdin", io.StringIO(f"/image {photo}\nw5 w6\n/quit\n"))
+    assert main(["chat", str(out), "--max-new-tokens", "8", "--no-thinking"]) == 0
+    captured = capsys.readouterr()
+    assert "(HxW), 24 tokens; sent with your next message" in captured.err, captured.err
+    assert expected.strip() and expected.strip() in captured.out, (reply, expected, captured.out)
+
+    assert main(["run", str(out), "--chat", "--no-thinking", "--prompt", "w5 w6", "--image", str(photo),
+                 "--max-new-tokens", "8", "--json", "-"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["prompt_ids"] == expanded and doc["ids"] == reply
