@@ -54,3 +54,22 @@ def make_hf_conditional_generation(regime="hv2x", tied=True, seed=0):
     model = Qwen3_5ForConditionalGeneration(config).eval()
     perturb_small_params(model, seed)
     return model
+
+
+SPECIAL = {"<|image_pad|>": 150, "<|video_pad|>": 151, "<|vision_start|>": 152, "<|vision_end|>": 153,
+           "<|im_start|>": 154, "<|im_end|>": 155, "<think>": 156, "</think>": 157}
+
+
+def write_word_tokenizer(folder) -> None:
+    """A word-level tokenizer over the tiny VLM's 160 ids: w0..w149 are words, the vision and ChatML tokens sit at the
+    ids the checkpoint's config names (image 150, vision_start 152, vision_end 153), 159 is unknown; whitespace splits.
+    Enough for the chat template and the image span to go through real tokenization."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, decoders
+
+    # No <|endoftext|>: this random model answers this prompt with id 158 first, which would end every reply at once.
+    vocab = {f"w{i}": i for i in range(150)} | SPECIAL | {"w158": 158, "<unk>": 159}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.decoder = decoders.WordPiece(prefix="##")  # joins words with spaces
+    tok.add_special_tokens(list(SPECIAL))
+    tok.save(str(folder / "tokenizer.json"))

@@ -69,3 +69,25 @@ def other_bundle(nano_bundle, tmp_path_factory):
     (out / "tokenizer_config.json").write_text(json.dumps(cfg))
     write_manifest(out, json.loads((out / "manifest.json").read_text()))
     return Bundle(out)
+
+
+# -- one fp32 bundle of a tiny VLM (tower B: 4-pixel patches; image sizes 32x32 and 32x48; a word-level tokenizer with
+# Qwen's vision and ChatML tokens), shared by tests/export/test_vision_bundle.py and tests/session/test_image_session.py:
+# an export of its seven methods takes about two minutes here.
+@pytest.fixture(scope="session")
+def vlm_b_fp32(tmp_path_factory):
+    import sys
+    from pathlib import Path
+
+    from checkpoints import write_word_tokenizer
+    from qwen_mobile.export import export
+
+    tests = Path(__file__).resolve().parent
+    sys.path[:0] = [str(tests / "models"), str(tests / "export")]
+    from test_vision_bundle import B_SIZES, SMALL, vlm_checkpoint
+
+    src = vlm_checkpoint(tmp_path_factory, "B")
+    write_word_tokenizer(src)
+    out = tmp_path_factory.mktemp("bundles") / "vlm-b-fp32"
+    manifest = export(str(src), out, **{**SMALL, "preset": "xnnpack-fp32", "image_sizes": B_SIZES})
+    return src, out, manifest

@@ -9,7 +9,6 @@ import json
 import os
 import platform
 import subprocess
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--gen", type=int, nargs=2, default=[Plan.gen_short, Plan.gen_long], metavar=("SHORT", "LONG"),
                     help="generated tokens of the two decode runs (default 4 12: 8 decode steps apart)")
     ap.add_argument("--no-prefill", action="store_true", help="decode only")
+    ap.add_argument("--no-decode", action="store_true", help="prefill only")
     ap.add_argument("--top", type=int, default=15, help="functions shown per decoded token (default 15)")
     ap.add_argument("--jobs", type=int, default=1, help="qemu runs at once (counts do not depend on it)")
     ap.add_argument("--cache", type=Path, default=tools.default_cache(), help="build/model cache "
@@ -92,6 +92,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-install", action="store_true", help="fail instead of apt-get installing missing tools")
     a = ap.parse_args(argv)
     plan = Plan(a.prompt, a.prefill_long, *a.gen)
+    if a.no_prefill and a.no_decode:
+        ap.error("--no-prefill with --no-decode leaves nothing to count")
+    phases = [phase for phase, skip in (("decode", a.no_decode), ("prefill", a.no_prefill)) if not skip]
     if not (0 < plan.gen_short < plan.gen_long):
         ap.error("--gen: expected 0 < SHORT < LONG")
     if not (0 < plan.prompt < plan.prefill_long):
@@ -134,11 +137,10 @@ def main(argv: list[str] | None = None) -> int:
                 exe = llama[p.name]
                 decode = [llama_argv(exe, gguf, 0, g) for g in (plan.gen_short, plan.gen_long)]
                 prefill = [llama_argv(exe, gguf, n, 0) for n in (plan.prompt, plan.prefill_long)]
-            for which, argv in zip(("short", "long"), decode):
-                runs.append((p.name, peer, "decode", which, argv, True))
-            if not a.no_prefill:
-                for which, argv in zip(("short", "long"), prefill):
-                    runs.append((p.name, peer, "prefill", which, argv, False))
+            for phase, argvs in (("decode", decode), ("prefill", prefill)):
+                if phase in phases:
+                    for which, argv in zip(("short", "long"), argvs):
+                        runs.append((p.name, peer, phase, which, argv, True))
 
     logs = cache / "runs"
     logs.mkdir(exist_ok=True)
@@ -177,19 +179,17 @@ def main(argv: list[str] | None = None) -> int:
               "profiles": {}}
     for p in profiles:
         res = {"cpu": p.cpu, "llama_march": p.march, "about": p.about, "per_token": {}, "runs": {},
-               "top_functions_decode": {}}
+               **{f"top_functions_{phase}": {} for phase in phases}}
         for peer in a.peers:
-            for phase, n in steps.items():
-                if phase == "prefill" and a.no_prefill:
-                    continue
+            for phase in phases:
+                n = steps[phase]
                 s, l = counts[(p.name, peer, phase, "short")], counts[(p.name, peer, phase, "long")]
                 res["per_token"].setdefault(peer, {})[phase] = per_token(s, l, n)
                 res["runs"].setdefault(peer, {})[phase] = {"short": s.summary(), "long": l.summary(),
                                                            "vcpus": [s.vcpus, l.vcpus]}
-            s, l = counts[(p.name, peer, "decode", "short")], counts[(p.name, peer, "decode", "long")]
-            prof = profile_per_token(function_profile(s), function_profile(l), steps["decode"])
-            total = res["per_token"][peer]["decode"]["insns"]
-            res["top_functions_decode"][peer] = top_functions(prof, total, max(a.top, 40))
+                prof = profile_per_token(function_profile(s), function_profile(l), n)
+                total = res["per_token"][peer][phase]["insns"]
+                res[f"top_functions_{phase}"][peer] = top_functions(prof, total, max(a.top, 40))
         if len(a.peers) == 2:
             res["ratios_ours_over_llama_cpp"] = {
                 phase: {k: (res["per_token"]["ours"][phase][k] / v if v else None)
@@ -226,9 +226,10 @@ def print_profile(p, res, peers, steps, top) -> None:
             if len(peers) == 2:
                 line += " " + ratio(vals[0], vals[1])
         print(line)
-    for peer in peers:
-        rows = res["top_functions_decode"][peer][:top]
-        print(f"\n   {peer}: top functions per decoded token (instructions, share, SIMD/FP, bytes loaded)")
+    for phase, peer in ((phase, peer) for phase in phases for peer in peers):
+        rows = res[f"top_functions_{phase}"][peer][:top]
+        what = {"decode": "decoded", "prefill": "prefilled"}[phase]
+        print(f"\n   {peer}: top functions per {what} token (instructions, share, SIMD/FP, bytes loaded)")
         for r in rows:
             print(f"   {r['insns'] / 1e6:9.2f} M {100 * r['share']:5.1f} %  simd {r['simd_fp'] / 1e6:8.2f} M  "
                   f"ld {r['bytes_loaded'] / 1e6:8.2f} MB  {r['function'][:110]}")

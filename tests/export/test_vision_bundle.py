@@ -67,11 +67,9 @@ def export_quietly(src, out, **options) -> dict:
 
 
 @pytest.fixture(scope="module")
-def fp32_b(tmp_path_factory):
-    src = vlm_checkpoint(tmp_path_factory, "B")
-    out = tmp_path_factory.mktemp("bundles") / "vlm-b-fp32"
-    manifest = export_quietly(src, out, preset="xnnpack-fp32", image_sizes=B_SIZES)
-    return src, out, manifest
+def fp32_b(vlm_b_fp32):
+    """tests/conftest.py's shared tower-B fp32 bundle (exported with a word-level tokenizer, B_SIZES and SMALL)."""
+    return vlm_b_fp32
 
 
 def load_program(bundle: Path):

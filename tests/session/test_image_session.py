@@ -5,56 +5,26 @@ tests/models/test_vision_parity.py and test_vision_pipeline.py) fed the same res
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-TESTS = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(TESTS / "models"), str(TESTS / "export"), str(TESTS)]
-from test_vision_bundle import vlm_checkpoint  # noqa: E402
-
-from qwen_mobile.export import export  # noqa: E402
-
-from qwen_mobile.models.vision_language import Qwen35VisionLanguage  # noqa: E402
-from qwen_mobile.models.vision_preprocess import ImageProcessorConfig, normalize, patchify  # noqa: E402
-from qwen_mobile.runtime.bundle import Bundle  # noqa: E402
-from qwen_mobile.runtime.images import image_span, load_image  # noqa: E402
-from qwen_mobile.runtime.sampling import Sampler, SamplingConfig  # noqa: E402
+from qwen_mobile.models.vision_language import Qwen35VisionLanguage
+from qwen_mobile.models.vision_preprocess import ImageProcessorConfig, normalize, patchify
+from qwen_mobile.runtime.bundle import Bundle
+from qwen_mobile.runtime.images import image_span, load_image
+from qwen_mobile.runtime.sampling import Sampler, SamplingConfig
 
 # fp32 bundle vs eager fp32, relative to max(1, max |logit|): the text gate's bound (verify.FP32_MAX_ABS_LOGIT_DIFF).
 LOGITS_RELATIVE_ATOL = 1e-4
 GENERATED = 12
-SIZES = "32,32x48"  # tower B: 4-pixel patches, merge 2
-
-
-SPECIAL = {"<|image_pad|>": 150, "<|video_pad|>": 151, "<|vision_start|>": 152, "<|vision_end|>": 153,
-           "<|im_start|>": 154, "<|im_end|>": 155, "<think>": 156, "</think>": 157}
-
-
-def write_word_tokenizer(folder: Path) -> None:
-    """A word-level tokenizer over the tiny VLM's 160 ids: w0..w149 are words, the vision and ChatML tokens sit at the
-    ids the checkpoint's config names (image 150, vision_start 152, vision_end 153), 159 is unknown; whitespace splits.
-    Enough for the chat template and the image span to go through real tokenization."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, decoders
-
-    # No <|endoftext|>: this random model answers this prompt with id 158 first, which would end every reply at once.
-    vocab = {f"w{i}": i for i in range(150)} | SPECIAL | {"w158": 158, "<unk>": 159}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.decoder = decoders.WordPiece(prefix="##")  # joins words with spaces
-    tok.add_special_tokens(list(SPECIAL))
-    tok.save(str(folder / "tokenizer.json"))
 
 
 @pytest.fixture(scope="module")
-def vlm(tmp_path_factory):
-    src = vlm_checkpoint(tmp_path_factory, "B")
-    write_word_tokenizer(src)
-    out = tmp_path_factory.mktemp("host-images") / "vlm-fp32"
-    export(str(src), out, preset="xnnpack-fp32", image_sizes=SIZES, max_seq_len=96, max_prefill_chunk=16,
-           progress=False)
+def vlm(vlm_b_fp32):
+    """tests/conftest.py's tiny VLM (tower B, 4-pixel patches, sizes 32x32 and 32x48) and its fp32 bundle."""
+    src, out, _ = vlm_b_fp32
     return src, out
 
 
