@@ -10,7 +10,7 @@ never in the repository) plus a random vision tower of the architecture document
 Per recipe: `qwen_mobile.export.export` with the quality gate off (agreement on random weights means nothing; fp32 is
 still checked by the gate's bound), the bundle's bytes and the export's seconds; then, in this process, per image size
 `runtime/bench.py`'s image rows (`encode_image` alone, and the whole prompt: test card + 16 text tokens to the first
-token), and the peer: our eager fp32 tower (`Qwen35VisionModel.encode_frame` on the same patches, torch's default
+token), alternating round by round with the peer: our eager fp32 tower (`Qwen35VisionModel.encode_frame` on the same patches, torch's default
 threads, no_grad), which transformers' `Qwen3_5VisionModel` equals within 4e-6 (tests/models/test_vision_parity.py).
 Host numbers, never phone numbers.
 """
@@ -82,24 +82,43 @@ def vlm_checkpoint(preset: str) -> Path:
     return folder
 
 
-def eager_encode_ms(source: Path, size: tuple[int, int], runs: int) -> dict:
-    """The peer: our eager fp32 tower on the same test card's patches (normalize + patchify as the program does)."""
+def interleaved_rounds(bundle, source: Path, runs: int) -> list[dict]:
+    """Per image size, `runs` rounds (after one warm-up) of: the bundle's whole image prompt (test card + 16 text
+    tokens, as runtime/bench.py's image rows), then the peer, our eager fp32 tower on the same test card's patches
+    (normalize + patchify as the program does; torch's default threads, no_grad). Alternating them keeps a busy host's
+    swings out of the ratio."""
     from qwen_mobile.models.vision import Qwen35VisionModel
     from qwen_mobile.models.vision_preprocess import ImageProcessorConfig, normalize, patchify
-    from qwen_mobile.runtime.bench import stats
-    from qwen_mobile.runtime.images import synthetic_image
+    from qwen_mobile.runtime.bench import IMAGE_PROMPT_TEXT_TOKENS, random_prompt, stats
+    from qwen_mobile.runtime.images import bundle_image, image_span, synthetic_image
+    from qwen_mobile.runtime.sampling import Sampler, SamplingConfig
 
     tower = Qwen35VisionModel.from_pretrained(source).eval()
     processor = ImageProcessorConfig.from_pretrained(source, tower.config)
-    patches, gh, gw = patchify(normalize(synthetic_image(*size), processor), processor)
-    times = []
-    with torch.no_grad():
+    vision = bundle.vision
+    avoid = bundle.stop_ids | {vision["image_token_id"], vision["vision_start_token_id"], vision["vision_end_token_id"]}
+    rows = []
+    for entry in vision["images"]:
+        size = (entry["height"], entry["width"])
+        card = synthetic_image(*size)
+        image = bundle_image(card, vision, source="synthetic test card", size=size)
+        prompt = image_span(vision) + random_prompt(bundle.vocab_size, IMAGE_PROMPT_TEXT_TOKENS, 0, avoid)
+        patches, gh, gw = patchify(normalize(card, processor), processor)
+        encode, ttft, eager = [], [], []
         for i in range(runs + 1):
+            result = bundle.session().generate(prompt, 1, Sampler(SamplingConfig()), stop_ids=set(), images=[image])
             t0 = time.perf_counter()
-            tower.encode_frame(patches, gh, gw)
-            if i:  # the first call is warm-up
-                times.append((time.perf_counter() - t0) * 1e3)
-    return stats(times)
+            with torch.no_grad():
+                tower.encode_frame(patches, gh, gw)
+            eager_ms = (time.perf_counter() - t0) * 1e3
+            if i:  # round 0 warms both up
+                encode.append(result.image_encode_s * 1e3)
+                ttft.append(result.ttft_s * 1e3)
+                eager.append(eager_ms)
+        rows.append({"height": size[0], "width": size[1], "method": entry["method"], "tokens": entry["tokens"],
+                     "prompt_tokens": len(result.prompt_ids), "encode_ms": stats(encode), "ttft_ms": stats(ttft),
+                     "eager_encode_ms": stats(eager)})
+    return rows
 
 
 def main(argv=None) -> int:
@@ -109,25 +128,29 @@ def main(argv=None) -> int:
     ap.add_argument("--sizes", default="224,448", help="--image-sizes of the export")
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--out-dir", type=Path, default=None, help="where bundles go (default: the cache)")
+    ap.add_argument("--reuse", action="store_true", help="time an already exported bundle again (export time: "
+                                                           "its manifest's)")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args(argv)
 
     from qwen_mobile.export import export
-    from qwen_mobile.runtime.bench import bench_images, device_info
+    from qwen_mobile.runtime.bench import device_info
     from qwen_mobile.runtime.bundle import Bundle
 
     source = vlm_checkpoint(args.preset)
     rows = []
     for recipe in args.recipes.split(","):
         out = (args.out_dir or CACHE / "bundles") / f"{args.preset}-{recipe}"
-        t0 = time.perf_counter()
-        manifest = export(str(source), out, preset=recipe, image_sizes=args.sizes, quality_gate=False, force=True,
-                          progress=True)
-        seconds = time.perf_counter() - t0
+        if args.reuse and (out / "manifest.json").is_file():
+            manifest = json.loads((out / "manifest.json").read_text())
+            seconds = manifest["export"]["seconds"]
+        else:
+            t0 = time.perf_counter()
+            manifest = export(str(source), out, preset=recipe, image_sizes=args.sizes, quality_gate=False,
+                              force=True, progress=True)
+            seconds = time.perf_counter() - t0
         bundle = Bundle(out)
-        images = bench_images(bundle, args.runs, 1, seed=0)
-        for row in images:
-            row["eager_encode_ms"] = eager_encode_ms(source, (row["height"], row["width"]), args.runs)
+        images = interleaved_rounds(bundle, source, args.runs)
         rows.append({"recipe": recipe, "bundle_bytes": sum(f["bytes"] for f in manifest["files"].values()),
                      "export_seconds": round(seconds, 1), "stage_seconds": manifest["export"]["stage_seconds"],
                      "vision": {k: v for k, v in manifest["vision"].items() if k not in ("images",)},
