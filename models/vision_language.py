@@ -36,6 +36,11 @@ class Qwen35VisionLanguage(nn.Module):
         if visual.config.out_hidden_size != text.config.hidden_size:
             raise ConfigError(f"vision_config field 'out_hidden_size' is {visual.config.out_hidden_size}, but the text "
                               f"decoder's hidden_size is {text.config.hidden_size}")
+        vocab = text.config.vocab_size
+        for key in ("image_token_id", "vision_start_token_id", "vision_end_token_id"):
+            if not 0 <= getattr(visual.config, key) < vocab:
+                raise ConfigError(f"config field '{key}' is {getattr(visual.config, key)}, outside the text model's "
+                                  f"vocabulary 0..{vocab - 1}")
         if text.max_batch_size != 1:
             raise ValueError("Qwen35VisionLanguage runs batch 1; build the text model with max_batch_size=1")
         self.text = text

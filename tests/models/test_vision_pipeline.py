@@ -1,6 +1,8 @@
 """Image + text prompts end to end: our tower, M-RoPE positions and text decoder (models/vision_language.py) vs
 transformers' Qwen3_5ForConditionalGeneration, prefill logits and 16 decode steps through its own cache."""
 
+import copy
+
 import pytest
 import torch
 
@@ -159,3 +161,16 @@ def test_image_file_to_tokens_matches_transformers(case, tmp_path):
         expected = hf.generate(**hf_inputs(vlm, tokens, ref["pixel_values"], [image.grid_thw]), max_new_tokens=12,
                                do_sample=False, eos_token_id=None, pad_token_id=0)[0, len(tokens):].tolist()
     assert vlm.generate(tokens, image.pixel_values, [image.grid_thw], max_new_tokens=12) == expected
+
+
+def test_vision_token_ids_outside_the_vocabulary_are_named(case):
+    import dataclasses
+
+    from qwen_mobile.models.config import ConfigError
+
+    vlm, _ = case("A", "hv1x", True)
+    visual = copy.copy(vlm.visual)
+    visual.config = dataclasses.replace(vlm.visual.config, image_token_id=248056)  # the releases' id, vocab 160 here
+    with pytest.raises(ConfigError, match=r"config field 'image_token_id' is 248056, outside the text model's "
+                                          r"vocabulary 0\.\.159"):
+        Qwen35VisionLanguage(vlm.text, visual)
