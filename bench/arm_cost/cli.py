@@ -9,6 +9,7 @@ import json
 import os
 import platform
 import subprocess
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +46,27 @@ def ours_argv(pkg: Path, bundle: Path, prompt: int, gen: int) -> list[str]:
     return [pkg / "lib/ld-linux-aarch64.so.1", "--library-path", pkg / "lib", pkg / "bin/qwen-bench",
             "--bundle", bundle, "--prompt-ids", prompt_ids(bundle, prompt), "--gen", gen, "--runs", 1, "--warmup", 0,
             "--threads", 1, "--no-power", "--no-verify", "--emulated", "yes"]
+
+
+def ours_image_argvs(pkg: Path, bundle: Path, size: tuple[int, int], rgb: Path, text: int) -> tuple[list, list]:
+    """Two runs of ours that differ only by one image: [vision_start, image, vision_end] + `text` ids with the image
+    (expanded by the runner to the size's tokens), and a text prompt of the same expanded length. Their difference is
+    what one image adds: its encode_image call and the embedding path (embed_tokens, the splice)."""
+    m = json.loads((bundle / "manifest.json").read_text())
+    vision = m.get("vision")
+    if not vision:
+        raise SystemExit(f"--image-size: {bundle} has no vision section (export a checkpoint with a vision tower)")
+    entry = next((e for e in vision["images"] if (e["height"], e["width"]) == size), None)
+    if entry is None:
+        listed = ", ".join(f"{e['height']}x{e['width']}" for e in vision["images"])
+        raise SystemExit(f"--image-size {size[0]}x{size[1]}: {bundle} encodes {listed}")
+    span = [vision["vision_start_token_id"], vision["image_token_id"], vision["vision_end_token_id"]]
+    with_image = ",".join(map(str, span)) + "," + prompt_ids(bundle, text)
+    base = ours_argv(pkg, bundle, text, 1)
+    at = base.index("--prompt-ids") + 1
+    image_argv = base[:at] + [with_image] + base[at + 1:] + ["--image", rgb, "--image-size", f"{size[0]}x{size[1]}"]
+    text_argv = ours_argv(pkg, bundle, entry["tokens"] + 2 + text, 1)
+    return image_argv, text_argv
 
 
 def llama_argv(exe: Path, gguf: Path, prompt: int, gen: int) -> list[str]:
@@ -84,6 +106,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="generated tokens of the two decode runs (default 4 12: 8 decode steps apart)")
     ap.add_argument("--no-prefill", action="store_true", help="decode only")
     ap.add_argument("--no-decode", action="store_true", help="prefill only")
+    ap.add_argument("--image-size", metavar="HxW", help="ours, a bundle with image methods: also count what one image "
+                    "of this size adds (a prompt with it minus a text prompt of the same length); with --no-decode "
+                    "--no-prefill, only that")
     ap.add_argument("--top", type=int, default=15, help="functions shown per decoded token (default 15)")
     ap.add_argument("--jobs", type=int, default=1, help="qemu runs at once (counts do not depend on it)")
     ap.add_argument("--cache", type=Path, default=tools.default_cache(), help="build/model cache "
@@ -92,8 +117,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-install", action="store_true", help="fail instead of apt-get installing missing tools")
     a = ap.parse_args(argv)
     plan = Plan(a.prompt, a.prefill_long, *a.gen)
-    if a.no_prefill and a.no_decode:
+    if a.no_prefill and a.no_decode and not a.image_size:
         ap.error("--no-prefill with --no-decode leaves nothing to count")
+    image_size = None
+    if a.image_size:
+        try:
+            image_size = tuple(int(v) for v in a.image_size.lower().split("x"))
+            assert len(image_size) == 2 and min(image_size) > 0
+        except (ValueError, AssertionError):
+            ap.error(f"--image-size {a.image_size!r}: expected HxW, e.g. 224x224")
+        if "ours" not in a.peers:
+            ap.error("--image-size counts ours only: keep 'ours' in --peers")
     phases = [phase for phase, skip in (("decode", a.no_decode), ("prefill", a.no_prefill)) if not skip]
     if not (0 < plan.gen_short < plan.gen_long):
         ap.error("--gen: expected 0 < SHORT < LONG")
@@ -141,6 +175,15 @@ def main(argv: list[str] | None = None) -> int:
                 if phase in phases:
                     for which, argv in zip(("short", "long"), argvs):
                         runs.append((p.name, peer, phase, which, argv, True))
+            if peer == "ours" and image_size:
+                rgb = cache / f"test-card-{image_size[0]}x{image_size[1]}.rgb"
+                sys.path.insert(0, str(tools.ROOT))
+                from qwen_mobile.runtime.images import synthetic_image
+
+                rgb.write_bytes(synthetic_image(*image_size).permute(1, 2, 0).contiguous().numpy().tobytes())
+                with_image, same_length = ours_image_argvs(pkg, bundle, image_size, rgb, plan.prompt)
+                runs.append((p.name, peer, "image", "short", same_length, True))  # short: without the image
+                runs.append((p.name, peer, "image", "long", with_image, True))
 
     logs = cache / "runs"
     logs.mkdir(exist_ok=True)
@@ -151,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
         # A fixed working directory per kind of run (same path in every invocation, equal-length names), locked so
         # that two invocations never empty each other's.
         slot = cache / "work" / f"{prof}-{('ours', 'llama_cpp').index(peer)}" \
-            f"{('decode', 'prefill').index(phase)}{('short', 'long').index(which)}"
+            f"{('decode', 'prefill', 'image').index(phase)}{('short', 'long').index(which)}"
         slot.parent.mkdir(parents=True, exist_ok=True)
         with open(f"{slot}.lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
@@ -190,13 +233,25 @@ def main(argv: list[str] | None = None) -> int:
                 prof = profile_per_token(function_profile(s), function_profile(l), n)
                 total = res["per_token"][peer][phase]["insns"]
                 res[f"top_functions_{phase}"][peer] = top_functions(prof, total, max(a.top, 40))
-        if len(a.peers) == 2:
+        if image_size:
+            s, l = counts[(p.name, "ours", "image", "short")], counts[(p.name, "ours", "image", "long")]
+            res["per_image"] = {"size": list(image_size), "ours": per_token(s, l, 1)}
+            prof = profile_per_token(function_profile(s), function_profile(l), 1)
+            res["top_functions_image"] = {"ours": top_functions(prof, res["per_image"]["ours"]["insns"], 40)}
+            print(f"\n== one {image_size[0]}x{image_size[1]} image, profile {p.name}, ours: "
+                  f"{res['per_image']['ours']['insns'] / 1e6:.1f} M instructions "
+                  f"(SIMD/FP {res['per_image']['ours']['simd_fp'] / 1e6:.1f} M, "
+                  f"{res['per_image']['ours']['bytes_loaded'] / 1e6:.1f} MB loaded)")
+            for r in res["top_functions_image"]["ours"][:a.top]:
+                print(f"   {r['insns'] / 1e6:9.2f} M {100 * r['share']:5.1f} %  {r['function'][:110]}")
+        if len(a.peers) == 2 and phases:
             res["ratios_ours_over_llama_cpp"] = {
                 phase: {k: (res["per_token"]["ours"][phase][k] / v if v else None)
                         for k, v in res["per_token"]["llama_cpp"][phase].items()}
                 for phase in res["per_token"]["ours"]}
         result["profiles"][p.name] = res
-        print_profile(p, res, a.peers, steps, a.top)
+        if phases:
+            print_profile(p, res, a.peers, steps, a.top)
 
     if a.json:
         a.json.parent.mkdir(parents=True, exist_ok=True)
