@@ -89,21 +89,16 @@ def interleaved_rounds(bundle, source: Path, runs: int) -> list[dict]:
     swings out of the ratio."""
     from qwen_mobile.models.vision import Qwen35VisionModel
     from qwen_mobile.models.vision_preprocess import ImageProcessorConfig, normalize, patchify
-    from qwen_mobile.runtime.bench import IMAGE_PROMPT_TEXT_TOKENS, random_prompt, stats
-    from qwen_mobile.runtime.images import bundle_image, image_span, synthetic_image
+    from qwen_mobile.runtime.bench import image_bench_prompt, stats
     from qwen_mobile.runtime.sampling import Sampler, SamplingConfig
 
     tower = Qwen35VisionModel.from_pretrained(source).eval()
     processor = ImageProcessorConfig.from_pretrained(source, tower.config)
-    vision = bundle.vision
-    avoid = bundle.stop_ids | {vision["image_token_id"], vision["vision_start_token_id"], vision["vision_end_token_id"]}
     rows = []
-    for entry in vision["images"]:
+    for entry in bundle.vision["images"]:
         size = (entry["height"], entry["width"])
-        card = synthetic_image(*size)
-        image = bundle_image(card, vision, source="synthetic test card", size=size)
-        prompt = image_span(vision) + random_prompt(bundle.vocab_size, IMAGE_PROMPT_TEXT_TOKENS, 0, avoid)
-        patches, gh, gw = patchify(normalize(card, processor), processor)
+        image, prompt = image_bench_prompt(bundle, entry, seed=0)
+        patches, gh, gw = patchify(normalize(image.rgb.permute(2, 0, 1), processor), processor)  # [H,W,3] -> [3,H,W]
         encode, ttft, eager = [], [], []
         for i in range(runs + 1):
             result = bundle.session().generate(prompt, 1, Sampler(SamplingConfig()), stop_ids=set(), images=[image])

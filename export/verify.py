@@ -11,6 +11,8 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from qwen_mobile.runtime.images import splice_image_embeddings
+
 # fp32 recipe: same math as eager up to op ordering inside XNNPACK. Scaled by the logits' magnitude when it exceeds 1,
 # since fp32 round-off grows with it.
 FP32_MAX_ABS_LOGIT_DIFF = 1e-4
@@ -151,13 +153,8 @@ def compare_image_with_reference(program, reference: EagerImageReference, image_
     program: runtime.program.BundleProgram."""
     prompt = reference.prompt
     image = program.encode_image(reference.method, reference.rgb)  # [N,hidden]
-    embeds = program.embed(prompt).clone()  # [T,hidden]
-    slots = torch.tensor(prompt) == image_token_id  # [T]
-    if int(slots.sum()) != image.shape[0]:
-        raise RuntimeError(f"{reference.method} returned {image.shape[0]} embeddings for {int(slots.sum())} image "
-                           "tokens")
-    embeds[slots] = image
-    split = int(slots.nonzero()[0]) + max(1, image.shape[0] // 2)  # the second chunk starts inside the image
+    embeds = splice_image_embeddings(program.embed(prompt), prompt, image, image_token_id)  # [T,hidden]
+    split = prompt.index(image_token_id) + max(1, image.shape[0] // 2)  # the second chunk starts inside the image
     program.prefill_embeddings(embeds[:split], 0, reference.rope_pos[:, :split])
     got = [program.prefill_embeddings(embeds[split:], split, reference.rope_pos[:, split:])]
     for k, token in enumerate(reference.fed_tokens):

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from qwen_mobile.runtime.images import Grid, image_token_count, mrope_positions
+from qwen_mobile.runtime.images import Grid, image_token_count, mrope_positions, splice_image_embeddings
 
 from .config import ConfigError
 from .qwen35 import Qwen35ForCausalLM
@@ -67,15 +67,7 @@ class Qwen35VisionLanguage(nn.Module):
     def embed(self, tokens: torch.Tensor, image_embeds: torch.Tensor | None) -> torch.Tensor:
         """tokens [1,T] -> embeddings [1,T,h], image tokens replaced in order by image_embeds [N,h]."""
         x = self.text.model.embed_tokens(tokens)  # [1,T,h]
-        slots = tokens[0] == self.image_token_id  # [T]
-        n = int(slots.sum())
-        given = 0 if image_embeds is None else image_embeds.shape[0]
-        if n != given:
-            raise ValueError(f"prompt has {n} image tokens but the images give {given} embeddings")
-        if n:
-            x = x.clone()
-            x[0, slots] = image_embeds.to(x.dtype)
-        return x
+        return splice_image_embeddings(x[0], tokens[0].tolist(), image_embeds, self.image_token_id)[None]  # [1,T,h]
 
     @torch.no_grad()
     def prefill(self, tokens: Sequence[int], pixel_values: torch.Tensor | None = None,

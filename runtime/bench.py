@@ -164,18 +164,26 @@ def run_bench(bundle, prompt_lengths=(128, 512), generate_tokens: int = 64, runs
 IMAGE_PROMPT_TEXT_TOKENS = 16  # text after the image: a short question
 
 
-def bench_images(bundle, runs: int, warmup: int, seed: int) -> list[dict]:
-    """Per image size of the bundle: encode time and time to first token of [image span + 16 random text tokens]."""
+def image_bench_prompt(bundle, entry: dict, seed: int):
+    """One `vision.images` entry -> (the test card at that size as the bundle's input, [image span + 16 random text
+    tokens]): the image prompt every runner's image rows time (qwen-bench builds the same)."""
     from .images import bundle_image, image_span, synthetic_image
-    from .sampling import Sampler, SamplingConfig
 
     vision = bundle.vision
+    size = (entry["height"], entry["width"])
+    image = bundle_image(synthetic_image(*size), vision, source="synthetic test card", size=size)
     avoid = bundle.stop_ids | {vision["image_token_id"], vision["vision_start_token_id"], vision["vision_end_token_id"]}
+    return image, image_span(vision) + random_prompt(bundle.vocab_size, IMAGE_PROMPT_TEXT_TOKENS, seed, avoid)
+
+
+def bench_images(bundle, runs: int, warmup: int, seed: int) -> list[dict]:
+    """Per image size of the bundle: encode time and time to first token of [image span + 16 random text tokens]."""
+    from .sampling import Sampler, SamplingConfig
+
     out = []
-    for entry in vision["images"]:
+    for entry in bundle.vision["images"]:
         size = (entry["height"], entry["width"])
-        image = bundle_image(synthetic_image(*size), vision, source="synthetic test card", size=size)
-        prompt = image_span(vision) + random_prompt(bundle.vocab_size, IMAGE_PROMPT_TEXT_TOKENS, seed, avoid)
+        image, prompt = image_bench_prompt(bundle, entry, seed)
         encode, ttft, prompt_tokens = [], [], 0
         for i in range(warmup + runs):
             result = bundle.session().generate(prompt, 1, Sampler(SamplingConfig()), stop_ids=set(), images=[image])

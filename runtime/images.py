@@ -189,6 +189,22 @@ def image_span(vision: dict) -> list[int]:
     return [vision["vision_start_token_id"], vision["image_token_id"], vision["vision_end_token_id"]]
 
 
+def splice_image_embeddings(embeds: torch.Tensor, ids: Sequence[int], image_embeds: torch.Tensor | None,
+                            image_token_id: int) -> torch.Tensor:
+    """embeds [T, hidden] of the prompt `ids` -> a copy whose k-th image token's row is image_embeds[k] [N, hidden]
+    (CONTRACT.md step 2; images in prompt order). The counts must agree."""
+    slots = torch.tensor(list(ids)) == image_token_id  # [T]
+    n = int(slots.sum())
+    given = 0 if image_embeds is None else image_embeds.shape[0]
+    if n != given:
+        raise ValueError(f"prompt has {n} image tokens but the images give {given} embeddings")
+    if not n:
+        return embeds
+    out = embeds.clone()
+    out[slots] = image_embeds.to(out.dtype)
+    return out
+
+
 def expand_image_tokens(ids: Sequence[int], images: Sequence[BundleImage], image_token_id: int) -> list[int]:
     """A prompt with one `image_token_id` per image -> the prompt with each expanded to its image's token count."""
     marks = [i for i, t in enumerate(ids) if t == image_token_id]

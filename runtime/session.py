@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 from .bundle import Bundle
-from .images import BundleImage, expand_image_tokens, mrope_positions
+from .images import BundleImage, expand_image_tokens, mrope_positions, splice_image_embeddings
 from .sampling import Sampler, SamplingConfig
 
 SNAPSHOT_FORMAT = "qwen-mobile-snapshot"
@@ -140,13 +140,12 @@ class Session:
 
     def _prefill_embeddings(self, ids: list[int], images: list[BundleImage]) -> torch.Tensor:
         vision = self.bundle.vision
-        embeds = self.program.embed(ids)  # [T,hidden]
+        encoded = None
         if images:
             t0 = time.perf_counter()
-            encoded = [self.program.encode_image(image.method, image.rgb) for image in images]  # each [n_i,hidden]
+            encoded = torch.cat([self.program.encode_image(image.method, image.rgb) for image in images])  # [N,hidden]
             self.image_encode_s = time.perf_counter() - t0
-            slots = torch.tensor(ids) == vision["image_token_id"]  # [T]
-            embeds[slots] = torch.cat(encoded).to(embeds.dtype)  # k-th image token <- k-th row, image by image
+        embeds = splice_image_embeddings(self.program.embed(ids), ids, encoded, vision["image_token_id"])  # [T,hidden]
         start = self.position + self.rope_offset
         rope, next_rope = mrope_positions(ids, [image.grid_thw for image in images], vision["image_token_id"],
                                           vision["spatial_merge_size"], start=start)
