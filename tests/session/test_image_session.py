@@ -173,9 +173,13 @@ def test_chat_image_and_run_chat_image_tokenize_the_span(vlm, photo, monkeypatch
     reply = eager.generate(expanded, patches, grids, max_new_tokens=8, stop_ids=tuple(bundle.stop_ids))
     expected = bundle.decode([t for t in reply if t not in bundle.stop_ids])
 
-    monkeypatch.setattr("sys.stdin", io.StringIO(f"/image {photo}\nw5 w6\n/quit\n"))
+    missing = photo.parent / "missing.png"
+    monkeypatch.setattr("sys.stdin", io.StringIO(f"/image {missing}\n/image\n/image {photo}\nw5 w6\n/quit\n"))
     assert main(["chat", str(out), "--max-new-tokens", "8", "--no-thinking"]) == 0
     captured = capsys.readouterr()
+    # A bad /image is one error line and the chat goes on (the reply below still comes, with the good image only).
+    assert f"error: /image: image {missing} does not exist" in captured.err, captured.err
+    assert "error: /image needs a PATH" in captured.err and "Traceback" not in captured.err
     assert "(HxW), 24 tokens; sent with your next message" in captured.err, captured.err
     assert expected.strip() and expected.strip() in captured.out, (reply, expected, captured.out)
 
