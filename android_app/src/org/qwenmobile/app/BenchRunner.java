@@ -45,6 +45,8 @@ final class BenchRunner {
         int warmup = 1;
         long seed = 0;
         double idleSeconds = 5;
+        /** A bundle with a vision section: add the report's images rows (false: as qwen-bench --no-image-rows). */
+        boolean imageRows = true;
         double sampleHz = 5;
         long thermalTimeoutMs = 10 * 60 * 1000L;
     }
@@ -241,7 +243,8 @@ final class BenchRunner {
             }
             phase = "warmup";  // outside the energy window: not part of the measured token runs
             Bundle.Vision vision = b.vision();
-            if (vision != null) imageRows(runner, vision, s, avoid, report, p);
+            if (vision != null && s.imageRows) imageRows(runner, vision, s, avoid, report, p);
+            if (vision != null && !s.imageRows) report.notes.add("images rows skipped (images=false)");
         } finally {
             sampler.shutdown();
             sampler.awaitTermination(2, TimeUnit.SECONDS);

@@ -15,7 +15,8 @@ import org.qwenmobile.core.Files;
 /**
  * The benchmark without a person: Firebase Test Lab's Game Loop intent (com.google.intent.action.TEST_LOOP) or
  * {@code adb shell am start -n org.qwenmobile.app/.HeadlessActivity -e bundle nano-8da4w -e prompt_lens 128,512
- * --ei gen 64 --ei runs 5 --ei warmup 1}. Writes the result JSON under files/results (and to the Game Loop's results
+ * --ei gen 64 --ei runs 5 --ei warmup 1 [--ez images false]}. A bundle with a vision section also gets the report's
+ * images rows (the test card per size: encode and time to first token) unless {@code images} is false. Writes the result JSON under files/results (and to the Game Loop's results
  * URI when given), logs "qwen-headless: done <file>" or "qwen-headless: error ...", and finishes.
  */
 public class HeadlessActivity extends Activity {
@@ -41,6 +42,7 @@ public class HeadlessActivity extends Activity {
                     s.runs = intent.getIntExtra("runs", s.runs);
                     s.warmup = intent.getIntExtra("warmup", s.warmup);
                     s.idleSeconds = intent.getIntExtra("idle_seconds", (int) s.idleSeconds);
+                    s.imageRows = intent.getBooleanExtra("images", s.imageRows);
                     File out = new BenchRunner(HeadlessActivity.this).run(bundle, s, new BenchRunner.Progress() {
                         @Override
                         public void onStatus(String text) {
