@@ -250,6 +250,11 @@ public class ChatActivity extends Activity {
             imageLine.setText("image: the picker returned no file");
             return;
         }
+        if (ImageAttachment.unavailableReason(vision) != null) {
+            // The screen was recreated while the picker was open and its bundle is not loaded again yet.
+            imageLine.setText("image: the bundle is not loaded yet; pick the image again once it is");
+            return;
+        }
         imageLine.setText("decoding the image...");
         decoder.submit(new Runnable() {
             @Override
