@@ -64,6 +64,16 @@ def image_method(height: int, width: int) -> str:
 def is_image_method(name: str) -> bool:
     return name.startswith(IMAGE_METHOD_PREFIX)
 
+
+# Core ML bundles with images: the text package(s) gain these functions (sharing weights and states with prefill and
+# decode), keyed by the bundle method they implement; a prompt's embeddings go through `prefill_embeddings` in full
+# chunks and the rest one at a time through the remainder function (nothing is padded into the delta-net state).
+# The tower is a package of its own whose functions are named after the image methods (encode_image_<H>x<W>).
+COREML_IMAGE_FUNCTIONS = {EMBED_METHOD: "embed", EMBEDDINGS_PREFILL_METHOD: "prefill_embeddings",
+                          ROPE_DECODE_METHOD: "decode_rope"}
+COREML_EMBEDDINGS_REMAINDER_FUNCTION = "decode_embeddings"
+COREML_VISION_PACKAGE = "vision.mlpackage"
+
 # -- state -------------------------------------------------------------------------------------------------------
 # A .pte's state buffers are the model's buffers whose names end so ("layers.3.self_attn.k_cache", ...).
 STATE_SUFFIXES = ("k_cache", "v_cache", "conv_state", "recurrent_state")
@@ -103,6 +113,24 @@ def tokenizer_section(bundle_folder: Path, *, bos_id: int | None, stop_ids: list
             "stop_ids": list(stop_ids), "thinking_default": thinking_default}
 
 
+def _check_coreml_images(methods: dict, images: list[str], vision: dict) -> None:
+    """A Core ML bundle's image methods run in its vision package, each as the function of its own name, and the
+    three text methods name their functions (what the schema cannot tie together)."""
+    package = vision.get("package") or {}
+    if not package.get("file"):
+        raise ValueError("manifest: a coreml bundle with image methods needs vision.package.file (the tower's package)")
+    if sorted(package.get("functions", [])) != images:
+        raise ValueError(f"manifest: vision.package.functions lists {sorted(package.get('functions', []))}; the image "
+                         f"methods are {images}")
+    for name in images:
+        if methods[name].get("package") != package["file"] or methods[name].get("function") != name:
+            raise ValueError(f"manifest: program.methods.{name} must run function {name!r} of {package['file']!r}")
+    for name, function in COREML_IMAGE_FUNCTIONS.items():
+        if methods[name].get("function") != function:
+            raise ValueError(f"manifest: program.methods.{name}.function is {methods[name].get('function')!r}; "
+                             f"a coreml bundle implements it with {function!r}")
+
+
 MANIFEST_SECTIONS = ("model", "recipe", "program", "state", "tokenizer", "verification", "export")
 OPTIONAL_SECTIONS = ("sample_prompt", "vision")  # vision: bundles with image methods only
 
@@ -134,6 +162,8 @@ def build_manifest(*, toolkit_version: str, created_utc: str, model: dict, recip
         lacking = [m for m in IMAGE_TEXT_METHODS if m not in methods]
         if lacking:
             raise ValueError(f"manifest: a bundle with image methods needs {list(IMAGE_TEXT_METHODS)}; lacks {lacking}")
+        if recipe.get("backend") == "coreml":
+            _check_coreml_images(methods, images, vision)
     return {"schema_version": MANIFEST_SCHEMA_VERSION, "format": BUNDLE_FORMAT, "toolkit_version": toolkit_version,
             "created_utc": created_utc, "model": model, "recipe": recipe, "program": program, "state": state,
             "tokenizer": tokenizer, "verification": verification, **optional, "export": export}

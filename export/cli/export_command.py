@@ -15,12 +15,13 @@ def cmd_export(args) -> int:
     from qwen_mobile.export.recipes import RECIPES, DEFAULT_RECIPE, run_export
 
     name = args.recipe or DEFAULT_RECIPE
-    if name != "xnnpack":
+    if name not in ("xnnpack", "coreml"):
         from qwen_mobile.runtime.errors import UsageError
 
         for flag, given in (("--image-sizes", args.image_sizes is not None), ("--no-vision", args.no_vision)):
             if given:
-                raise UsageError(f"{flag} applies to --recipe xnnpack only ({name} bundles hold the text model)")
+                raise UsageError(f"{flag} applies to --recipe xnnpack and coreml only ({name} bundles hold the text "
+                                 "model)")
     recipe = RECIPES[name].from_cli(args)  # bad flags are refused before any work
     print(f"qwen-mobile export {args.source} -> {args.out}, effective recipe:\n{recipe.describe()}", file=sys.stderr)
     manifest = run_export(recipe, args.source, args.out, force=args.force, progress=not args.no_progress)
@@ -166,9 +167,10 @@ def add_export_command(sub, add_source) -> None:
     p.add_argument("--max-prefill-chunk", type=int, help="most tokens one `forward` call takes (longer prompts "
                                                            "are fed in chunks)")
     p.add_argument("--image-sizes", metavar="SIZES",
-                   help="xnnpack, from a checkpoint with a vision tower: the image sizes the bundle encodes, a comma "
-                        "list of S (square) or HxW in pixels, each side a multiple of patch_size x spatial_merge_size "
-                        "(32 for the releases); one encode_image_<H>x<W> method each (default: 224,448)")
+                   help="xnnpack and coreml, from a checkpoint with a vision tower: the image sizes the bundle "
+                        "encodes, a comma list of S (square) or HxW in pixels, each side a multiple of patch_size x "
+                        "spatial_merge_size (32 for the releases); one encode_image_<H>x<W> method (coreml: a function "
+                        "of vision.mlpackage) each (default: 224,448)")
     p.add_argument("--no-vision", action="store_true",
                    help="export only the text model from a checkpoint with a vision tower (no image methods)")
     p.add_argument("--quality-gate", choices=["auto", "on", "off"], default="auto",

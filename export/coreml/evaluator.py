@@ -16,6 +16,7 @@ An op type without an implementation raises `UnsupportedMILOp` naming it: nothin
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -328,6 +329,33 @@ def _sigmoid(x):
     return 1.0 / (1.0 + np.exp(-_f(x)))
 
 
+_erf = np.frompyfunc(math.erf, 1, 1)  # float64 erf; numpy has none, and scipy is not a dependency
+
+
+def _gelu(x, mode="EXACT"):
+    """MIL gelu (the vision merger's nn.GELU converts to mode EXACT)."""
+    x = _f(x)
+    mode = str(mode)
+    if mode == "EXACT":
+        return 0.5 * x * (1.0 + _erf(x / math.sqrt(2.0)).astype(np.float64))
+    if mode == "TANH_APPROXIMATION":
+        return 0.5 * x * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x ** 3)))
+    if mode == "SIGMOID_APPROXIMATION":
+        return x * _sigmoid(1.702 * x)
+    raise UnsupportedMILOp(f"gelu mode {mode!r}")
+
+
+def _layer_norm(x, axes, gamma=None, beta=None, epsilon=1e-5):
+    """MIL layer_norm: (x - mean) / sqrt(var + epsilon) over `axes` (biased variance), then * gamma + beta."""
+    x = _f(x)
+    axes = _axes(axes, x.ndim)
+    centred = x - x.mean(axis=axes, keepdims=True)
+    y = centred / np.sqrt((centred * centred).mean(axis=axes, keepdims=True) + float(epsilon))
+    if gamma is not None:
+        y = y * _f(gamma)
+    return y + _f(beta) if beta is not None else y
+
+
 _OPS = {
     "add": _binary(np.add), "sub": _binary(np.subtract), "mul": _binary(np.multiply),
     "real_div": _binary(np.divide), "pow": _binary(np.power),
@@ -345,8 +373,9 @@ _OPS = {
     "relu": lambda x: np.maximum(_f(x), 0.0),
     "sigmoid": _sigmoid,
     "silu": lambda x: _f(x) * _sigmoid(x),
+    "gelu": _gelu,
     "tanh": lambda x: np.tanh(_f(x)),
-    "softmax": _softmax,
+    "softmax": _softmax, "layer_norm": _layer_norm,
     "reduce_sum": _reduce(np.sum), "reduce_mean": _reduce(np.mean), "reduce_max": _reduce(np.max),
     "matmul": _matmul, "linear": _linear,
     "reshape": _reshape,

@@ -99,7 +99,25 @@ class CoreMLDecoder(nn.Module):
                 rec_in: torch.Tensor | None = None):
         return self._run(self.model.model.embed_tokens(tokens), input_pos, conv_in, rec_in)  # [1,T,h]
 
-    def _run(self, x, input_pos, conv_in, rec_in):
+    def example_inputs(self, t: int) -> tuple[torch.Tensor, ...]:
+        """Inputs of a T-token call (positions 0..T-1)."""
+        first_in = (torch.zeros(1, t, dtype=torch.int32) if self.first
+                    else torch.zeros(1, t, self.config.hidden_size))  # tokens [1,T] or hidden [1,T,h]
+        return (first_in, torch.arange(t, dtype=torch.int32)) + self._io_examples()
+
+    def _io_examples(self) -> tuple[torch.Tensor, ...]:
+        if not self.has_io:
+            return ()
+        shapes = state_shapes(self.config, self.max_seq_len, self.layers)
+        return torch.zeros(shapes["gdn_conv"]), torch.zeros(shapes["gdn_rec"])
+
+    @property
+    def output_names(self) -> list[str]:
+        # "hidden_out", not "hidden": a function's output may not share an input's name.
+        return ["logits" if self.last else "hidden_out"] + (["conv_out", "rec_out"] if self.has_io else [])
+
+    def _run(self, x, input_pos, conv_in, rec_in, rope=None):
+        """rope: the rotary tables (cos, sin) [T,R] of the tokens' positions; None: 1-D positions = input_pos."""
         m, cfg = self.model, self.config
         t = x.shape[1]
         keep = (input_pos[:1] != 0).to(torch.float32)  # [1]: 0 starts a new sequence
@@ -111,7 +129,7 @@ class CoreMLDecoder(nn.Module):
         if self.attn_index:
             kv = self.kv_cache.float() * keep  # [2La,Hkv,S,D]
 
-        cos, sin = m.rope_cos[input_pos], m.rope_sin[input_pos]  # [T,R]
+        cos, sin = (m.rope_cos[input_pos], m.rope_sin[input_pos]) if rope is None else rope  # [T,R]
         slots = torch.arange(self.max_seq_len, dtype=input_pos.dtype)
         onehot = (slots[None, :] == input_pos[:, None]).to(torch.float32)  # [T,S]
         written = onehot.sum(0)[:, None] > 0  # [S,1]: slots this call writes
@@ -165,6 +183,118 @@ def make_decoder(model: Qwen35ForCausalLM, gdn_layout: str = "io",
     return (CoreMLDecoder if first else CoreMLDecoderPart)(model, gdn_layout, layers)
 
 
+# -- image prompts: functions that take embeddings and M-RoPE positions (runtime/CONTRACT.md, "Images") -------------
+def mrope_rows(config) -> list[int]:
+    """The position row (0 T, 1 H, 2 W) each rotary column turns with: Qwen35ForCausalLM.mrope_cos_sin's interleaved
+    rule for the R/2 frequency slots, repeated for the NeoX halves. [R]"""
+    sections = config.mrope_section
+    half = [1 if i % 3 == 1 and i < 3 * sections[1] else 2 if i % 3 == 2 and i < 3 * sections[2] else 0
+            for i in range(config.rotary_dim // 2)]
+    return half + half
+
+
+class _MRoPE(nn.Module):
+    """cos, sin [T,R] of rope_pos [3,T] int32, gathered from the model's 1-D tables: column j of row r = rows[j] is
+    table[rope_pos[r], j]. The tables are fp32 products computed once (fp16 in an fp16 program, as the 1-D path's),
+    never angles computed in-graph: at position 1000 an fp16 angle is off by up to 0.25 rad. The one-hot column
+    selection adds two exact zeros, so three equal rows give the 1-D path's values bit for bit."""
+
+    def __init__(self, config):
+        super().__init__()
+        rows = torch.tensor(mrope_rows(config))
+        self.register_buffer("select", (torch.arange(3)[:, None] == rows[None, :]).to(torch.float32),
+                             persistent=False)  # [3,R] one-hot over the rows
+
+    def forward(self, cos_table: torch.Tensor, sin_table: torch.Tensor, rope_pos: torch.Tensor):
+        select = self.select[:, None, :]  # [3,1,R]
+        cos = (cos_table[rope_pos] * select).sum(0)  # [3,T,R] -> [T,R]
+        sin = (sin_table[rope_pos] * select).sum(0)
+        return cos, sin
+
+
+class CoreMLEmbeddingsDecoder(CoreMLDecoder):
+    """forward(embeds [1,T,h] fp32, input_pos [T] int32 cache slots, rope_pos [3,T] int32 M-RoPE positions[, conv_in,
+    rec_in]) -> logits[, ...]: the contract's prefill_embeddings (T = prefill_chunk) and its one-token remainder."""
+
+    def __init__(self, model: Qwen35ForCausalLM, gdn_layout: str = "io", layers: tuple[int, int] | None = None):
+        super().__init__(model, gdn_layout, layers)
+        self.mrope = _MRoPE(self.config)
+
+    def example_inputs(self, t: int) -> tuple[torch.Tensor, ...]:
+        return (torch.zeros(1, t, self.config.hidden_size), torch.arange(t, dtype=torch.int32),
+                torch.zeros(3, t, dtype=torch.int32)) + self._io_examples()
+
+    def forward(self, embeds: torch.Tensor, input_pos: torch.Tensor, rope_pos: torch.Tensor,
+                conv_in: torch.Tensor | None = None, rec_in: torch.Tensor | None = None):
+        rope = self.mrope(self.model.rope_cos, self.model.rope_sin, rope_pos)
+        return self._run(embeds, input_pos, conv_in, rec_in, rope)
+
+
+class CoreMLEmbeddingsDecoderPart(CoreMLEmbeddingsDecoder):
+    """A later package of a split model: hidden [1,T,h] (the previous package's hidden_out) instead of embeds."""
+
+    def forward(self, hidden: torch.Tensor, input_pos: torch.Tensor, rope_pos: torch.Tensor,
+                conv_in: torch.Tensor | None = None, rec_in: torch.Tensor | None = None):
+        rope = self.mrope(self.model.rope_cos, self.model.rope_sin, rope_pos)
+        return self._run(hidden, input_pos, conv_in, rec_in, rope)
+
+
+class CoreMLRopeDecoder(CoreMLDecoder):
+    """forward(tokens [1,1] int32, input_pos [1] int32 cache slot, rope_pos [1] int32 rotary position[, conv_in,
+    rec_in]) -> logits[, ...]: the contract's decode_token_rope (a text token after the prompt: its three rows are
+    equal, so the 1-D table at rope_pos)."""
+
+    def example_inputs(self, t: int) -> tuple[torch.Tensor, ...]:
+        return (torch.zeros(1, t, dtype=torch.int32), torch.arange(t, dtype=torch.int32),
+                torch.arange(t, dtype=torch.int32)) + self._io_examples()
+
+    def forward(self, tokens: torch.Tensor, input_pos: torch.Tensor, rope_pos: torch.Tensor,
+                conv_in: torch.Tensor | None = None, rec_in: torch.Tensor | None = None):
+        m = self.model
+        return self._run(m.model.embed_tokens(tokens), input_pos, conv_in, rec_in,
+                         (m.rope_cos[rope_pos], m.rope_sin[rope_pos]))
+
+
+class CoreMLEmbed(nn.Module):
+    """forward(tokens [1,T] int32) -> embeds [1,T,h] fp32: the contract's embed_tokens, stateless. Its table is the
+    decoder's own (same values, same quantization), which save_multifunction stores once."""
+
+    state_names: list[str] = []
+    gdn_index: list[int] = []
+    output_names = ["embeds"]
+
+    def __init__(self, decoder: CoreMLDecoder):
+        super().__init__()
+        if not decoder.first:
+            raise ValueError("embed_tokens lives in the first package (the one holding the embedding table)")
+        self.config = decoder.config
+        self.embed_tokens = decoder.model.model.embed_tokens
+
+    def example_inputs(self, t: int) -> tuple[torch.Tensor, ...]:
+        return (torch.zeros(1, t, dtype=torch.int32),)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.embed_tokens(tokens).float()  # [1,T,h]
+
+
+def image_functions(model: Qwen35ForCausalLM, gdn_layout: str, layers: tuple[int, int], prefill_chunk: int
+                    ) -> list[tuple[str, nn.Module, int]]:
+    """The extra functions (name, module, tokens) of one text package of a bundle with images (COREML_IMAGE_FUNCTIONS
+    in runtime/contract.py): every package gets the embeddings prefill and its one-token remainder; the first also
+    embed (prefill_chunk tokens; shorter calls pad) and decode_rope."""
+    from qwen_mobile.runtime import contract
+
+    functions = contract.COREML_IMAGE_FUNCTIONS
+    first = int(layers[0]) == 0
+    embeddings = (CoreMLEmbeddingsDecoder if first else CoreMLEmbeddingsDecoderPart)(model, gdn_layout, layers)
+    out = [(functions[contract.EMBEDDINGS_PREFILL_METHOD], embeddings, prefill_chunk),
+           (contract.COREML_EMBEDDINGS_REMAINDER_FUNCTION, embeddings, 1)]
+    if first:
+        out += [(functions[contract.EMBED_METHOD], CoreMLEmbed(embeddings), prefill_chunk),
+                (functions[contract.ROPE_DECODE_METHOD], CoreMLRopeDecoder(model, gdn_layout, layers), 1)]
+    return out
+
+
 def _functional_rule(q, k, v, g, beta, state):
     """The delta rule as Qwen35GatedDeltaNet.forward_state takes it, through the functional twin of
     qwen35::gated_delta_rule (mil_gdn.functional_op): Core ML inputs are immutable and ExecuTorch's partitioner only
@@ -203,13 +333,7 @@ def state_shapes(cfg, max_seq_len: int, layers: tuple[int, int] | None = None) -
 
 def example_inputs(decoder: CoreMLDecoder, t: int) -> tuple[torch.Tensor, ...]:
     """Inputs of a T-token function (positions 0..T-1)."""
-    first_in = (torch.zeros(1, t, dtype=torch.int32) if decoder.first
-                else torch.zeros(1, t, decoder.config.hidden_size))  # tokens [1,T] or hidden [1,T,h]
-    args = (first_in, torch.arange(t, dtype=torch.int32))
-    if decoder.has_io:
-        shapes = state_shapes(decoder.config, decoder.max_seq_len, decoder.layers)
-        args += (torch.zeros(shapes["gdn_conv"]), torch.zeros(shapes["gdn_rec"]))
-    return args
+    return decoder.example_inputs(t)
 
 
 def export_function(decoder: CoreMLDecoder, t: int) -> torch.export.ExportedProgram:

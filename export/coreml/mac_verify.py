@@ -21,7 +21,8 @@ import numpy as np
 COMPUTE_UNITS = ("ALL", "CPU_ONLY", "CPU_AND_GPU", "CPU_AND_NE")
 
 
-def coreml_call(package: Path, compute_units: str, state_names: list[str], info: dict | None = None):
+def coreml_call(package: Path, compute_units: str, state_names: list[str], info: dict | None = None,
+                stateless: tuple[str, ...] = ()):
     """call(function, inputs) -> outputs over MLModel.predict, the states carried from one function to the other.
 
     Both functions declare the same states, so one MLState should serve both; whether Core ML accepts a state made
@@ -35,14 +36,27 @@ def coreml_call(package: Path, compute_units: str, state_names: list[str], info:
                            "--backend evaluator")
     info = {} if info is None else info
     units = getattr(ct.ComputeUnit, compute_units)
-    models = {fn: ct.models.MLModel(str(package), function_name=fn, compute_units=units)
-              for fn in ("prefill", "decode")}
+
+    class Models(dict):  # one MLModel per function, loaded when first called (image functions: only with --image)
+        def __missing__(self, fn):
+            self[fn] = ct.models.MLModel(str(package), function_name=fn, compute_units=units)
+            return self[fn]
+
+    models = Models()
     shared = models["decode"].make_state()
-    own = {fn: m.make_state() for fn, m in models.items()}
+
+    class States(dict):
+        def __missing__(self, fn):
+            self[fn] = models[fn].make_state()
+            return self[fn]
+
+    own = States()
     mode = {"shared": True, "last": None}
     info["state_sharing"] = "one MLState for both functions"
 
     def call(fn, inputs):
+        if fn in stateless:  # embed: no state to share
+            return models[fn].predict(inputs)
         if mode["shared"]:
             try:
                 return models[fn].predict(inputs, state=shared)
@@ -69,8 +83,25 @@ def evaluator_call(package: Path):
     return lambda fn, inputs: mil.run(fn, inputs, state)
 
 
+def coreml_vision_call(package: Path, compute_units: str):
+    """call(function, inputs) over the stateless vision package's functions."""
+    import coremltools as ct
+
+    units = getattr(ct.ComputeUnit, compute_units)
+    models = {}
+
+    def call(fn, inputs):
+        if fn not in models:
+            models[fn] = ct.models.MLModel(str(package), function_name=fn, compute_units=units)
+        return models[fn].predict(inputs)
+
+    return call
+
+
 def verify(bundle_dir: str | Path, *, backend: str = "coreml", compute_units: str = "ALL", steps: int | None = None,
-           also_evaluator: bool = False, source: str | None = None) -> dict:
+           also_evaluator: bool = False, source: str | None = None, image: bool = False) -> dict:
+    """The export's text gate through `backend`; image=True also its image-prompt gate (the bundle's vision package,
+    the synthetic test card at the smallest size, CONTRACT.md's steps) as report["image"]."""
     from qwen_mobile.export.source import load_model, resolve_source
     from qwen_mobile.export.verify import compare_with_eager, gate
     from qwen_mobile.runtime import bundle
@@ -83,6 +114,9 @@ def verify(bundle_dir: str | Path, *, backend: str = "coreml", compute_units: st
     manifest = bundle.load_manifest(bundle_dir)
     if manifest["recipe"]["name"] != "coreml":
         raise ValueError(f"{bundle_dir}: recipe {manifest['recipe']['name']!r}, not a coreml bundle")
+    if image and "vision" not in manifest:
+        raise ValueError(f"--image: {bundle_dir} has no vision package (exported from a checkpoint without a vision "
+                         "tower, or with --no-vision)")
     qlinear = manifest["recipe"]["qlinear"]
     layout = manifest["recipe"]["gdn_layout"]
     prefill_chunk = manifest["program"]["methods"]["forward"]["max_tokens"]
@@ -114,8 +148,8 @@ def verify(bundle_dir: str | Path, *, backend: str = "coreml", compute_units: st
         """[(call, io_shapes)] over every package, first to last (one entry unless the model is split)."""
         calls = []
         for file in packages:
-            call = (coreml_call(bundle_dir / file, compute_units, state_names(file), info) if kind == "coreml"
-                    else evaluator_call(bundle_dir / file))
+            call = (coreml_call(bundle_dir / file, compute_units, state_names(file), info, stateless=("embed",))
+                    if kind == "coreml" else evaluator_call(bundle_dir / file))
             calls.append((call, io_shapes(file)))
         return calls
 
@@ -141,7 +175,46 @@ def verify(bundle_dir: str | Path, *, backend: str = "coreml", compute_units: st
             pos += 1
         report["device_vs_evaluator_max_abs_logit_diff"] = max(diffs)
     report["finite"] = bool(np.isfinite(report["max_abs_logit_diff"]))
+    if image:
+        report["image"] = _verify_image(manifest, bundle_dir, source, reference, tokenizer, prefill_chunk,
+                                        chain(backend), backend, compute_units, steps, qlinear)
+        report["passed"] = report["passed"] and report["image"]["passed"]
     return report
+
+
+def _verify_image(manifest, bundle_dir, source, reference, tokenizer, prefill_chunk, parts, backend, compute_units,
+                  steps, qlinear) -> dict:
+    """The export's image-prompt gate through `backend`: test card, smallest size, eager fp32 Qwen35VisionLanguage."""
+    from qwen_mobile.export.source import resolve_source
+    from qwen_mobile.export.verify import compare_image_with_reference, eager_image_reference, gate, image_prompt
+    from qwen_mobile.models.vision import Qwen35VisionModel
+    from qwen_mobile.models.vision_language import Qwen35VisionLanguage
+    from qwen_mobile.models.vision_preprocess import ImageProcessorConfig
+    from qwen_mobile.runtime.images import synthetic_image
+
+    from .plan import FP32_REL_TOL, QUALITY_FLOORS
+    from .runner import CoreMLRunner
+
+    folder = resolve_source(source)
+    visual = Qwen35VisionModel.from_pretrained(folder).eval()
+    processor = ImageProcessorConfig.from_pretrained(folder, visual.config)
+    vision = manifest["vision"]
+    smallest = min(vision["images"], key=lambda i: (i["height"] * i["width"], (i["height"], i["width"])))
+    package = bundle_dir / vision["package"]["file"]
+    runner = CoreMLRunner(prefill_chunk=prefill_chunk, parts=parts,
+                          vision=coreml_vision_call(package, compute_units) if backend == "coreml"
+                          else evaluator_call(package))
+    prompt = image_prompt(visual.config, smallest["tokens"], reference.config.vocab_size, tokenizer)
+    rgb = synthetic_image(smallest["height"], smallest["width"]).permute(1, 2, 0).contiguous()  # [H,W,3]
+    steps = min(steps, manifest["state"]["max_seq_len"] - len(prompt))
+    ref = eager_image_reference(Qwen35VisionLanguage(reference, visual), processor, rgb, smallest["method"], prompt,
+                                steps)
+    metrics = compare_image_with_reference(runner, ref, visual.config.image_token_id)
+    if qlinear == "fp32":
+        result = gate(metrics, "fp32", "none", {"max_abs_logit_diff": FP32_REL_TOL}, True)
+    else:
+        result = gate(metrics, qlinear, "none", QUALITY_FLOORS[qlinear], not manifest["model"]["random_weights"])
+    return dict(result.as_dict(), method=smallest["method"], prompt_tokens=len(prompt))
 
 
 def main(argv=None) -> int:
@@ -152,9 +225,16 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=None, help="decode steps after the prompt (default: the export's)")
     p.add_argument("--also-evaluator", action="store_true", help="also report device vs numpy evaluator")
     p.add_argument("--source", default=None, help="checkpoint for the eager reference (default: the manifest's)")
+    p.add_argument("--image", action="store_true",
+                   help="also run the export's image-prompt gate through the bundle's vision package (bundles from a "
+                        "checkpoint with a vision tower)")
     args = p.parse_args(argv)
-    report = verify(args.bundle, backend=args.backend, compute_units=args.compute_units, steps=args.steps,
-                    also_evaluator=args.also_evaluator, source=args.source)
+    try:
+        report = verify(args.bundle, backend=args.backend, compute_units=args.compute_units, steps=args.steps,
+                        also_evaluator=args.also_evaluator, source=args.source, image=args.image)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     print(json.dumps(report, indent=2))
     return 0 if report["passed"] else 1
 

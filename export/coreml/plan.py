@@ -66,18 +66,23 @@ def verification_prompt(vocab_size: int, tokenizer, prefill_chunk: int) -> list[
 
 
 def check_package_spec(mil, config, max_seq_len: int, prefill_chunk: int, gdn_layout: str,
-                       positional_outputs: bool = False, layers: tuple[int, int] | None = None) -> None:
+                       positional_outputs: bool = False, layers: tuple[int, int] | None = None,
+                       image_functions: bool = False) -> None:
     """Assert what the apps rely on: function names, input/output names and shapes, states (names, fp16, shapes).
 
     layers: the package's layer range in a split model (default: all). positional_outputs: outputs are checked by
     position only (ExecuTorch's delegate names them after graph nodes and hands them back by position).
+    image_functions: the package also holds the functions that take embeddings (graph.image_functions).
     """
     layers = (0, config.num_hidden_layers) if layers is None else tuple(layers)
     first, last = layers[0] == 0, layers[1] == config.num_hidden_layers
     shapes = state_shapes(config, max_seq_len, layers)
     has_attn, has_gdn = shapes["kv_cache"][0] > 0, shapes["gdn_rec"][0] > 0
-    if sorted(mil.functions) != ["decode", "prefill"]:
-        raise RuntimeError(f"package functions {sorted(mil.functions)}; expected ['decode', 'prefill']")
+    want_functions = ["decode", "prefill"]
+    if image_functions:
+        want_functions = sorted(want_functions + _image_function_names(first))
+    if sorted(mil.functions) != want_functions:
+        raise RuntimeError(f"package functions {sorted(mil.functions)}; expected {want_functions}")
     want_states = {"kv_cache": shapes["kv_cache"]} if has_attn else {}
     if gdn_layout == "state" and has_gdn:
         want_states.update(gdn_conv=shapes["gdn_conv"], gdn_rec=shapes["gdn_rec"])
@@ -101,3 +106,67 @@ def check_package_spec(mil, config, max_seq_len: int, prefill_chunk: int, gdn_la
         outputs = {n: tuple(v.shape) for n, v in zip(names, fn.outputs)}
         if inputs != want or outputs != want_out:
             raise RuntimeError(f"function {name}: inputs {inputs}, outputs {outputs}; expected {want}, {want_out}")
+    if image_functions:
+        _check_image_functions(mil, config, shapes, prefill_chunk, gdn_layout, first, last, has_gdn)
+
+
+def _image_function_names(first: bool) -> list[str]:
+    from qwen_mobile.runtime import contract
+
+    names = [contract.COREML_IMAGE_FUNCTIONS[contract.EMBEDDINGS_PREFILL_METHOD],
+             contract.COREML_EMBEDDINGS_REMAINDER_FUNCTION]
+    if first:
+        names += [contract.COREML_IMAGE_FUNCTIONS[m] for m in (contract.EMBED_METHOD, contract.ROPE_DECODE_METHOD)]
+    return names
+
+
+def _check_image_functions(mil, config, shapes, prefill_chunk, gdn_layout, first, last, has_gdn) -> None:
+    """The functions that take embeddings: names, inputs and outputs as runtime/CONTRACT.md's Core ML notes say."""
+    from coremltools.converters.mil.mil import types
+
+    from qwen_mobile.runtime import contract
+
+    h = config.hidden_size
+    names = contract.COREML_IMAGE_FUNCTIONS
+    io_in = dict(conv_in=shapes["gdn_conv"], rec_in=shapes["gdn_rec"]) if gdn_layout == "io" and has_gdn else {}
+    io_out = dict(conv_out=shapes["gdn_conv"], rec_out=shapes["gdn_rec"]) if io_in else {}
+    head = "embeds" if first else "hidden"
+    out = {"logits": (1, 1, config.vocab_size)} if last else None
+    want = {
+        names[contract.EMBEDDINGS_PREFILL_METHOD]: (
+            {head: (1, prefill_chunk, h), "input_pos": (prefill_chunk,), "rope_pos": (3, prefill_chunk), **io_in},
+            {**(out or {"hidden_out": (1, prefill_chunk, h)}), **io_out}),
+        contract.COREML_EMBEDDINGS_REMAINDER_FUNCTION: (
+            {head: (1, 1, h), "input_pos": (1,), "rope_pos": (3, 1), **io_in},
+            {**(out or {"hidden_out": (1, 1, h)}), **io_out}),
+    }
+    if first:
+        want[names[contract.EMBED_METHOD]] = ({"tokens": (1, prefill_chunk)}, {"embeds": (1, prefill_chunk, h)})
+        want[names[contract.ROPE_DECODE_METHOD]] = ({"tokens": (1, 1), "input_pos": (1,), "rope_pos": (1,), **io_in},
+                                                    {**(out or {"hidden_out": (1, 1, h)}), **io_out})
+    for name, (want_in, want_out) in want.items():
+        fn = mil.functions[name]
+        inputs = {n: tuple(v.shape) for n, v in fn.inputs.items() if not types.is_state(v.sym_type)}
+        outputs = {v.name: tuple(v.shape) for v in fn.outputs}
+        if inputs != want_in or outputs != want_out:
+            raise RuntimeError(f"function {name}: inputs {inputs}, outputs {outputs}; expected {want_in}, {want_out}")
+
+
+def check_vision_spec(mil, sizes, vision_config, hidden: int) -> None:
+    """The vision package: one function per size, encode_image_<H>x<W>(rgb [H,W,3] fp32) -> image_embeds [N,hidden]
+    fp32, no states."""
+    from qwen_mobile.runtime.contract import image_method
+
+    factor = vision_config.patch_size * vision_config.spatial_merge_size
+    want = {image_method(h, w): ({"rgb": (h, w, 3)}, {"image_embeds": (h * w // factor ** 2, hidden)})
+            for h, w in sizes}
+    if sorted(mil.functions) != sorted(want) or mil.state_specs():
+        raise RuntimeError(f"vision package functions {sorted(mil.functions)}, states {mil.state_specs()}; expected "
+                           f"{sorted(want)} and no state")
+    for name, (want_in, want_out) in want.items():
+        fn = mil.functions[name]
+        inputs = {n: tuple(v.shape) for n, v in fn.inputs.items()}
+        outputs = {v.name: tuple(v.shape) for v in fn.outputs}
+        if inputs != want_in or outputs != want_out:
+            raise RuntimeError(f"vision function {name}: inputs {inputs}, outputs {outputs}; expected {want_in}, "
+                               f"{want_out}")

@@ -28,8 +28,9 @@ class CoreMLPteRecipe(CoreMLRecipe):
 
     def __init__(self, *, qlinear: str = "fp16", max_seq_len: int = 1024, prefill_chunk: int = 64,
                  quality_gate: bool | None = None):
+        # Text only: the image functions and the vision package are the `coreml` recipe's (export/coreml/README.md).
         super().__init__(qlinear=qlinear, max_seq_len=max_seq_len, prefill_chunk=prefill_chunk, gdn_layout="io",
-                         quality_gate=quality_gate)
+                         quality_gate=quality_gate, vision=False)
 
     @classmethod
     def from_cli(cls, args) -> "CoreMLPteRecipe":

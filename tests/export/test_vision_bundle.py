@@ -228,12 +228,13 @@ def test_bad_image_sizes_name_the_flag(hf_vlm, tmp_path, capsys, sizes, message)
         export(str(src), out, image_sizes=sizes, **SMALL)
 
 
-def test_vision_flags_are_xnnpack_only(hf_vlm, tmp_path, capsys):
+def test_vision_flags_are_xnnpack_and_coreml_only(hf_vlm, tmp_path, capsys):
+    """coreml-pte bundles hold the text model only (the coreml recipe's vision package: tests/coreml/)."""
     from qwen_mobile.export.cli import main
 
     src, _ = hf_vlm("B")
-    assert main(["export", str(src), "--out", str(tmp_path / "b"), "--recipe", "coreml", "--no-vision"]) == 2
-    assert "--no-vision applies to --recipe xnnpack only" in capsys.readouterr().err
+    assert main(["export", str(src), "--out", str(tmp_path / "b"), "--recipe", "coreml-pte", "--no-vision"]) == 2
+    assert "--no-vision applies to --recipe xnnpack and coreml only" in capsys.readouterr().err
 
 
 def test_gate_image_prompt_is_a_chatml_user_turn_with_the_span():
