@@ -379,6 +379,7 @@ _OPS = {
     "reduce_sum": _reduce(np.sum), "reduce_mean": _reduce(np.mean), "reduce_max": _reduce(np.max),
     "matmul": _matmul, "linear": _linear,
     "reshape": _reshape,
+    "identity": lambda x: np.asarray(x),  # what a function keeps of an input it does not use (rope_pos, no attention)
     "transpose": lambda x, perm: np.transpose(x, [int(p) for p in perm]),
     "slice_by_index": _slice_by_index,
     "squeeze": _squeeze, "expand_dims": _expand_dims,

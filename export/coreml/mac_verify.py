@@ -1,12 +1,14 @@
 """Verify a Core ML bundle with `MLModel.predict` on a Mac: the same comparison the export runs on Linux.
 
     python scripts/verify_coreml_on_mac.py BUNDLE [--compute-units ALL|CPU_ONLY|CPU_AND_GPU|CPU_AND_NE] [--steps 16]
+                                                  [--image]
 
 Runs the bundle's package through Core ML (macOS 15+ for states and multifunction packages) on the export's
 verification prompt, teacher-forced against eager torch, applies the export's gate, and, with --also-evaluator, runs
 the numpy MIL evaluator on the same calls so the Linux numbers can be checked against the device. `--backend
-evaluator` takes the identical path without Core ML (how this module is tested on Linux). Exit status 1 if the gate
-fails.
+evaluator` takes the identical path without Core ML (how this module is tested on Linux). `--image` (bundles with a
+vision package) also runs the export's image-prompt gate: the synthetic test card at the smallest size through
+`vision.mlpackage` and the text functions that take embeddings. Exit status 1 if a gate fails, 2 on a bad request.
 """
 
 from __future__ import annotations

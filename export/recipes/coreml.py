@@ -121,7 +121,9 @@ class CoreMLRecipe(Recipe):
     def describe(self) -> str:
         return (f"  recipe {self.NAME}, qlinear {self.qlinear}, context {self.max_seq_len}, prefill chunk "
                 f"{self.prefill_chunk}, delta-net state {self.gdn_layout}"
-                + (", head fp32" if self.head_fp32 else "") + (", delta rule fp32" if self.gdn_fp32 else ""))
+                + (", head fp32" if self.head_fp32 else "") + (", delta rule fp32" if self.gdn_fp32 else "")
+                + (f", image sizes {','.join(f'{h}x{w}' for h, w in self.image_sizes)} (when SOURCE has a vision "
+                   "tower)" if self.vision else ", no vision"))
 
     def full_precision(self) -> bool:
         return self.qlinear == "fp32"
