@@ -192,6 +192,10 @@ def main() -> None:
     ap.add_argument("--resume", action="store_true", help="continue from --state")
     ap.add_argument("--data", type=Path, default=Path("/tmp/nano_data"))
     ap.add_argument("--out", type=Path, default=HERE)
+    ap.add_argument("--bf16", action="store_true",
+                    help="bf16 autocast for the forward (AMX/AVX512-BF16 matmuls; weights, grads and AdamW stay fp32)")
+    ap.add_argument("--compile", action="store_true",
+                    help="torch.compile the training forward (about 2.5 min to compile, once per start or resume)")
     ap.add_argument("--no-save", action="store_true", help="timing runs: train, print tokens/s, write nothing")
     args = ap.parse_args()
 
@@ -243,6 +247,10 @@ def main() -> None:
     deadline = deadline_of(args.until) - args.eval_reserve * 60 if args.until else None
     t0 = time.time() - prior_seconds  # elapsed counts training time only, across resumes
     last_ckpt = time.time()
+    # Measured on this machine (1 thread, batch 4 x 512, 8 steps after warmup): eager fp32 932 tok/s,
+    # --bf16 1278, --compile 1132, both 1808. The loss after 10 steps agrees to 3 decimals.
+    forward = torch.compile(model) if args.compile else model
+    tok = None  # loaded at the first checkpoint, for its greedy samples
     model.train()
     step = start_step
     while step < steps:
@@ -251,7 +259,8 @@ def main() -> None:
             g["lr"] = lr
         starts = torch.randint(0, hi, (args.batch,), generator=gen)
         x = torch.stack([train_t[s: s + args.seq_len] for s in starts.tolist()])  # [B, T]
-        loss = model(input_ids=x, labels=x).loss  # transformers shifts labels internally
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
+            loss = forward(input_ids=x, labels=x).loss  # transformers shifts labels internally
         opt.zero_grad(set_to_none=True)
         loss.backward()
         gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip).item()
@@ -280,14 +289,20 @@ def main() -> None:
         stopped_early = steps < args.steps
         if time.time() - last_ckpt > args.checkpoint_minutes * 60 and step < steps:
             sample = score(model, sample_windows, token_bytes)
+            if tok is None:
+                from transformers import AutoTokenizer
+                tok = AutoTokenizer.from_pretrained(args.out)
+            # Whether greedy text still loops, as training goes (the demo goal), beside the perplexity.
+            looping = [smp["repeated_line"] for smp in greedy_samples(model, tok, DEMO_PROMPTS)]
             model.train()
             evals.append(dict(step=step, tokens_seen=tokens_seen, ppl=sample["ppl"], bits_per_byte=sample["bits_per_byte"],
-                              loss=sample["loss"]))
+                              loss=sample["loss"], repeated_line=looping))
             save_state(args.state, model=model.state_dict(), opt=opt.state_dict(), gen=gen.get_state(),
                        torch_rng=torch.get_rng_state(), log=log, evals=evals, tokens_seen=tokens_seen,
                        replans=replans, step=step, steps=steps, train_seconds=time.time() - t0)
             print(f"checkpoint at step {step}: held-out sample ppl {sample['ppl']:.2f} "
-                  f"bpb {sample['bits_per_byte']:.4f}", flush=True)
+                  f"bpb {sample['bits_per_byte']:.4f}; demo prompts repeating a line: {sum(looping)}/{len(looping)}",
+                  flush=True)
             last_ckpt = time.time()
     train_seconds = time.time() - t0
     print(f"trained {len(log)} steps, {tokens_seen:,} tokens in {train_seconds / 60:.1f} min "
@@ -322,6 +337,7 @@ def main() -> None:
 
     result = dict(
         command=(f"python models/nano/train.py --steps {args.steps} --batch {args.batch} --threads {args.threads}"
+                 + (" --bf16" if args.bf16 else "") + (" --compile" if args.compile else "")
                  + (f" --until {args.until}" if args.until else "")),
         args={k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         python=platform.python_version(), torch=torch.__version__, transformers=transformers.__version__,
