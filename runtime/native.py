@@ -5,7 +5,7 @@ Used by tests/native and runtime/scripts/check_arm64.sh:
 * `build_runner(build_dir, executorch_cmake_dir, toolchain=None)` configures runtime/CMakeLists.txt with
   QWEN35_BUILD_RUNNER=ON (host x86-64 against the installed wheel, or a cross toolchain against another wheel);
 * `reference(bundle, prompt_ids, gen)` is the same greedy run through Python's `BundleProgram`;
-* `compare(...)` holds two runs to the tolerances below.
+* `logit_bound(manifest)` is how far two runs of a bundle may differ, `compare(...)` holds two runs to it.
 
     python -m qwen_mobile.runtime.native compare --bundle DIR --prompt-ids 1,2,3 --gen 12 \
         --run x86=x86.json:x86.bin --run arm64=arm.json:arm.bin [--python]
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import shutil
 import subprocess
 import sys
@@ -25,12 +26,65 @@ import numpy as np
 
 RUNTIME_DIR = Path(__file__).resolve().parent
 
-# fp32 bundles: the same program and kernels, only the ISA differs (AVX2 vs NEON, reassociated sums), so logits stay
-# within the export gate's bound: 1e-4 x max(1, max|logit|). Measured: 0 (x86 vs Python), 2.7e-7 (aarch64 vs x86).
+# fp32 and weight-only bundles (fp32, 8w, 4w: fp32 activations everywhere): the same program and kernels, only the ISA
+# differs (AVX2 vs NEON, reassociated sums), so logits stay within the export gate's fp32 bound, 1e-4 x max(1,
+# max|logit|). Measured aarch64 (qemu) vs x86, 40-token prompt + 32 tokens: nano fp32 1.2e-5 and nano 8w 8.1e-6 with
+# max|logit| ~9-11; tiny 4w 4.2e-7; x86 vs Python 0. Multiplying every linear's input by (1 + 2^-24 N(0,1)) in eager
+# (an ulp-sized difference at every layer) moves the 0.8B-shape model's logits by 1.2e-5 (fp32) and 2.4e-5 (8w) at
+# 24 layers, max|logit| 3.0: depth does not bring these near the bound.
 FP32_LOGIT_TOL = 1e-4
-# Quantized bundles: dynamic int8 activation quantization rounds differently in XNNPACK's NEON and AVX kernels, so
-# logits move by a few quantization steps. Measured on nano 8da4w: 0.025 with max|logit| 10; tokens identical.
-QUANTIZED_LOGIT_TOL = 2e-2
+
+# Dynamically quantized bundles (8da4w, 8da8w): every linear quantizes its input to int8 per token at run time, and
+# the result depends on the input's last bits. XNNPACK's AVX and NEON kernels round differently in the last bit
+# (8da4w on every aarch64 CPU model tried, where each int4 group's fp32 scale is applied; 8da8w in the dotprod kernels
+# only: qemu's cortex-a53 gives 2e-6), so an ulp-sized difference reaches the next layer's quantizer, flips some
+# int8 codes by one step, and from then on the two builds carry partly different activation-rounding
+# noise: a partial re-draw of the noise whose size the export gate measured (manifest verification.max_abs_logit_diff,
+# the bundle vs eager fp32). The bound is a fraction of that error, not a multiple of max|logit|, because the noise
+# grows with width, depth and training while the logits do not: the 2e-2 x max(1, max|logit|) calibrated on the
+# first nano (0.025 at max|logit| 10) rejected the 0.8B-shape random 8da4w bundle (0.141 at max|logit| 3.3).
+#
+# fraction = 1.5 x the share of the gate's error that comes from activation rounding. 1.5 >= sqrt(2): two independent
+# draws of the same noise differ by about sqrt(2) x one draw, the most a re-draw can give. Share: 8da8w ~1 (its upper
+# end: nano's 8w bundle, the same weights without int8 activations, is off by 0.27 where 8da8w is off by 0.50), 8da4w
+# 0.2 (the int4 weights' error, shared bit for bit by both builds, dominates:
+# eager 8da8w error / 8da4w error on the same 0.8B-shape model 0.14-0.18 at 4-24 layers, nano 0.12).
+# Measured, cross-platform difference / gate error (aarch64 under qemu vs x86):
+#   8da4w  0.8B-shape random, 24 layers: 0.141 / 3.68 = 0.038; nano: 0.165 / 3.02 = 0.055 (-cpu max and cortex-a76),
+#          0.121 / 3.02 = 0.040 (cortex-a53)                                              -> bound 0.3: 5.5x margin
+#   8da8w  nano, cortex-a76 or max without SME: 0.378 / 0.504 = 0.75 over 32 steps       -> bound 1.5: 2x margin
+# and in eager on x86 (the ulp perturbation above, at every linear): 8da4w 0.036-0.117, 8da8w 0.79-0.89 (0.8B shape,
+# 4-24 layers; no growth with depth: the error grows alike). It still fails: nano 8da8w on qemu's `max` CPU (SME
+# kernels) is 14.6 (29x its gate error), and a logit off by 15 % of max|logit| is over the bound on nano
+# (tests/runtime/test_logit_bound.py).
+DYNAMIC_ACTIVATION_FRACTION = {"8da4w": 0.3, "8da8w": 1.5}
+
+
+@dataclass(frozen=True)
+class LogitBound:
+    """Two runs' logits may differ by at most max(rel x max(1, max|logit| of the baseline), absolute); `rule` says
+    where the numbers come from, for the comparison's line."""
+
+    rel: float
+    absolute: float = 0.0
+    rule: str = ""
+
+    def at(self, logits: np.ndarray) -> float:
+        return max(self.rel * max(1.0, float(np.abs(logits).max(initial=0.0))), self.absolute)
+
+
+def logit_bound(manifest: dict) -> LogitBound:
+    """The cross-platform bound for this bundle (see FP32_LOGIT_TOL and DYNAMIC_ACTIVATION_FRACTION)."""
+    qlinear = manifest["recipe"]["qlinear"]
+    fraction = DYNAMIC_ACTIVATION_FRACTION.get(qlinear)
+    if fraction is None:
+        return LogitBound(FP32_LOGIT_TOL, rule=f"{FP32_LOGIT_TOL:g} x max(1, max|logit|), {qlinear}")
+    gate = manifest.get("verification", {}).get("max_abs_logit_diff")
+    if isinstance(gate, bool) or not isinstance(gate, (int, float)) or not math.isfinite(gate) or gate < 0:
+        raise ValueError(f"manifest.json: verification.max_abs_logit_diff is {gate!r}; a {qlinear} bundle's "
+                         "cross-platform bound is a fraction of that measured error vs fp32 (re-export the bundle)")
+    return LogitBound(FP32_LOGIT_TOL, fraction * gate,
+                      f"{fraction:g} x gate error vs fp32 {gate:.3g}, {qlinear} dynamic int8 activations")
 
 
 @dataclass
@@ -47,10 +101,6 @@ class Run:
         if logits.size % vocab:
             raise ValueError(f"{logits_path}: {logits.size} floats is not a whole number of {vocab}-wide rows")
         return cls(name, tokens, logits.reshape(-1, vocab))
-
-
-def tolerance(manifest: dict) -> float:
-    return FP32_LOGIT_TOL if manifest["recipe"]["qlinear"] == "fp32" else QUANTIZED_LOGIT_TOL
 
 
 def reference(bundle: str | Path, prompt_ids: list[int], gen: int) -> Run:
@@ -77,17 +127,35 @@ def reference(bundle: str | Path, prompt_ids: list[int], gen: int) -> Run:
     return Run("python", tokens, np.stack(rows) if rows else np.zeros((0, vocab), np.float32))
 
 
-def compare(a: Run, b: Run, tol: float) -> tuple[bool, str]:
-    """Tokens identical and every logit within tol x max(1, max|logit|); returns (ok, one-line summary)."""
-    if a.logits.shape != b.logits.shape:
-        return False, f"{a.name} vs {b.name}: logits shapes differ {a.logits.shape} vs {b.logits.shape}"
-    scale = max(1.0, float(np.abs(a.logits).max(initial=0.0)))
-    diff = float(np.abs(a.logits - b.logits).max(initial=0.0))
-    same = a.tokens == b.tokens
+def compare(a: Run, b: Run, bound: LogitBound | float) -> tuple[bool, str]:
+    """Greedy runs a and b agree: logits within `bound` (a bare float: relative to max(1, max|logit|)) while their
+    histories are equal, and tokens identical, or first differing where the logits allow it: at a near-tie, where
+    each run's token is within 2 x that step's max |dlogit| of the other's. Past that step the runs decode different
+    tokens and are no longer comparable. Returns (ok, one-line summary)."""
+    if not isinstance(bound, LogitBound):
+        bound = LogitBound(float(bound), rule=f"{float(bound):g} x max(1, max|logit|)")
+    if a.logits.shape != b.logits.shape or len(a.tokens) != len(b.tokens):
+        return False, (f"{a.name} vs {b.name}: logits shapes {a.logits.shape} vs {b.logits.shape}, "
+                       f"{len(a.tokens)} vs {len(b.tokens)} tokens MISMATCH")
     first = next((i for i, (x, y) in enumerate(zip(a.tokens, b.tokens)) if x != y), None)
-    ok = same and diff <= tol * scale
-    line = (f"{a.name} vs {b.name}: max |dlogit| {diff:.3g} (bound {tol * scale:.3g}), tokens "
-            + ("identical" if same else f"differ from step {first}") + (" OK" if ok else " MISMATCH"))
+    rows = len(a.logits) if first is None else first + 1  # row k was computed from tokens before k
+    la, lb = a.logits[:rows], b.logits[:rows]
+    limit = bound.at(la)
+    diff = float(np.abs(la - lb).max(initial=0.0))
+    ok = diff <= limit
+    if first is None:
+        tokens = "tokens identical"
+    else:
+        ta, tb = a.tokens[first], b.tokens[first]
+        step = float(np.abs(la[first] - lb[first]).max())
+        margin = max(float(la[first, ta] - la[first, tb]), float(lb[first, tb] - lb[first, ta]))
+        tie = margin <= 2 * step
+        ok &= tie
+        tokens = (f"tokens differ from step {first} ({ta} vs {tb}: top-1 margin {margin:.3g} "
+                  + (f"<= 2 x {step:.3g}, a near-tie; logits compared over {rows} steps)" if tie
+                     else f"> 2 x {step:.3g}: not explained by the logits)"))
+    line = (f"{a.name} vs {b.name}: max |dlogit| {diff:.3g} (bound {limit:.3g} = {bound.rule}), {tokens}"
+            + (" OK" if ok else " MISMATCH"))
     return ok, line
 
 
@@ -148,7 +216,7 @@ def _main(argv: list[str] | None = None) -> int:
 
     manifest = json.loads((Path(args.bundle) / "manifest.json").read_text())
     vocab = manifest["model"]["config"]["vocab_size"]
-    tol = tolerance(manifest)
+    bound = logit_bound(manifest)
     runs = []
     for spec in args.run:
         name, _, files = spec.partition("=")
@@ -163,12 +231,12 @@ def _main(argv: list[str] | None = None) -> int:
         parser.error("need at least two runs to compare (pass --run twice, or --run and --python)")
     ok = True
     for other in runs[1:]:
-        good, line = compare(runs[0], other, tol)
+        good, line = compare(runs[0], other, bound)
         print(line)
         ok &= good
     if len(runs) > 2 and runs[0].name == "python":
         # The cross-architecture pair as well, the one the issue names.
-        good, line = compare(runs[1], runs[2], tol)
+        good, line = compare(runs[1], runs[2], bound)
         print(line)
         ok &= good
     for r in runs:
