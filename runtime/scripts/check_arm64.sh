@@ -9,9 +9,16 @@
 # once. Installs g++-aarch64-linux-gnu and qemu-user-static with apt-get when missing (needs root). qemu timings are
 # not performance: the JSON it writes says `"emulated": true`.
 #
+# The comparison (`python -m qwen_mobile.runtime.native compare`) holds each pair to `native.logit_bound`: 1e-4 x
+# max(1, max|logit|) for fp32 and weight-only bundles; for 8da4w/8da8w a fraction (0.3, 1.5) of the export gate's
+# own error vs fp32 (manifest verification.max_abs_logit_diff), since their int8 activation rounding legitimately
+# differs between NEON and AVX kernels. Tokens must be identical or first differ at a near-tie; the logits are
+# compared up to that step (runtime/README.md, "How close aarch64 must be to x86-64").
+#
 # Environment: PYTHON (default .venv/bin/python), QWEN_NATIVE_BUILD (default runtime/build-native, git-ignored),
 # QWEN_ARM64_WHEEL_CACHE (default ~/.cache/qwen_mobile/executorch-aarch64), CHECK_GEN (default 12),
-# CHECK_PROMPT_LEN (default 24).
+# CHECK_PROMPT_LEN (default 24), QEMU_CPU (read by qemu itself; default `max`, with SVE and SME: nano 8da8w fails
+# there, its SME path giving wrong logits under qemu 7.2; `cortex-a76` is a typical phone big core).
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 PY=${PYTHON:-$ROOT/.venv/bin/python}
