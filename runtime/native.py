@@ -50,9 +50,10 @@ FP32_LOGIT_TOL = 1e-4
 # 0.2 (the int4 weights' error, shared bit for bit by both builds, dominates:
 # eager 8da8w error / 8da4w error on the same 0.8B-shape model 0.14-0.18 at 4-24 layers, nano 0.12).
 # Measured, cross-platform difference / gate error (aarch64 under qemu vs x86):
-#   8da4w  0.8B-shape random, 24 layers: 0.141 / 3.68 = 0.038; nano: 0.165 / 3.02 = 0.055 (-cpu max and cortex-a76),
-#          0.121 / 3.02 = 0.040 (cortex-a53)                                              -> bound 0.3: 5.5x margin
-#   8da8w  nano, cortex-a76 or max without SME: 0.378 / 0.504 = 0.75 over 32 steps       -> bound 1.5: 2x margin
+#   8da4w  0.8B-shape random, 24 layers: 0.141 / 3.68 = 0.038; nano: 0.184 / 3.02 = 0.061 (24-token prompt + 12),
+#          0.165 / 3.02 = 0.055 (40 + 32; -cpu max and cortex-a76), 0.121 / 3.02 = 0.040 (cortex-a53)  -> 0.3: 4.9x
+#   8da8w  nano, cortex-a76 or max without SME: 0.378 / 0.504 = 0.75 (40 + 32), 0.226 / 0.504 = 0.45 (24 + 12)
+#                                                                                                  -> 1.5: 2x
 # and in eager on x86 (the ulp perturbation above, at every linear): 8da4w 0.036-0.117, 8da8w 0.79-0.89 (0.8B shape,
 # 4-24 layers; no growth with depth: the error grows alike). It still fails: nano 8da8w on qemu's `max` CPU (SME
 # kernels) is 14.6 (29x its gate error), and a logit off by 15 % of max|logit| is over the bound on nano
@@ -149,11 +150,13 @@ def compare(a: Run, b: Run, bound: LogitBound | float) -> tuple[bool, str]:
         ta, tb = a.tokens[first], b.tokens[first]
         step = float(np.abs(la[first] - lb[first]).max())
         margin = max(float(la[first, ta] - la[first, tb]), float(lb[first, tb] - lb[first, ta]))
-        tie = margin <= 2 * step
-        ok &= tie
-        tokens = (f"tokens differ from step {first} ({ta} vs {tb}: top-1 margin {margin:.3g} "
-                  + (f"<= 2 x {step:.3g}, a near-tie; logits compared over {rows} steps)" if tie
-                     else f"> 2 x {step:.3g}: not explained by the logits)"))
+        explained = margin <= 2 * step  # each run's token is its own argmax, the other's within the step's difference
+        ok &= explained
+        why = (f"> 2 x {step:.3g}: not explained by the logits" if not explained
+               else f"<= 2 x {step:.3g}, a near-tie" if step <= limit
+               else f"<= 2 x {step:.3g}, a difference beyond the bound")
+        tokens = (f"tokens differ from step {first} ({ta} vs {tb}: top-1 margin {margin:.3g} {why}; "
+                  f"logits compared over {rows} steps)")
     line = (f"{a.name} vs {b.name}: max |dlogit| {diff:.3g} (bound {limit:.3g} = {bound.rule}), {tokens}"
             + (" OK" if ok else " MISMATCH"))
     return ok, line
