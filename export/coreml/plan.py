@@ -18,7 +18,10 @@ VERIFY_DECODE_STEPS = 16
 # Gates of the numpy-evaluated package against eager torch (teacher-forced, verify.compare_with_eager):
 # fp32: the same math as the eager model with fp16 attention caches; only op order differs.
 FP32_REL_TOL = 1e-4
-# fp16 / quantized: measured on nano (README "Parity"); the floors leave room for other prompts.
+# fp16 / quantized: set on the first nano with room for other prompts. On the 17.8M-token nano (issue 23; README
+# "Measured on this machine") fp16 measures top-1 1.000, KL 3.1e-5; 8w 0.882, 5.3e-3 and 4w 0.882, 0.24 are refused.
+# XNNPACK's 8w and 4w measure the same on this gate's prompt (verification_prompt: 33 code tokens padded with random
+# ids to 197 for nano), so the refusals say more about the prompt than about Core ML; the floors are kept.
 QUALITY_FLOORS = {
     "fp16": {"min_top1_agreement": 0.9, "max_mean_kl": 0.01},
     "8w": {"min_top1_agreement": 0.9, "max_mean_kl": 0.01},
