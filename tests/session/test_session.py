@@ -67,7 +67,9 @@ def test_restore_after_divergent_turn_gives_the_pre_divergence_continuation(bund
     first = chat_turn(s, bundle, template, TURNS[1])
     s.restore(snap)
     divergent = chat_turn(s, bundle, template, "print('something else entirely')")
-    assert divergent[0] != first[0], "the divergent turn should produce other tokens (test is vacuous otherwise)"
+    # Logits, not tokens: nano's greedy reply can be the same words for both prompts (it does for these), but a
+    # different prompt leaves different numbers in the state, which a restore that kept them would show below.
+    assert not torch.equal(divergent[1], first[1]), "the divergent turn should leave other logits (test is vacuous otherwise)"
     s.restore(snap)
     again = chat_turn(s, bundle, template, TURNS[1])
     assert again[0] == first[0]
