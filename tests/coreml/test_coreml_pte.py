@@ -29,14 +29,18 @@ def test_fp32_pte_is_one_delegate_and_matches_eager(hf_checkpoint, tmp_path):
     assert v["max_abs_logit_diff"] <= 1e-3, v
 
 
-# int4 blocks of 32 on the retrained nano: top-1 0.706 against the 0.75 floor (KL 0.036 under 0.1), measured in
-# session 9; the floor stays, the recipe is refused on nano until int4 Core ML keeps more (export/coreml/README.md).
+# The gate refuses the quantized recipes on the 17.8M-token nano (issue 23; export/coreml/README.md), on its prompt
+# of 33 code tokens padded with random ids to 197: 8w top-1 0.882 (2 of 17 steps) under the 0.9 floor, 4w KL 0.24
+# over the 0.1 floor (the previous nano: 8w passed; 4w refused at top-1 0.706). The floors stay.
+COREML_8W_ON_NANO = pytest.mark.xfail(strict=True, raises=VerificationError,
+                                      reason="Core ML 8w misses its top-1 floor on nano (0.882 < 0.9)")
 COREML_4W_ON_NANO = pytest.mark.xfail(strict=True, raises=VerificationError,
-                                      reason="Core ML 4w misses its top-1 floor on the retrained nano (0.706 < 0.75)")
+                                      reason="Core ML 4w misses its KL floor on nano (0.24 > 0.1)")
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("qlinear", ["fp16", "8w", pytest.param("4w", marks=COREML_4W_ON_NANO)])
+@pytest.mark.parametrize("qlinear", ["fp16", pytest.param("8w", marks=COREML_8W_ON_NANO),
+                                     pytest.param("4w", marks=COREML_4W_ON_NANO)])
 def test_nano_pte(tmp_path, qlinear):
     from qwen_mobile.export import export
 
