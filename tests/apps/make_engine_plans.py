@@ -72,6 +72,9 @@ class _FakeBundle:
         self.max_seq_len = manifest["state"]["max_seq_len"]
         self.vocab_size = manifest["model"]["config"]["vocab_size"]
         self.stop_ids = set(manifest["tokenizer"]["stop_ids"])
+        if "vision" in manifest:
+            raise ValueError("engine plans are recorded for text bundles; this one has image methods")
+        self.vision = None  # Session.prefill asks before every prompt (images need Bundle.vision)
 
 
 def _drive(session_factory, calls: list, conversation) -> dict:
