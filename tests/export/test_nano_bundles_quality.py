@@ -61,8 +61,10 @@ def eager_reference():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("preset", [
-    pytest.param(p, marks=pytest.mark.xfail(strict=True, reason="int4 recipe over its perplexity bound on the trained "
-                                                               "nano (export/README.md)"))
+    # raises: only the perplexity bound may fail here; a gate refusal (VerificationError) is a real failure
+    pytest.param(p, marks=pytest.mark.xfail(strict=True, raises=AssertionError,
+                                            reason="int4 recipe over its perplexity bound on the trained nano "
+                                                   "(export/README.md)"))
     if p in OVER_BOUND else p
     for p in sorted(PPL_REL_BOUND)])
 def test_bundle_perplexity_close_to_eager(preset, eager_reference, tmp_path):
