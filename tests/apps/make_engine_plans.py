@@ -13,13 +13,24 @@ name, shape, dtype and, for token ids and positions, the values. Nothing here is
   `export.coreml.runner.CoreMLRunner` (the runner the export gate and scripts/verify_coreml_on_mac.py use) over the
   numpy MIL evaluator of the saved packages, every package call recorded.
 
-The same `Session` for both means the turn bookkeeping (the sampled last token of a turn is fed first in the next
-one) is the runtime's, not a re-implementation.
+- Core ML with images (`coreml_vision`, one package; `coreml_vision_split`, three): the tiny random VLM of the vision
+  tests exported with `--image-sizes 32,32x48`, the same `Session` asked image questions (runtime/images.py's
+  synthetic test card at one of the sizes) over `CoreMLRunner` with the vision package, so every call of CONTRACT.md's
+  image steps is recorded: `encode_image_<H>x<W>` in vision.mlpackage, `embed` (padded to the chunk), full chunks of
+  `prefill_embeddings`, the rest through `decode_embeddings`, `decode_rope` (a chain's later packages:
+  `decode_embeddings` with the rotary position in all three rows). Those vectors add what the iOS engine test replays:
+  `rope_pos` values, the row sums of every `embeds` input and the sum of every `rgb`, the outputs of `embed` and
+  `encode_image_*` (float32 little-endian, base64: its fake returns them, so the spliced embeddings it feeds must sum
+  as Python's did), and on each call whose logits were sampled, `next_token`.
+
+The same `Session` for every recipe means the turn bookkeeping (the sampled last token of a turn is fed first in the
+next one) and the image prompt's layout are the runtime's, not a re-implementation.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import os
 import sys
@@ -72,9 +83,8 @@ class _FakeBundle:
         self.max_seq_len = manifest["state"]["max_seq_len"]
         self.vocab_size = manifest["model"]["config"]["vocab_size"]
         self.stop_ids = set(manifest["tokenizer"]["stop_ids"])
-        if "vision" in manifest:
-            raise ValueError("engine plans are recorded for text bundles; this one has image methods")
-        self.vision = None  # Session.prefill asks before every prompt (images need Bundle.vision)
+        self.vision = manifest.get("vision")  # Session.prefill asks before every prompt (images need Bundle.vision)
+        self.folder = "engine-plan bundle"
 
 
 def _drive(session_factory, calls: list, conversation) -> dict:
@@ -180,11 +190,155 @@ class _SessionAdapter:
     def decode(self, token, pos):
         return self.runner.decode(token, pos)
 
+    def encode_image(self, method, rgb):
+        return self.runner.encode_image(method, rgb)
+
+    def embed(self, ids):
+        return self.runner.embed(ids)
+
+    def prefill_embeddings(self, embeds, start, rope_pos):
+        return self.runner.prefill_embeddings(embeds, start, rope_pos)
+
+    def decode_rope(self, token, pos, rope):
+        return self.runner.decode_rope(token, pos, rope)
+
+
+# -- Core ML with images --------------------------------------------------------------------------------------------
+
+IMAGE_SIZES = "32,32x48"
+IMAGE = "<image>"  # where a turn's image goes: replaced by vision_start, one image token, vision_end
+# Per turn: (prompt with IMAGE or not, the image (H, W) of the synthetic test card or None, tokens to generate). They
+# cover an image prompt of full chunks and a remainder (3 + 26 + 2 tokens: 3 chunks, 7 one by one), a text turn after
+# an image (still through the embeddings functions, the rotary position behind the slot, the pending token first), an
+# image that starts the prompt at the other size, and a text-only conversation on the vision bundle (token functions).
+VISION_CONVERSATIONS = {
+    "image_then_text": [([11, 42, 7, IMAGE, 5, 17], (32, 48), 4), (list(range(60, 69)), None, 3)],
+    "image_first_square": [([IMAGE], (32, 32), 2)],
+    "text_only": [(list(range(40, 51)), None, 3)],
+}
+
+
+def _float32_base64(values) -> str:
+    """Float values, exact and compact: float32 little-endian bytes, row-major, base64."""
+    return base64.b64encode(np.ascontiguousarray(values, dtype="<f4").tobytes()).decode("ascii")
+
+
+def vision_checkpoint(work: Path) -> Path:
+    """tests/export/test_vision_bundle.vlm_checkpoint's model (tower B, text weights scaled), saved once in `work`."""
+    import torch
+
+    folder = work / "tiny-vlm-B"
+    if (folder / "config.json").is_file():
+        return folder
+    sys.path[:0] = [str(ROOT / "tests" / "models"), str(ROOT / "tests" / "export"), str(ROOT / "tests")]
+    from test_vision_bundle import TEXT_WEIGHT_SCALE
+    from test_vision_parity import make_hf_vlm
+
+    model = make_hf_vlm("B")
+    with torch.no_grad():
+        for p in model.model.language_model.parameters():
+            if p.dim() >= 2:
+                p.mul_(TEXT_WEIGHT_SCALE)
+    model.save_pretrained(folder)
+    return folder
+
+
+def coreml_vision_vector(work: Path, split: bool) -> dict:
+    import warnings
+
+    from qwen_mobile.export import export
+    from qwen_mobile.export.coreml.evaluator import MILModel
+    from qwen_mobile.export.coreml.runner import CoreMLRunner, evaluator_call
+    from qwen_mobile.runtime.bundle import load_manifest
+    from qwen_mobile.runtime.images import bundle_image, image_span, synthetic_image
+    from qwen_mobile.runtime.sampling import Sampler, SamplingConfig
+    from qwen_mobile.runtime.session import Session
+
+    src = vision_checkpoint(work)
+    out = work / ("tiny-vlm-coreml-split" if split else "tiny-vlm-coreml")
+    if not (out / "manifest.json").is_file():
+        options = {}
+        if split:
+            from qwen_mobile.models import Qwen35ForCausalLM
+
+            # About one layer per package above the embedding table: the 4 layers go into three packages.
+            model = Qwen35ForCausalLM.from_pretrained(src, max_seq_len=CONTEXT)
+            layer_bytes = max(sum(p.numel() for p in layer.parameters()) * 4 for layer in model.model.layers)
+            options["max_package_bytes"] = model.model.embed_tokens.weight.numel() * 4 + int(1.5 * layer_bytes)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*no tokenizer.json.*")
+            export(str(src), out, recipe="coreml", qlinear="fp32", max_seq_len=CONTEXT, prefill_chunk=PREFILL_CHUNK,
+                   image_sizes=IMAGE_SIZES, progress=False, **options)
+    manifest = load_manifest(out)
+    vision = manifest["vision"]
+    packages = [p["file"] for p in manifest["program"]["packages"]]
+    buffers = manifest["state"]["buffers"]
+    calls: list = []
+
+    def record_input(name, value) -> dict:
+        rec = _tensor_record(name, value, with_values=name in ("tokens", "input_pos", "rope_pos"))
+        arr = np.asarray(value, np.float64)
+        if name == "embeds":  # [1,T,hidden] -> T row sums
+            rec["row_sums"] = [float(v) for v in arr.reshape(arr.shape[1], -1).sum(axis=1)]
+            rec["abs_sum"] = float(np.abs(arr).sum())
+        elif name == "rgb":
+            rec["sum"] = float(arr.sum())
+        return rec
+
+    def recording(call, package):
+        def run(function, inputs):
+            calls.append({"package": package, "function": function,
+                          "inputs": [record_input(k, v) for k, v in inputs.items()]})
+            outputs = call(function, inputs)
+            calls[-1]["outputs"] = sorted(outputs)
+            replayed = {k: _float32_base64(v) for k, v in outputs.items() if k in ("embeds", "image_embeds")}
+            if replayed:
+                calls[-1]["output_f32le_base64"] = replayed
+            return outputs
+        return run
+
+    def factory():
+        parts = []
+        for file in packages:
+            io = {b["name"]: tuple(b["shape"]) for b in buffers
+                  if b["storage"] == "host_io" and b.get("package") == file}
+            parts.append((recording(evaluator_call(MILModel(out / file)), file), io))
+        vision_file = vision["package"]["file"]
+        runner = CoreMLRunner(prefill_chunk=manifest["program"]["methods"]["forward"]["max_tokens"], parts=parts,
+                              vision=recording(evaluator_call(MILModel(out / vision_file)), vision_file))
+        return Session(_FakeBundle(manifest, _SessionAdapter(runner)))
+
+    def sampled(token):
+        calls[-1]["next_token"] = int(token)  # the call whose logits the session just sampled
+
+    cases = {}
+    for cname, conversation in VISION_CONVERSATIONS.items():
+        calls.clear()
+        session, turns = factory(), []
+        for prompt, size, n_new in conversation:
+            ids = [t for piece in prompt for t in (image_span(vision) if piece == IMAGE else [piece])]
+            images = [] if size is None else [bundle_image(synthetic_image(*size), vision, source="synthetic_image",
+                                                           size=size)]
+            result = session.generate(ids, n_new, Sampler(SamplingConfig(temperature=0.0)), stop_ids=set(),
+                                      on_token=sampled, images=images)
+            turn = {"prompt_ids": ids, "generated_ids": list(result.ids), "image": None}
+            if images:
+                turn["image"] = {"method": images[0].method, "height": size[0], "width": size[1],
+                                 "pixels": "runtime/images.py synthetic_image(height, width), [3,H,W] -> [H,W,3]"}
+            turns.append(turn)
+        cases[cname] = {"turns": turns, "calls": list(calls)}
+    return {"recipe": "coreml", "driver": "runtime.session.Session (images) over export.coreml.runner.CoreMLRunner "
+            "(numpy MIL evaluator) with the vision package", "source": "tiny random VLM (tests/models/"
+            "test_vision_parity.make_hf_vlm('B'), text weights x TEXT_WEIGHT_SCALE), fp32, --image-sizes "
+            f"{IMAGE_SIZES}", "manifest": _slim_manifest(manifest), "cases": cases}
+
 
 RECIPES = {
     "pte": lambda work: pte_vector(work),
     "coreml": lambda work: coreml_vector(work, split=False),
     "coreml_split": lambda work: coreml_vector(work, split=True),
+    "coreml_vision": lambda work: coreml_vision_vector(work, split=False),
+    "coreml_vision_split": lambda work: coreml_vision_vector(work, split=True),
 }
 
 

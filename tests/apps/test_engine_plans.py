@@ -19,10 +19,13 @@ from qwen_mobile.runtime.bundle import bundle_hash, validate_manifest
 VECTORS = Path(__file__).resolve().parent / "vectors"
 FILES = {"pte": "engine_plan_pte.json", "coreml": "engine_plan_coreml.json",
          "coreml_split": "engine_plan_coreml_split.json"}
+# Image questions on the tiny VLM's Core ML bundle (one package, a chain of three): CoreMLEngine's image path replays them.
+VISION_FILES = {"coreml_vision": "engine_plan_coreml_vision.json",
+                "coreml_vision_split": "engine_plan_coreml_vision_split.json"}
 
 
 def load(kind: str) -> dict:
-    path = VECTORS / FILES[kind]
+    path = VECTORS / {**FILES, **VISION_FILES}[kind]
     assert path.is_file(), f"{path} missing: run tests/apps/make_engine_plans.py"
     return json.loads(path.read_text())
 
@@ -100,6 +103,86 @@ def test_prompt_rule_and_positions(kind):
         assert fed == expected, name
 
 
+def vision_declared_io(manifest: dict, call: dict) -> tuple[list[dict], list[dict]]:
+    """The I/O the manifest declares for one call of an image question (CONTRACT.md, "Images in Core ML bundles")."""
+    from qwen_mobile.runtime.contract import COREML_EMBEDDINGS_REMAINDER_FUNCTION, EMBEDDINGS_PREFILL_METHOD
+
+    methods, function = manifest["program"]["methods"], call["function"]
+    if call["package"] == manifest["vision"]["package"]["file"]:
+        return methods[function]["inputs"], methods[function]["outputs"]
+    packages = manifest["program"]["packages"]
+    if len(packages) > 1:
+        entry = next(p for p in packages if p["file"] == call["package"])
+        return entry[function]["inputs"], entry[function]["outputs"]
+    if function == COREML_EMBEDDINGS_REMAINDER_FUNCTION:
+        rest = methods[EMBEDDINGS_PREFILL_METHOD]["remainder"]
+        return rest["inputs"], rest["outputs"]
+    m = next(m for m in methods.values() if m.get("function") == function and "package" not in m)
+    return m["inputs"], m["outputs"]
+
+
+@pytest.mark.parametrize("kind", sorted(VISION_FILES))
+def test_vision_vector_manifest_and_declared_io(kind):
+    doc = load(kind)
+    manifest = doc["manifest"]
+    validate_manifest(manifest, VISION_FILES[kind])
+    assert doc["bundle_hash"] == bundle_hash(manifest)
+    assert manifest["recipe"]["name"] == "coreml" and manifest["vision"]["package"]["file"] == "vision.mlpackage"
+    assert len(manifest["program"]["packages"]) == (3 if kind.endswith("split") else 1)
+    for name, case in doc["cases"].items():
+        for i, call in enumerate(case["calls"]):
+            inputs, outputs = vision_declared_io(manifest, call)
+            label = f"{kind} {name} call {i}"
+            assert [(t["name"], t["shape"], t["dtype"]) for t in call["inputs"]] == [
+                (t["name"], t["shape"], t["dtype"]) for t in inputs], label
+            assert call["outputs"] == sorted(t["name"] for t in outputs), label
+
+
+@pytest.mark.parametrize("kind", sorted(VISION_FILES))
+def test_vision_vector_follows_the_contract(kind):
+    """CONTRACT.md's image steps in the recorded calls: the image encoded before its prompt is embedded; `embed`
+    takes each turn's expanded prompt (pending token first) in chunks padded with 0; the first package's stateful calls
+    feed every token once at consecutive cache slots from 0, image prompts as full chunks of prefill_embeddings and the
+    rest one at a time, generated tokens through decode_rope one slot on and one rotary position on; a text-only
+    conversation stays on prefill/decode."""
+    doc = load(kind)
+    manifest = doc["manifest"]
+    vision, chunk = manifest["vision"], manifest["program"]["methods"]["forward"]["max_tokens"]
+    first = manifest["program"]["packages"][0]["file"]
+    for name, case in doc["cases"].items():
+        calls = [c for c in case["calls"] if c["package"] in (first, vision["package"]["file"])]
+        values = [{t["name"]: t.get("values") for t in c["inputs"]} for c in calls]
+        images = [t["image"] for t in case["turns"] if t["image"]]
+        assert [c["function"] for c in calls if c["function"].startswith("encode_image_")] == [
+            i["method"] for i in images], name
+        embedded = [t for c, v in zip(calls, values) if c["function"] == "embed" for t in v["tokens"]]
+        slots = [p for c, v in zip(calls, values) if "input_pos" in v for p in v["input_pos"]]
+        assert slots == list(range(len(slots))), name
+        pending, expected = [], []
+        for turn in case["turns"]:
+            ids = pending + turn["prompt_ids"]
+            if turn["image"]:
+                tokens = next(i["tokens"] for i in vision["images"] if i["method"] == turn["image"]["method"])
+                at = ids.index(vision["image_token_id"])
+                ids = ids[:at] + [vision["image_token_id"]] * tokens + ids[at + 1:]
+            expected += ids + [0] * (-len(ids) % chunk) if (images and (turn["image"] or expected)) else []
+            pending = turn["generated_ids"][-1:]
+        assert embedded == expected, name
+        last_rope = None  # rotary position of the last token fed (a text token: its three rows are equal)
+        for c, v in zip(calls, values):
+            n = len(v.get("input_pos") or [])
+            if c["function"] == "prefill_embeddings":
+                assert n == chunk and len(v["rope_pos"]) == 3 * n, name
+            elif c["function"] in ("decode_embeddings", "decode_rope"):
+                assert n == 1, name
+            if c["function"] == "decode_rope":
+                assert v["rope_pos"] == [last_rope + 1], f"{name}: one rotary position on"
+            if "rope_pos" in v:
+                last_rope = v["rope_pos"][-1]
+        if not images:
+            assert {c["function"] for c in calls} == {"prefill", "decode"}, name
+
+
 @pytest.mark.slow
 def test_regenerated_vectors_match_committed(tmp_path):
     """Export the bundles again and re-record: the calls must not drift from the committed vectors."""
@@ -109,7 +192,7 @@ def test_regenerated_vectors_match_committed(tmp_path):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     assert module.main(["--out", str(tmp_path)]) == 0
-    for kind, file in FILES.items():
+    for kind, file in {**FILES, **VISION_FILES}.items():
         fresh = json.loads((tmp_path / file).read_text())
         committed = load(kind)
         assert fresh["cases"] == committed["cases"], file

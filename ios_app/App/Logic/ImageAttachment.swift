@@ -2,7 +2,7 @@ import Foundation
 import QwenMobileKit
 
 /// Whether the chat offers the image button: the bundle must have a `vision` section and the engine must run its
-/// image methods (the ExecuTorch engine does; the Core ML engine until it conforms to `ImageInferenceEngine` not).
+/// image methods (`ImageInferenceEngine`: the ExecuTorch and the Core ML engine both do; a test double may not).
 public enum ImageSupport {
   /// nil when images can be attached; otherwise why not, in one line (shown beside the disabled button).
   public static func unavailableReason(manifest: Manifest, engine: InferenceEngine) -> String? {

@@ -6,7 +6,7 @@
   import SwiftUI
 
   /// Chat with streaming text and tok/s per reply; thinking on/off; the state is kept between turns; for a bundle
-  /// with a `vision` section on the ExecuTorch engine, a photo from the library goes with the next prompt.
+  /// with a `vision` section (either engine), a photo from the library goes with the next prompt.
   struct ChatView: View {
     @EnvironmentObject var state: AppState
     @State private var chat: Live<ChatController>?

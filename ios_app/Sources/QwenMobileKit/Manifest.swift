@@ -39,6 +39,12 @@ public struct MethodSpec: Equatable {
   public let outputs: [TensorSpec]
   public let minTokens: Int?
   public let maxTokens: Int?
+  /// Core ML: the package the function is in when it is not the text chain's (the image methods: vision.mlpackage).
+  public let package: String?
+  /// Core ML `prefill_embeddings`: the one-token function that takes the rest of a prompt, and its I/O.
+  public let remainderFunction: String?
+  public let remainderInputs: [TensorSpec]?
+  public let remainderOutputs: [TensorSpec]?
 
   init(key: String, _ node: JSONNode) throws {
     self.key = key
@@ -48,11 +54,22 @@ public struct MethodSpec: Equatable {
     outputs = try node["outputs"].array().map(TensorSpec.init)
     minTokens = try node["min_tokens"].optionalInt()
     maxTokens = try node["max_tokens"].optionalInt()
+    package = try node["package"].optionalString()
+    remainderFunction = try node["remainder_function"].optionalString()
+    let remainder = node["remainder"]
+    remainderInputs = remainder.exists ? try remainder["inputs"].array().map(TensorSpec.init) : nil
+    remainderOutputs = remainder.exists ? try remainder["outputs"].array().map(TensorSpec.init) : nil
   }
 }
 
-/// One Core ML package of a (possibly split) model; `prefill`/`decode` I/O is recorded only when split.
+/// One Core ML package of a (possibly split) model; each function's I/O is recorded only when split (`prefill`,
+/// `decode`, and in a bundle with images `prefill_embeddings`, `decode_embeddings`, the first package's `embed` and
+/// `decode_rope`).
 public struct PackageSpec: Equatable {
+  /// The functions a split package entry may describe (export/recipes/coreml.py package_functions).
+  public static let functionKeys = [
+    "prefill", "decode", "prefill_embeddings", "decode_embeddings", "embed", "decode_rope",
+  ]
   public let file: String
   public let layers: [Int]
   public let io: [String: (inputs: [TensorSpec], outputs: [TensorSpec])]
@@ -114,6 +131,8 @@ public struct Manifest {
   public let vision: VisionSpec?
   /// model.config.hidden_size: the width of the embeddings the image methods pass around (nil when absent).
   public let hiddenSize: Int?
+  /// A `coreml` bundle with a vision section: the Core ML functions behind its image methods (nil otherwise).
+  public let coreMLImages: CoreMLImageFunctions?
 
   public var forward: MethodSpec { methods[Manifest.prefillMethod]! }
   public var decode: MethodSpec { methods[Manifest.decodeMethod]! }
@@ -165,7 +184,7 @@ public struct Manifest {
     if program["packages"].exists {
       packages = try program["packages"].array().map { p in
         var io: [String: (inputs: [TensorSpec], outputs: [TensorSpec])] = [:]
-        for function in ["prefill", "decode"] where p[function].exists {
+        for function in PackageSpec.functionKeys where p[function].exists {
           io[function] = (
             try p[function]["inputs"].array().map(TensorSpec.init),
             try p[function]["outputs"].array().map(TensorSpec.init)
@@ -214,10 +233,17 @@ public struct Manifest {
       where methods[name] == nil {
         throw program["methods"][name].fail("missing (the vision section lists it)")
       }
-      if hiddenSize == nil { throw model["config"]["hidden_size"].fail("missing (a bundle with images needs it)") }
+      guard let hidden = hiddenSize else {
+        throw model["config"]["hidden_size"].fail("missing (a bundle with images needs it)")
+      }
       self.vision = vision
+      coreMLImages =
+        recipeName == "coreml"
+        ? try CoreMLImageFunctions(
+          program: program, vision: root["vision"], spec: vision, packages: packages, hidden: hidden) : nil
     } else {
       vision = nil
+      coreMLImages = nil
     }
   }
 

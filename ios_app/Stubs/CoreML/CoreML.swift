@@ -140,6 +140,11 @@
     /// .../coreml/mlmodel/makestate() (iOS 18)
     open func makeState() -> MLState { MLState() }
 
+    /// .../coreml/mlmodel/prediction(from:options:) : a stateless prediction (the vision package, `embed`)
+    open func prediction(from input: MLFeatureProvider, options: MLPredictionOptions) throws -> MLFeatureProvider {
+      throw StubUnavailable(api: "MLModel.prediction(from:options:)")
+    }
+
     /// .../coreml/mlmodel/prediction(from:using:options:) (iOS 18): a stateful prediction
     open func prediction(from input: MLFeatureProvider, using state: MLState, options: MLPredictionOptions) throws
       -> MLFeatureProvider
