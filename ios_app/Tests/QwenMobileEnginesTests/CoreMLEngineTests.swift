@@ -309,6 +309,40 @@ final class CoreMLEngineImageTests: XCTestCase {
     XCTAssertNil(ImageSupport.unavailableReason(manifest: manifest, engine: engine))
   }
 
+  /// The benchmark's image rows on the Core ML engine: per size of the vision bundle, the test card through
+  /// `encode_image_<H>x<W>` before the text; a fake that answers every function with zeros of its declared outputs.
+  func testBenchmarkRunnerAddsImageRowsOnCoreML() throws {
+    let manifest = try Manifest(json: try vector("engine_plan_coreml_vision.json")["manifest"])
+    let images = try XCTUnwrap(manifest.coreMLImages)
+    var encoded: [String] = []
+    let engine = CoreMLEngine(planner: try EnginePlanner(manifest: manifest), computeUnits: .cpuOnly) {
+      package, function, _ in
+      let declared: [TensorSpec]
+      if package == images.visionPackage {
+        encoded.append(function)
+        declared = images.encoders[function]!.outputs
+      } else if let io = images.io[package]?[function] {
+        declared = io.outputs
+      } else {
+        declared = function == "prefill" ? manifest.forward.outputs : manifest.decode.outputs
+      }
+      var outputs: [String: MLMultiArray] = [:]
+      for out in declared {
+        outputs[out.name] = try MLMultiArray(
+          shape: out.concreteShape(tokens: 1).map { NSNumber(value: $0) }, dataType: .float32)
+      }
+      return try MLDictionaryFeatureProvider(dictionary: outputs)
+    }
+    let settings = try BenchSettings(promptLengths: [4], generateTokens: 2, runs: 2, warmup: 1, promptSource: "t")
+    let report = try BenchmarkRunner(engine: engine, probe: ScriptedProbe(thermal: ["nominal"])).run(
+      .init(settings: settings), bundlePath: nil, appVersion: "t", loadMs: nil)
+    XCTAssertEqual(report.images.map(\.size.method), ["encode_image_32x32", "encode_image_32x48"])
+    XCTAssertEqual(report.images.map(\.promptTokens), [2 + 16 + 16, 2 + 24 + 16])
+    XCTAssertEqual(report.images.map(\.ttftMs.count), [2, 2], "warm-ups dropped")
+    XCTAssertEqual(
+      encoded, Array(repeating: "encode_image_32x32", count: 3) + Array(repeating: "encode_image_32x48", count: 3))
+  }
+
   /// A field the engine needs, broken in the one-package vector's manifest: the error names it.
   func brokenManifest(_ edit: (inout [String: Any]) -> Void) throws -> Manifest {
     var root = try vector("engine_plan_coreml_vision.json")["manifest"].object()
