@@ -19,10 +19,15 @@ from pathlib import Path
 CHILD = r"""
 import json, resource, sys, time
 from qwen_mobile.export import export
+from qwen_mobile.export.verify import VerificationError
 source, out, qlinear, layout, max_seq_len, chunk = sys.argv[1:7]
 t0 = time.perf_counter()
-m = export(source, out, recipe="coreml", qlinear=qlinear, gdn_layout=layout, max_seq_len=int(max_seq_len),
-                  prefill_chunk=int(chunk), force=True, progress=False)
+try:
+    m = export(source, out, recipe="coreml", qlinear=qlinear, gdn_layout=layout, max_seq_len=int(max_seq_len),
+               prefill_chunk=int(chunk), force=True, progress=False)
+except VerificationError as e:  # a refusal is a result to report, not a crash of the whole table
+    print("REFUSED " + json.dumps({"seconds": time.perf_counter() - t0, "verification": e.result.as_dict()}))
+    sys.exit(0)
 print("RESULT " + json.dumps({"seconds": time.perf_counter() - t0,
                               "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
                               "manifest": m}))
@@ -34,6 +39,12 @@ def run_one(source: str, qlinear: str, layout: str, max_seq_len: int, chunk: int
         proc = subprocess.run([sys.executable, "-c", CHILD, source, str(Path(tmp) / "b"), qlinear, layout,
                                str(max_seq_len), str(chunk)], capture_output=True, text=True,
                               env={**__import__("os").environ, "TQDM_DISABLE": "1"})
+    refused = next((ln for ln in proc.stdout.splitlines() if ln.startswith("REFUSED ")), None)
+    if proc.returncode == 0 and refused is not None:
+        res = json.loads(refused[len("REFUSED "):])
+        return {"source": source, "qlinear": qlinear, "gdn_layout": layout, "max_seq_len": max_seq_len,
+                "prefill_chunk": chunk, "refused": True, "export_seconds": round(res["seconds"], 1),
+                "verification": res["verification"]}
     line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
     if proc.returncode != 0 or line is None:
         raise RuntimeError(f"export {source} {qlinear} {layout} failed:\n{proc.stderr[-3000:]}")
@@ -42,7 +53,7 @@ def run_one(source: str, qlinear: str, layout: str, max_seq_len: int, chunk: int
     conv = m["export"]["conversion"]
     return {
         "source": source, "qlinear": qlinear, "gdn_layout": layout, "max_seq_len": max_seq_len,
-        "prefill_chunk": chunk, "export_seconds": round(res["seconds"], 1),
+        "prefill_chunk": chunk, "refused": False, "export_seconds": round(res["seconds"], 1),
         "stage_seconds": m["export"]["stage_seconds"], "function_convert_seconds": conv["functions"],
         "quantize_seconds": round(conv["quantize_seconds"], 1), "merge_seconds": round(conv["merge_seconds"], 1),
         "peak_rss_bytes": res["peak_rss_bytes"], "package_bytes": conv["package_bytes"],
@@ -76,11 +87,17 @@ def main(argv=None) -> None:
                 r = run_one(source, q, layout, args.max_seq_len, args.prefill_chunk)
                 rows.append(r)
                 v = r["verification"]
-                n_ops = "/".join(str(sum(sum(pkg[f]["ops"].values()) for pkg in r["ops"].values()))
-                                 for f in ("decode", "prefill"))
-                print(f"{source:<8} {q:<6} {layout:<6} {r['export_seconds']:>8.1f} {r['peak_rss_bytes'] / 1e6:>7.0f} "
-                      f"{r['package_bytes'] / 1e6:>10.2f} {len(r['packages']):>4} {n_ops:>11} {len(r['states']):>6} "
-                      f"{v['top1_agreement']:>6.3f} {v['mean_kl']:>9.2e} {v['max_abs_logit_diff']:>11.3g}", flush=True)
+                if r["refused"]:
+                    print(f"{source:<8} {q:<6} {layout:<6} {'REFUSED by its gate (nothing written)':>45} "
+                          f"{v['top1_agreement']:>13.3f} {v['mean_kl']:>9.2e} {v['max_abs_logit_diff']:>11.3g}",
+                          flush=True)
+                else:
+                    n_ops = "/".join(str(sum(sum(pkg[f]["ops"].values()) for pkg in r["ops"].values()))
+                                     for f in ("decode", "prefill"))
+                    print(f"{source:<8} {q:<6} {layout:<6} {r['export_seconds']:>8.1f} "
+                          f"{r['peak_rss_bytes'] / 1e6:>7.0f} {r['package_bytes'] / 1e6:>10.2f} {len(r['packages']):>4} "
+                          f"{n_ops:>11} {len(r['states']):>6} {v['top1_agreement']:>6.3f} {v['mean_kl']:>9.2e} "
+                          f"{v['max_abs_logit_diff']:>11.3g}", flush=True)
                 if args.json:  # after every row: a long run that fails later keeps what it measured
                     args.json.parent.mkdir(parents=True, exist_ok=True)
                     args.json.write_text(json.dumps({"host": platform.platform(), "rows": rows}, indent=2) + "\n")

@@ -19,9 +19,8 @@ VERIFY_DECODE_STEPS = 16
 # fp32: the same math as the eager model with fp16 attention caches; only op order differs.
 FP32_REL_TOL = 1e-4
 # fp16 / quantized: set on the first nano with room for other prompts. On the 17.8M-token nano (issue 23; README
-# "Measured on this machine") fp16 measures top-1 1.000, KL 3.1e-5; 8w 0.882, 5.3e-3 and 4w 0.882, 0.24 are refused.
-# XNNPACK's 8w and 4w measure the same on this gate's prompt (verification_prompt: 33 code tokens padded with random
-# ids to 197 for nano), so the refusals say more about the prompt than about Core ML; the floors are kept.
+# "Measured on this machine"), with the all-code prompt below: fp16 top-1 1.000, KL 5.5e-6; 8w 1.000, 1.5e-4 (KL 65x
+# under its floor); 4w 0.941 (one step of 17), 1.4e-2 (7x under), like XNNPACK's own int4 gate (KL 1.3e-2).
 QUALITY_FLOORS = {
     "fp16": {"min_top1_agreement": 0.9, "max_mean_kl": 0.01},
     "8w": {"min_top1_agreement": 0.9, "max_mean_kl": 0.01},
@@ -56,13 +55,66 @@ def plan_packages(model, qlinear: str, max_package_bytes: int) -> list[tuple[int
     return parts
 
 
+# Ordinary code written for the gate, after verify.fixed_prompt's text. The prompt must fill whole prefill chunks, and
+# padding the short fixed text with random ids (as this gate first did) made 83 % of nano's prompt noise: a trained
+# model is unsure what follows noise, its top-2 logits near-tie, and top-1 agreement then measured the ties (XNNPACK's
+# own 8w scored 0.882 there, like Core ML's), not the program.
+VERIFICATION_TEXT = '''
+
+def fibonacci_table(count):
+    """Return the first count Fibonacci numbers as a list."""
+    table = [0, 1]
+    while len(table) < count:
+        table.append(table[-1] + table[-2])
+    return table[:count]
+
+
+class LRUCache:
+    """A small least-recently-used cache with a fixed capacity."""
+
+    def __init__(self, capacity=128):
+        if capacity <= 0:
+            raise ValueError("capacity must be positive")
+        self.capacity = capacity
+        self._data = {}
+
+    def get(self, key, default=None):
+        if key not in self._data:
+            return default
+        value = self._data.pop(key)
+        self._data[key] = value
+        return value
+
+    def put(self, key, value):
+        self._data.pop(key, None)
+        self._data[key] = value
+        if len(self._data) > self.capacity:
+            oldest = next(iter(self._data))
+            del self._data[oldest]
+
+    def __len__(self):
+        return len(self._data)
+
+
+def read_lines(path, encoding="utf-8"):
+    """Yield the stripped, non-empty lines of a text file."""
+    with open(path, encoding=encoding) as handle:
+        for line in handle:
+            line = line.strip()
+            if line and not line.startswith("#"):
+                yield line
+'''
+
+
 def verification_prompt(vocab_size: int, tokenizer, prefill_chunk: int) -> list[int]:
     """A prompt long enough for one full prefill chunk plus a decoded tail, split by compare_with_eager in thirds."""
     from qwen_mobile.export.verify import fixed_prompt
 
     length = 3 * prefill_chunk + 5
     prompt = fixed_prompt(vocab_size, tokenizer, length=length)
-    if len(prompt) < length:  # the tokenizer's text is short: pad with deterministic random ids
+    if tokenizer is not None and len(prompt) < length:
+        prompt += tokenizer.encode(VERIFICATION_TEXT, add_special_tokens=False).ids[: length - len(prompt)]
+    if len(prompt) < length:  # no tokenizer, or a tokenizer whose text is still short: deterministic random ids
         gen = torch.Generator().manual_seed(4321)
         prompt += torch.randint(0, vocab_size, (length - len(prompt),), generator=gen).tolist()
     return prompt

@@ -6,7 +6,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from qwen_mobile.export.verify import VerificationError
 import torch
 
 from qwen_mobile.runtime import bundle
@@ -138,23 +137,9 @@ def test_tiny_quantized_recipes(hf_checkpoint, tmp_path, regime, qlinear):
         assert any(op.startswith("constexpr_") for op in ops), ops
 
 
-# The gate refuses the quantized recipes on the 17.8M-token nano (issue 23; export/coreml/README.md): 8w top-1 0.882
-# (2 of 17 steps) under the 0.9 floor, KL 5.3e-3 under 0.01; 4w top-1 0.882 over its 0.75 floor but KL 0.24 over 0.1
-# (the previous nano: 8w passed at 1.000, 3.9e-4; 4w refused at top-1 0.706). XNNPACK's own 8w and 4w bundles measure
-# the same on this gate's prompt (33 code tokens padded with random ids to 197: 0.882, 4.2e-3 and 0.882, 0.23), so the
-# prompt, not Core ML, is what they miss on; the floors stay. strict: a pass flags the mark for removal.
-COREML_8W_ON_NANO = pytest.mark.xfail(strict=True, raises=VerificationError,
-                                      reason="Core ML 8w misses its top-1 floor on nano (0.882 < 0.9)")
-COREML_4W_ON_NANO = pytest.mark.xfail(strict=True, raises=VerificationError,
-                                      reason="Core ML 4w misses its KL floor on nano (0.24 > 0.1)")
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("qlinear, gdn_layout", [
-    ("fp32", "io"), ("fp16", "io"),
-    pytest.param("8w", "io", marks=COREML_8W_ON_NANO),
-    pytest.param("4w", "io", marks=COREML_4W_ON_NANO),
-    ("fp16", "state")])
+    ("fp32", "io"), ("fp16", "io"), ("8w", "io"), ("4w", "io"), ("fp16", "state")])
 def test_nano_recipes(tmp_path, qlinear, gdn_layout):
     """The shipped trained model through every recipe; the export's own gate enforces the quality floors."""
     manifest = _export("nano", tmp_path / "b", qlinear=qlinear, gdn_layout=gdn_layout, max_seq_len=512,
