@@ -67,6 +67,18 @@ def _slim_manifest(manifest: dict) -> dict:
     return m
 
 
+def _evaluator_parts(out: Path, packages: list[str], buffers: list[dict], recording) -> list:
+    """Each package of the chain as (recorded evaluator call, its host-io buffer shapes), as CoreMLRunner takes them."""
+    from qwen_mobile.export.coreml.evaluator import MILModel
+    from qwen_mobile.export.coreml.runner import evaluator_call
+
+    parts = []
+    for file in packages:
+        io = {b["name"]: tuple(b["shape"]) for b in buffers if b["storage"] == "host_io" and b.get("package") == file}
+        parts.append((recording(evaluator_call(MILModel(out / file)), file), io))
+    return parts
+
+
 def _tensor_record(name: str, value, with_values: bool) -> dict:
     arr = np.asarray(value)
     rec = {"name": name, "shape": list(arr.shape), "dtype": str(arr.dtype)}
@@ -139,8 +151,7 @@ def pte_vector(work: Path) -> dict:
 
 def coreml_vector(work: Path, split: bool) -> dict:
     from qwen_mobile.export import export
-    from qwen_mobile.export.coreml.evaluator import MILModel
-    from qwen_mobile.export.coreml.runner import CoreMLRunner, evaluator_call
+    from qwen_mobile.export.coreml.runner import CoreMLRunner
     from qwen_mobile.runtime.bundle import load_manifest
     from qwen_mobile.runtime.session import Session
 
@@ -165,11 +176,7 @@ def coreml_vector(work: Path, split: bool) -> dict:
         return run
 
     def factory():
-        parts = []
-        for file in packages:
-            io = {b["name"]: tuple(b["shape"]) for b in buffers
-                  if b["storage"] == "host_io" and b.get("package") == file}
-            parts.append((recording(evaluator_call(MILModel(out / file)), file), io))
+        parts = _evaluator_parts(out, packages, buffers, recording)
         runner = CoreMLRunner(prefill_chunk=manifest["program"]["methods"]["forward"]["max_tokens"], parts=parts)
         return Session(_FakeBundle(manifest, _SessionAdapter(runner)))
 
@@ -225,22 +232,13 @@ def _float32_base64(values) -> str:
 
 def vision_checkpoint(work: Path) -> Path:
     """tests/export/test_vision_bundle.vlm_checkpoint's model (tower B, text weights scaled), saved once in `work`."""
-    import torch
-
     folder = work / "tiny-vlm-B"
     if (folder / "config.json").is_file():
         return folder
     sys.path[:0] = [str(ROOT / "tests" / "models"), str(ROOT / "tests" / "export"), str(ROOT / "tests")]
-    from test_vision_bundle import TEXT_WEIGHT_SCALE
-    from test_vision_parity import make_hf_vlm
+    from test_vision_bundle import write_vlm_checkpoint
 
-    model = make_hf_vlm("B")
-    with torch.no_grad():
-        for p in model.model.language_model.parameters():
-            if p.dim() >= 2:
-                p.mul_(TEXT_WEIGHT_SCALE)
-    model.save_pretrained(folder)
-    return folder
+    return write_vlm_checkpoint(folder, "B")
 
 
 def coreml_vision_vector(work: Path, split: bool) -> dict:
@@ -298,11 +296,7 @@ def coreml_vision_vector(work: Path, split: bool) -> dict:
         return run
 
     def factory():
-        parts = []
-        for file in packages:
-            io = {b["name"]: tuple(b["shape"]) for b in buffers
-                  if b["storage"] == "host_io" and b.get("package") == file}
-            parts.append((recording(evaluator_call(MILModel(out / file)), file), io))
+        parts = _evaluator_parts(out, packages, buffers, recording)
         vision_file = vision["package"]["file"]
         runner = CoreMLRunner(prefill_chunk=manifest["program"]["methods"]["forward"]["max_tokens"], parts=parts,
                               vision=recording(evaluator_call(MILModel(out / vision_file)), vision_file))

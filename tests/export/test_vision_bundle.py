@@ -51,7 +51,11 @@ TEXT_WEIGHT_SCALE = 5.0
 
 
 def vlm_checkpoint(tmp_path_factory, vision: str) -> Path:
-    folder = tmp_path_factory.mktemp(f"vlm-src-{vision}")
+    return write_vlm_checkpoint(tmp_path_factory.mktemp(f"vlm-src-{vision}"), vision)
+
+
+def write_vlm_checkpoint(folder: Path, vision: str) -> Path:
+    """The tiny random VLM saved as an HF folder, its text weights scaled so greedy tokens are not near-ties."""
     model = make_hf_vlm(vision)
     with torch.no_grad():
         for p in model.model.language_model.parameters():
