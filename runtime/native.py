@@ -224,7 +224,10 @@ def _main(argv: list[str] | None = None) -> int:
 
     manifest = json.loads((Path(args.bundle) / "manifest.json").read_text())
     vocab = manifest["model"]["config"]["vocab_size"]
-    bound = logit_bound(manifest)
+    try:
+        bound = logit_bound(manifest)
+    except ValueError as e:  # one line naming the manifest field, no traceback
+        parser.error(f"{args.bundle}/{e}")
     runs = []
     for spec in args.run:
         name, _, files = spec.partition("=")

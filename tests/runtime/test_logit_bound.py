@@ -171,3 +171,10 @@ def test_compare_cli_exit_code(tmp_path):
     assert good.returncode == 0 and "gate error vs fp32 3.68, 8da4w" in good.stdout, good.stdout + good.stderr
     bad = cli(write("x86_64", a), write("aarch64", native.Run("aarch64", b.tokens, b.logits * 0.5)))
     assert bad.returncode == 1 and "MISMATCH" in bad.stdout, bad.stdout + bad.stderr
+    # A quantized bundle whose manifest lost the gate's number: one line naming the field, no traceback.
+    (bundle / "manifest.json").write_text(json.dumps({**m, "model": {"config": {"vocab_size": vocab}},
+                                                      "verification": {}}))
+    broken = cli(write("x86_64", a), write("aarch64", b))
+    assert broken.returncode == 2 and "manifest.json: verification.max_abs_logit_diff is None" in broken.stderr, \
+        broken.stderr
+    assert "Traceback" not in broken.stderr, broken.stderr
