@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from train import (  # run as a script: models/nano/ is on sys.path
+    repeats_a_line,
     score,
     token_byte_lengths,
     windows_of,
@@ -33,13 +34,12 @@ from train import (  # run as a script: models/nano/ is on sys.path
 
 def loop_counts(tok, out: list[int], prefix_len: int) -> tuple[bool, int, int]:
     """(a non-blank line repeats in the continuation, continuation tokens completing a seen 4-gram, tokens scored)."""
-    lines = [ln.strip() for ln in tok.decode(out[prefix_len:]).split("\n")[:-1] if ln.strip()]  # last may be cut
     seen = {tuple(out[i: i + 4]) for i in range(prefix_len - 3)}
     repeated = 0
     for i in range(prefix_len - 3, len(out) - 3):  # the 4-gram ending at each continuation token
         repeated += tuple(out[i: i + 4]) in seen
         seen.add(tuple(out[i: i + 4]))
-    return len(lines) != len(set(lines)), repeated, len(out) - prefix_len
+    return repeats_a_line(tok.decode(out[prefix_len:])), repeated, len(out) - prefix_len
 
 
 @torch.inference_mode()
@@ -52,11 +52,11 @@ def greedy_loops(model, ids: np.ndarray, prefixes: int, prefix_len: int = 48, ne
     tok = Tokenizer.from_file(str(Path(model.name_or_path) / "tokenizer.json"))
     starts = np.linspace(0, len(ids) - prefix_len - new_tokens - 1, prefixes).astype(int)
     counts = {"greedy": [0, 0, 0], "text": [0, 0, 0]}
+    sampling = (dict(do_sample=True, temperature=temperature, top_p=0.9, top_k=0) if temperature
+                else dict(do_sample=False))
     for s in starts.tolist():
         prompt = torch.tensor(ids[s: s + prefix_len], dtype=torch.long)[None]  # [1, prefix_len]
-        torch.manual_seed(s)
-        sampling = (dict(do_sample=True, temperature=temperature, top_p=0.9, top_k=0) if temperature
-                    else dict(do_sample=False))
+        torch.manual_seed(s)  # a sampled run is reproducible per prefix
         out = model.generate(input_ids=prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=new_tokens,
                              pad_token_id=model.config.eos_token_id, **sampling)[0].tolist()
         truth = ids[s: s + prefix_len + new_tokens].tolist()

@@ -157,6 +157,12 @@ def save_state(path: Path, **state) -> None:
     os.replace(tmp, path)
 
 
+def repeats_a_line(text: str) -> bool:
+    """Whether a non-blank line, indentation stripped, occurs twice; the last line may be cut, so it is left out."""
+    lines = [ln.strip() for ln in text.split("\n")[:-1] if ln.strip()]
+    return len(lines) != len(set(lines))
+
+
 def greedy_samples(model, tok, prompts: list[str], new_tokens: int = 64) -> list[dict]:
     """Greedy continuations and whether any non-blank line repeats (the first nano's failure)."""
     out = []
@@ -164,8 +170,7 @@ def greedy_samples(model, tok, prompts: list[str], new_tokens: int = 64) -> list
         ids = tok(prompt, return_tensors="pt")
         gen = model.generate(**ids, max_new_tokens=new_tokens, do_sample=False)
         text = tok.decode(gen[0, ids["input_ids"].shape[1]:], skip_special_tokens=False)
-        lines = [ln.strip() for ln in (prompt + text).split("\n")[:-1] if ln.strip()]  # last may be cut
-        out.append(dict(prompt=prompt, continuation=text, repeated_line=len(lines) != len(set(lines))))
+        out.append(dict(prompt=prompt, continuation=text, repeated_line=repeats_a_line(prompt + text)))
     return out
 
 
