@@ -39,12 +39,12 @@ def run_one(source: str, qlinear: str, layout: str, max_seq_len: int, chunk: int
         proc = subprocess.run([sys.executable, "-c", CHILD, source, str(Path(tmp) / "b"), qlinear, layout,
                                str(max_seq_len), str(chunk)], capture_output=True, text=True,
                               env={**__import__("os").environ, "TQDM_DISABLE": "1"})
+    row = {"source": source, "qlinear": qlinear, "gdn_layout": layout, "max_seq_len": max_seq_len,
+           "prefill_chunk": chunk}
     refused = next((ln for ln in proc.stdout.splitlines() if ln.startswith("REFUSED ")), None)
     if proc.returncode == 0 and refused is not None:
         res = json.loads(refused[len("REFUSED "):])
-        return {"source": source, "qlinear": qlinear, "gdn_layout": layout, "max_seq_len": max_seq_len,
-                "prefill_chunk": chunk, "refused": True, "export_seconds": round(res["seconds"], 1),
-                "verification": res["verification"]}
+        return {**row, "refused": True, "export_seconds": round(res["seconds"], 1), "verification": res["verification"]}
     line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
     if proc.returncode != 0 or line is None:
         raise RuntimeError(f"export {source} {qlinear} {layout} failed:\n{proc.stderr[-3000:]}")
@@ -52,8 +52,7 @@ def run_one(source: str, qlinear: str, layout: str, max_seq_len: int, chunk: int
     m = res["manifest"]
     conv = m["export"]["conversion"]
     return {
-        "source": source, "qlinear": qlinear, "gdn_layout": layout, "max_seq_len": max_seq_len,
-        "prefill_chunk": chunk, "refused": False, "export_seconds": round(res["seconds"], 1),
+        **row, "refused": False, "export_seconds": round(res["seconds"], 1),
         "stage_seconds": m["export"]["stage_seconds"], "function_convert_seconds": conv["functions"],
         "quantize_seconds": round(conv["quantize_seconds"], 1), "merge_seconds": round(conv["merge_seconds"], 1),
         "peak_rss_bytes": res["peak_rss_bytes"], "package_bytes": conv["package_bytes"],
