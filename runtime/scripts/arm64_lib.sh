@@ -49,8 +49,7 @@ PYEOF
 # once into BUILD/bundles and re-exported when this toolkit no longer reads the cached one (e.g. an older schema).
 tiny_untied_bundle() {
   local build=$1 bundle=$1/bundles/tiny-untied-fp32
-  if ! "$PY" -c 'import sys; from qwen_mobile.runtime.bundle import load_manifest
-load_manifest(sys.argv[1])' "$bundle" 2>/dev/null; then
+  if ! bundle_loads "$bundle"; then
     echo "exporting a tiny random model (xnnpack-fp32) into $bundle" >&2
     "$PY" - "$ROOT/models/presets/tiny.json" "$build/bundles/tiny-untied-src" <<'PYEOF'
 import json, sys, torch
@@ -66,4 +65,24 @@ PYEOF
       || { tail -20 "$build/export-tiny.log" >&2; exit 1; }
   fi
   echo "$bundle"
+}
+
+# nano_8da4w_bundle BUILD: prints the path of the shipped nano exported xnnpack-8da4w (trained weights, int8
+# activations), exported into BUILD/bundles and re-exported when the shipped weights are newer (a retrained nano) or
+# this toolkit no longer reads the cached one.
+nano_8da4w_bundle() {
+  local build=$1 bundle=$1/bundles/nano-8da4w
+  if [ "$ROOT/models/nano/model.safetensors" -nt "$bundle/manifest.json" ] || ! bundle_loads "$bundle"; then
+    echo "exporting nano (xnnpack-8da4w) into $bundle" >&2
+    mkdir -p "$build"
+    "$PY" -m qwen_mobile.export.cli export nano --preset xnnpack-8da4w --max-seq-len 128 --out "$bundle" --force \
+      --no-progress >"$build/export-nano.log" 2>&1 || { tail -20 "$build/export-nano.log" >&2; exit 1; }
+  fi
+  echo "$bundle"
+}
+
+# bundle_loads DIR: whether this toolkit reads DIR's manifest (a cached bundle from an older schema does not).
+bundle_loads() {
+  "$PY" -c 'import sys; from qwen_mobile.runtime.bundle import load_manifest
+load_manifest(sys.argv[1])' "$1" 2>/dev/null
 }

@@ -7,8 +7,8 @@
 #
 # Without a bundle it exports two into the build folder once: a random-weight model (the `tiny` preset, untied;
 # xnnpack-fp32: the 1e-4 bound) and the shipped nano at xnnpack-8da4w (trained weights, int8 activations: the bound
-# from the gate's error and the near-tie rule). Installs g++-aarch64-linux-gnu and qemu-user-static with apt-get when missing (needs root). qemu timings are
-# not performance: the JSON it writes says `"emulated": true`.
+# from the gate's error and the near-tie rule). Installs g++-aarch64-linux-gnu and qemu-user-static with apt-get
+# when missing (needs root). qemu timings are not performance: the JSON it writes says `"emulated": true`.
 #
 # The comparison (`python -m qwen_mobile.runtime.native compare`) holds each pair to `native.logit_bound`: 1e-4 x
 # max(1, max|logit|) for fp32 and weight-only bundles; for 8da4w/8da8w a fraction (0.3, 1.5) of the export gate's
@@ -58,14 +58,7 @@ BUNDLES=("$@")
 if [ ${#BUNDLES[@]} -eq 0 ]; then
   step "tiny and nano bundles"
   TINY=$(tiny_untied_bundle "$BUILD")
-  NANO=$BUILD/bundles/nano-8da4w
-  # Re-exported when the shipped weights are newer than the cached bundle (a retrained nano) or it does not load.
-  if [ "$ROOT/models/nano/model.safetensors" -nt "$NANO/manifest.json" ] || ! "$PY" -c 'import sys
-from qwen_mobile.runtime.bundle import load_manifest; load_manifest(sys.argv[1])' "$NANO" 2>/dev/null; then
-    echo "exporting nano (xnnpack-8da4w) into $NANO"
-    "$PY" -m qwen_mobile.export.cli export nano --preset xnnpack-8da4w --max-seq-len 128 --out "$NANO" --force \
-      --no-progress >"$BUILD/export-nano.log" 2>&1 || { tail -20 "$BUILD/export-nano.log" >&2; exit 1; }
-  fi
+  NANO=$(nano_8da4w_bundle "$BUILD")
   BUNDLES=("$TINY" "$NANO")
 fi
 
