@@ -69,7 +69,8 @@ def test_restore_after_divergent_turn_gives_the_pre_divergence_continuation(bund
     divergent = chat_turn(s, bundle, template, "print('something else entirely')")
     # Logits, not tokens: nano's greedy reply can be the same words for both prompts (it does for these), but a
     # different prompt leaves different numbers in the state, which a restore that kept them would show below.
-    assert not torch.equal(divergent[1], first[1]), "the divergent turn should leave other logits (test is vacuous otherwise)"
+    assert not torch.equal(divergent[1], first[1]), \
+        "the divergent turn should leave other logits (test is vacuous otherwise)"
     s.restore(snap)
     again = chat_turn(s, bundle, template, TURNS[1])
     assert again[0] == first[0]
