@@ -93,10 +93,7 @@
         let compiled = try await compiledModel(bundle: bundle, file: spec.file, cacheDirectory: cacheDirectory)
         var models: [String: MLModel] = [:]
         for function in ["prefill", "decode"] {
-          let config = MLModelConfiguration()
-          config.computeUnits = computeUnits.mlValue
-          config.functionName = function
-          models[function] = try MLModel(contentsOf: compiled, configuration: config)
+          models[function] = try loadFunction(compiled, function, computeUnits: computeUnits)
         }
         packages[spec.file] = Package(
           file: spec.file, compiled: compiled, models: models,
@@ -121,7 +118,8 @@
         guard images.encoders[function] != nil, let compiled = visionCompiled else {
           throw BundleError("\(file) has no function \(function)")
         }
-        let model = try visionModels[function] ?? loadFunction(compiled, function)
+        let model =
+          try visionModels[function] ?? CoreMLEngine.loadFunction(compiled, function, computeUnits: computeUnits)
         visionModels[function] = model
         return try model.prediction(from: inputs, options: MLPredictionOptions())
       }
@@ -130,7 +128,7 @@
         guard let compiled = package.compiled, planner.manifest.coreMLImages?.io[file]?[function] != nil else {
           throw BundleError("package \(file) has no function \(function)")
         }
-        let model = try loadFunction(compiled, function)
+        let model = try CoreMLEngine.loadFunction(compiled, function, computeUnits: computeUnits)
         package.models[function] = model
         if !CoreMLImageFunctions.statelessFunctions.contains(function) {
           let state = model.makeState()
@@ -147,7 +145,8 @@
       return try predict(model, inputs, package, function: function)
     }
 
-    func loadFunction(_ compiled: URL, _ function: String) throws -> MLModel {
+    /// One function of a compiled multifunction package as its own MLModel.
+    static func loadFunction(_ compiled: URL, _ function: String, computeUnits: ComputeUnitsChoice) throws -> MLModel {
       let config = MLModelConfiguration()
       config.computeUnits = computeUnits.mlValue
       config.functionName = function
