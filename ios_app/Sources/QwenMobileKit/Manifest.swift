@@ -39,12 +39,6 @@ public struct MethodSpec: Equatable {
   public let outputs: [TensorSpec]
   public let minTokens: Int?
   public let maxTokens: Int?
-  /// Core ML: the package the function is in when it is not the text chain's (the image methods: vision.mlpackage).
-  public let package: String?
-  /// Core ML `prefill_embeddings`: the one-token function that takes the rest of a prompt, and its I/O.
-  public let remainderFunction: String?
-  public let remainderInputs: [TensorSpec]?
-  public let remainderOutputs: [TensorSpec]?
 
   init(key: String, _ node: JSONNode) throws {
     self.key = key
@@ -54,11 +48,6 @@ public struct MethodSpec: Equatable {
     outputs = try node["outputs"].array().map(TensorSpec.init)
     minTokens = try node["min_tokens"].optionalInt()
     maxTokens = try node["max_tokens"].optionalInt()
-    package = try node["package"].optionalString()
-    remainderFunction = try node["remainder_function"].optionalString()
-    let remainder = node["remainder"]
-    remainderInputs = remainder.exists ? try remainder["inputs"].array().map(TensorSpec.init) : nil
-    remainderOutputs = remainder.exists ? try remainder["outputs"].array().map(TensorSpec.init) : nil
   }
 }
 
