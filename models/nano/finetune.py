@@ -1,0 +1,285 @@
+"""Fine-tune a trained nano against its own greedy loops, on CPU: maximum likelihood plus one of two objectives.
+
+    python models/nano/finetune.py --from models/nano --out /tmp/nano_ditto --until 15:40            # DITTO
+    python models/nano/finetune.py --objective unlikelihood --from models/nano --out /tmp/nano_ul --until 03:50
+
+Why: greedy decoding of this small model loops (a line written again and again) and more tokens do not fix it
+(README.md, "Greedy loops"). Both objectives change what the model prefers once it has repeated itself; the
+maximum-likelihood term on ordinary training batches keeps its perplexity.
+
+- ``ditto`` (Xu et al., "Learning to Break the Loop", NeurIPS 2022). Pseudo-repetitive rows are built from the
+  training stream: a window of real code ending at a line break, then its last 1-3 lines (the unit) repeated until
+  the row is full. At every token of the n-th repeat the loss is -log(1 - |p_n - lambda * p_{n-1}|), p_{n-1} being
+  the (detached) probability of the same token one unit earlier; the model learns that each repeat of a line is
+  lambda times as likely as the one before, instead of more likely (the self-reinforcement that makes loops).
+  No generation is needed, so a step costs one forward/backward.
+- ``unlikelihood`` (Welleck et al., ICLR 2020, sequence level; session 10's attempt). Every step the model greedily
+  continues a few training prefixes, and -log(1 - p) is added at each token completing a 4-gram it already wrote.
+
+Nothing here looks at the held-out packages or chooses by the demo prompts: every ``--checkpoint-minutes`` the
+run saves a bf16 checkpoint with the held-out stdlib sample's perplexity (``heldout.json``, as train.py
+monitors) and the share of 32 greedy continuations of *training* prefixes that repeat a line. ``evaluate.py``
+then scores the chosen checkpoint on the held-out packages.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+import train  # run as a script: models/nano/ is on sys.path
+from evaluate import greedy_loops
+from prepare import _bytes_to_unicode
+
+HERE = Path(__file__).resolve().parent
+FIRST_SPECIAL_ID = 8166  # <|endoftext|> and the ChatML tokens after it never go into a repeated unit
+
+
+def newline_token_mask(tokenizer_path: Path, vocab: int) -> np.ndarray:
+    """[vocab] bool: token ids whose bytes contain a line break (byte-level BPE merges "\\n" with indentation)."""
+    from tokenizers import Tokenizer
+
+    table = {c: b for b, c in _bytes_to_unicode().items()}
+    out = np.zeros(vocab, dtype=bool)
+    for piece, i in Tokenizer.from_file(str(tokenizer_path)).get_vocab(with_added_tokens=False).items():
+        out[i] = 10 in bytes(table[c] for c in piece)
+    return out
+
+
+def ditto_row(train_ids: np.ndarray, has_newline: np.ndarray, rng: np.random.Generator, seq_len: int,
+              max_context: int = 192, max_unit_lines: int = 3, max_unit_tokens: int = 64) -> tuple[np.ndarray, int, int]:
+    """One pseudo-repetitive row: (tokens [seq_len], unit length U, first position of the first repeat E).
+
+    tokens[:E] is real code ending at a line break; tokens[E - U:E] (its last lines) is the unit, and
+    tokens[E:] repeats it, cut at seq_len. Token t >= E is the same token as t - U, one repeat earlier.
+    """
+    while True:
+        start = int(rng.integers(0, len(train_ids) - max_context))
+        window = train_ids[start: start + int(rng.integers(48, max_context + 1))]
+        breaks = np.flatnonzero(has_newline[window])
+        lines = int(rng.integers(1, max_unit_lines + 1))
+        if len(breaks) < lines + 1:
+            continue
+        unit_from, end = breaks[-lines - 1] + 1, breaks[-1] + 1
+        unit = window[unit_from:end]
+        if not 4 <= len(unit) <= max_unit_tokens or unit.max() >= FIRST_SPECIAL_ID:
+            continue
+        repeats = math.ceil((seq_len - end) / len(unit))
+        row = np.concatenate([window[:end], np.tile(unit, repeats)])[:seq_len]  # [seq_len]
+        return row.astype(np.int64), len(unit), int(end)
+
+
+def ditto_loss(logits: torch.Tensor, rows: torch.Tensor, unit_lens: list[int], ends: list[int], lam: float,
+               line_starts: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean over repeated tokens of -log(1 - |p_t - lam * p_{t-U}|); logits [B, L, V] for rows [B, L].
+
+    With line_starts ([B, L] bool), only the tokens that open a line count: copying inside a line (an identifier
+    written again) is left alone, and the choice that starts a repeat is the one pushed down."""
+    probs = torch.softmax(logits[:, :-1].float(), dim=-1).gather(-1, rows[:, 1:, None])[..., 0]  # [B, L-1]: p of token t at t-1
+    losses = []
+    for b, (unit, end) in enumerate(zip(unit_lens, ends)):
+        if end - unit < 1:
+            raise ValueError(f"ditto_loss: row {b}: the unit starts at token {end - unit}; it needs a token before it")
+        now = probs[b, end - 1:]  # tokens end..L-1
+        before = probs[b, end - 1 - unit: probs.shape[1] - unit].detach()  # the same tokens one repeat earlier
+        term = -torch.log((1 - (now - lam * before).abs()).clamp_min(1e-5))  # [L - end]
+        losses.append(term if line_starts is None else term[line_starts[b, end:]])
+    return torch.cat(losses).mean()
+
+
+def repeated_ngram_mask(tokens: list[int], start: int, n: int) -> torch.Tensor:
+    """[len(tokens)] bool: positions >= start whose token completes an n-gram already seen since `start - n + 1`."""
+    mask = torch.zeros(len(tokens), dtype=torch.bool)
+    seen: set[tuple[int, ...]] = set()
+    for t in range(max(start, n - 1), len(tokens)):
+        gram = tuple(tokens[t - n + 1: t + 1])
+        if gram in seen:
+            mask[t] = True
+        seen.add(gram)
+    return mask
+
+
+@torch.no_grad()
+def greedy_continue(model, prefix: torch.Tensor, new_tokens: int) -> torch.Tensor:
+    """prefix [B, P] -> [B, P + new_tokens], greedy, without a cache (short sequences of a tiny model)."""
+    x = prefix
+    for _ in range(new_tokens):
+        nxt = model(input_ids=x).logits[:, -1].argmax(-1, keepdim=True)  # [B, 1]
+        x = torch.cat([x, nxt], dim=1)
+    return x
+
+
+def unlikelihood_loss(model, seqs: torch.Tensor, prefix_len: int, n: int) -> tuple[torch.Tensor, float]:
+    """seqs [B, L]: -mean log(1 - p(x_t | x_<t)) over the continuation's repeated-n-gram positions; the marked share."""
+    masks = torch.stack([repeated_ngram_mask(s.tolist(), prefix_len, n) for s in seqs])  # [B, L]
+    if not masks.any():
+        return torch.zeros(()), 0.0
+    logits = model(input_ids=seqs[:, :-1]).logits.float()  # [B, L-1, V]: position t-1 predicts token t
+    probs = torch.softmax(logits, dim=-1).gather(-1, seqs[:, 1:, None])[..., 0]  # [B, L-1]
+    marked = masks[:, 1:]
+    loss = -torch.log((1 - probs[marked]).clamp_min(1e-5)).mean()
+    share = marked.sum().item() / (seqs.shape[0] * (seqs.shape[1] - prefix_len))
+    return loss, share
+
+
+def save_bf16(model, folder: Path, source: Path) -> None:
+    """A loadable nano folder (weights in bf16 like the shipped file, plus the source's tokenizer files)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in ("tokenizer.json", "tokenizer_config.json", "heldout.json", "generation_config.json"):
+        (folder / name).write_bytes((source / name).read_bytes())
+    copy.deepcopy(model).to(torch.bfloat16).save_pretrained(folder)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--objective", choices=("ditto", "unlikelihood"), default="ditto")
+    ap.add_argument("--from", dest="source", type=Path, default=HERE, help="trained nano folder (default: this one)")
+    ap.add_argument("--out", type=Path, required=True, help="final model here, checkpoints in OUT/ckpt-STEP")
+    ap.add_argument("--data", type=Path, default=Path("/tmp/nano_data"))
+    ap.add_argument("--until", metavar="HH:MM", required=True, help="wall-clock end; the final evaluation follows")
+    ap.add_argument("--lr", type=float, default=2e-4, help="peak; cosine to a tenth over the time --until allows")
+    ap.add_argument("--warmup", type=int, default=100, help="steps of linear warmup")
+    ap.add_argument("--batch", type=int, default=4, help="maximum-likelihood rows per step")
+    ap.add_argument("--seq-len", type=int, default=512)
+    ap.add_argument("--weight", type=float, default=1.0, help="weight of the objective beside maximum likelihood")
+    ap.add_argument("--ditto-rows", type=int, default=2, help="pseudo-repetitive rows per step")
+    ap.add_argument("--ditto-lambda", type=float, default=0.5, help="each repeat this times as likely as the last")
+    ap.add_argument("--ditto-line-starts", action="store_true",
+                    help="apply the loss only at tokens that open a line (after a token holding a line break)")
+    ap.add_argument("--ul-sequences", type=int, default=2, help="greedy continuations per step (unlikelihood)")
+    ap.add_argument("--ul-prefix", type=int, default=48)
+    ap.add_argument("--ul-new", type=int, default=64)
+    ap.add_argument("--ngram", type=int, default=4)
+    ap.add_argument("--checkpoint-minutes", type=float, default=8.0)
+    ap.add_argument("--monitor-prefixes", type=int, default=32, help="training prefixes continued at checkpoints")
+    ap.add_argument("--bf16", action="store_true", help="bf16 autocast for the forward (as train.py --bf16)")
+    ap.add_argument("--compile", action="store_true", help="torch.compile the forward (ditto only; ~2.5 min once)")
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args()
+    if args.compile and args.objective != "ditto":
+        raise SystemExit("finetune.py: --compile is for --objective ditto (unlikelihood generates with varying shapes)")
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.manual_seed(args.seed)
+    torch.set_num_threads(args.threads)
+    torch.set_flush_denormal(True)
+    args.out.mkdir(parents=True, exist_ok=True)
+    model = AutoModelForCausalLM.from_pretrained(args.source, dtype=torch.float32)
+    train_ids = np.load(args.data / "train.npy")
+    train_t = torch.from_numpy(train_ids.astype(np.int64))
+    pkg_windows = train.windows_of(np.load(args.data / "heldout_packages.npy"), args.seq_len, train.EVAL_WINDOWS)
+    sample_windows = torch.tensor(json.loads((args.source / "heldout.json").read_text())["windows"])  # [8, 512]
+    token_bytes = train.token_byte_lengths(args.source / "tokenizer.json", train.CONFIG["vocab_size"])
+    has_newline = newline_token_mask(args.source / "tokenizer.json", train.CONFIG["vocab_size"])
+    tok = AutoTokenizer.from_pretrained(args.source)
+    rng = np.random.default_rng(args.seed)
+
+    def checkpoint(step: int) -> dict:
+        model.eval()
+        sample = train.score(model, sample_windows, token_bytes)
+        loops = greedy_loops(model, train_ids, args.monitor_prefixes)
+        demo = train.greedy_samples(model, tok, train.DEMO_PROMPTS)
+        model.train()
+        row = dict(step=step, heldout_sample_ppl=round(sample["ppl"], 3),
+                   train_prefix_repeated_line_share=loops["repeated_line_share"],
+                   train_prefix_repeated_4gram_share=round(loops["repeated_4gram_share"], 4),
+                   demo_repeated_line=[s["repeated_line"] for s in demo])
+        print(f"checkpoint {step}: held-out sample ppl {row['heldout_sample_ppl']:.2f}; greedy on "
+              f"{args.monitor_prefixes} training prefixes: {loops['repeated_line_share']:.0%} repeat a line, "
+              f"{loops['repeated_4gram_share']:.0%} of tokens complete a repeated 4-gram; demo prompts looping "
+              f"{sum(row['demo_repeated_line'])}/{len(demo)}", flush=True)
+        return row
+
+    before = train.score(model, pkg_windows, token_bytes)
+    checkpoints = [checkpoint(0)]
+
+    decay = [p for p in model.parameters() if p.ndim >= 2]
+    no_decay = [p for p in model.parameters() if p.ndim < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
+                            lr=args.lr, betas=(0.9, 0.95))
+    gen = torch.Generator().manual_seed(args.seed)
+    forward = torch.compile(model) if args.compile else model
+    deadline = train.deadline_of(args.until) - 6 * 60  # the final evaluation and save take about 6 minutes here
+    t0, log, step, est_steps, last_ckpt = time.time(), [], 0, None, time.time()
+    hi = len(train_t) - args.seq_len - 1
+    model.train()
+    while time.time() < deadline:
+        # Cosine from lr to lr/10 over the steps the deadline allows (the pace measured over steps 10-30, after
+        # the compile).
+        if step == 10:
+            t10 = time.time()
+        if step == 30:
+            est_steps = max(31, 30 + int((deadline - time.time()) / ((time.time() - t10) / 20)))
+        frac = min(1.0, step / est_steps) if est_steps else 0.0
+        lr = args.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
+        lr *= min(1.0, (step + 1) / args.warmup)  # fresh AdamW moments: full-size steps at once jolt a trained model
+        for g in opt.param_groups:
+            g["lr"] = lr
+        starts = torch.randint(0, hi, (args.batch,), generator=gen)
+        x = torch.stack([train_t[s: s + args.seq_len] for s in starts.tolist()])  # [B, T]
+        if args.objective == "ditto":
+            made = [ditto_row(train_ids, has_newline, rng, args.seq_len) for _ in range(args.ditto_rows)]
+            rows = torch.from_numpy(np.stack([m[0] for m in made]))  # [R, T]
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
+                logits = forward(input_ids=torch.cat([x, rows])).logits  # [B + R, T, V]
+            mle = F.cross_entropy(logits[:args.batch, :-1].float().reshape(-1, logits.shape[-1]),
+                                  x[:, 1:].reshape(-1))  # [B * (T-1), V] against [B * (T-1)]
+            starts_mask = torch.from_numpy(np.pad(has_newline[rows[:, :-1].numpy()], ((0, 0), (1, 0))))  # [R, T]
+            extra = ditto_loss(logits[args.batch:], rows, [m[1] for m in made], [m[2] for m in made],
+                               args.ditto_lambda, starts_mask if args.ditto_line_starts else None)
+            share = float("nan")
+        else:
+            mle = model(input_ids=x, labels=x).loss
+            prefixes = torch.stack([train_t[s: s + args.ul_prefix]
+                                    for s in torch.randint(0, hi, (args.ul_sequences,), generator=gen).tolist()])
+            model.eval()
+            seqs = greedy_continue(model, prefixes, args.ul_new)  # [S, prefix + new]
+            model.train()
+            extra, share = unlikelihood_loss(model, seqs, args.ul_prefix, args.ngram)
+        loss = mle + args.weight * extra
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        log.append(dict(step=step, mle=round(mle.item(), 4), objective=round(float(extra.detach()), 4),
+                        repeated_share=round(share, 4), lr=lr, elapsed=round(time.time() - t0, 1)))
+        if step % 10 == 0:
+            print(f"step {step} mle {mle.item():.4f} {args.objective} {float(extra.detach()):.4f} lr {lr:.2e} "
+                  f"{(time.time() - t0) / 60:.1f} min", flush=True)
+        step += 1
+        if time.time() - last_ckpt > args.checkpoint_minutes * 60:
+            checkpoints.append(checkpoint(step))
+            save_bf16(model, args.out / f"ckpt-{step}", args.source)
+            last_ckpt = time.time()
+
+    model.eval()
+    save_bf16(model, args.out, args.source)
+    shipped = AutoModelForCausalLM.from_pretrained(args.out, dtype=torch.float32)
+    after = train.score(shipped, pkg_windows, token_bytes)
+    samples = train.greedy_samples(shipped, tok, train.DEMO_PROMPTS)
+    print(f"after {step} steps: held-out packages ppl {after['ppl']:.3f} (before {before['ppl']:.3f}); demo prompts "
+          f"repeating a line {sum(s['repeated_line'] for s in samples)}/{len(samples)}", flush=True)
+    for smp in samples:
+        print(f"sample (repeated line: {smp['repeated_line']}):\n{smp['prompt']}{smp['continuation']}\n", flush=True)
+    flags = [f"--{k.replace('_', '-')}" + ("" if v is True else f" {v}") for k, v in vars(args).items()
+             if v is not False]
+    result = dict(command="python models/nano/finetune.py " + " ".join(flags).replace("--source", "--from"), steps=step,
+        heldout_packages_before=before, heldout_packages=after, samples=samples, checkpoints=checkpoints, log=log)
+    tmp = args.out / "finetune_log.json.tmp"
+    tmp.write_text(json.dumps(result, indent=1, default=str) + "\n")
+    os.replace(tmp, args.out / "finetune_log.json")
+
+
+if __name__ == "__main__":
+    main()

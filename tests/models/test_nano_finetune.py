@@ -1,0 +1,79 @@
+"""models/nano/finetune.py's DITTO pieces: the pseudo-repetitive rows and the loss, against direct re-statements."""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+NANO = Path(__file__).resolve().parents[2] / "models" / "nano"
+sys.path.insert(0, str(NANO))  # the scripts import their siblings (train, prepare) as top-level modules
+finetune = pytest.importorskip("finetune")
+
+
+@pytest.fixture(scope="module")
+def has_newline():
+    return finetune.newline_token_mask(NANO / "tokenizer.json", 8192)
+
+
+def test_newline_mask_matches_decoded_tokens(has_newline):
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(NANO / "tokenizer.json"))
+    expect = np.array(["\n" in tok.decode([i]) for i in range(8166)])  # ordinary ids only; specials come after
+    assert has_newline[:8166].tolist() == expect.tolist()
+    assert not has_newline[8166:].any()
+
+
+def test_ditto_row_is_real_code_then_its_last_lines_repeated(has_newline):
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(NANO / "tokenizer.json"))
+    code = (NANO / "train.py").read_text()  # any Python text
+    stream = np.array(tok.encode(code).ids, dtype=np.int64)
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        row, unit, end = finetune.ditto_row(stream, has_newline, rng, 256)
+        assert row.shape == (256,) and 4 <= unit <= 64 and end < 256
+        # The prefix is a contiguous piece of the stream that ends at a line break.
+        hits = [s for s in range(len(stream) - end + 1) if (stream[s:s + end] == row[:end]).all()]
+        assert hits and has_newline[row[end - 1]]
+        # The unit starts right after a line break (whole lines), and the rest repeats it.
+        assert has_newline[row[end - unit - 1]]
+        for t in range(end, 256):
+            assert row[t] == row[end - unit + (t - end) % unit]
+
+
+def test_ditto_loss_matches_a_direct_loop():
+    torch.manual_seed(0)
+    rows = torch.randint(0, 50, (2, 24))  # [B, L]
+    unit_lens, ends = [5, 3], [9, 12]
+    logits = torch.randn(2, 24, 50) * 3  # [B, L, V]
+    lam = 0.3
+    starts = torch.rand(2, 24) < 0.4
+    for mask in (None, starts):
+        got = finetune.ditto_loss(logits, rows, unit_lens, ends, lam, mask)
+        probs = torch.softmax(logits, dim=-1)
+        terms = []
+        for b in range(2):
+            for t in range(ends[b], 24):
+                if mask is not None and not mask[b, t]:
+                    continue
+                p_now = probs[b, t - 1, rows[b, t]].item()
+                p_before = probs[b, t - 1 - unit_lens[b], rows[b, t - unit_lens[b]]].item()
+                terms.append(-math.log(max(1 - abs(p_now - lam * p_before), 1e-5)))
+        assert got.item() == pytest.approx(sum(terms) / len(terms), rel=1e-5)
+
+
+def test_ditto_loss_gradient_stops_at_the_earlier_repeat():
+    rows = torch.tensor([[0, 1, 2, 3, 1, 2, 3, 1]])  # unit [1, 2, 3] at 1..3, repeated from 4
+    logits = torch.zeros(1, 8, 4, requires_grad=True)
+    finetune.ditto_loss(logits, rows, [3], [4], 0.5).backward()
+    # Positions 3..6 predict the repeated tokens 4..7; positions 0..2 predict the first copy, which is only a target.
+    assert logits.grad[0, :3].abs().sum() == 0 and logits.grad[0, 3:7].abs().sum() > 0
+    with pytest.raises(ValueError, match="unit"):
+        finetune.ditto_loss(logits, rows, [4], [4], 0.5)  # the unit would start at token 0: nothing predicts it
