@@ -20,6 +20,8 @@ Nothing here looks at the held-out packages or chooses by the demo prompts: ever
 run saves a bf16 checkpoint with the held-out stdlib sample's perplexity (``heldout.json``, as train.py
 monitors) and the share of 32 greedy continuations of *training* prefixes that repeat a line. ``evaluate.py``
 then scores the chosen checkpoint on the held-out packages.
+
+Results (README.md, "Tried against the loops"): neither objective met the greedy goal; neither is in the shipped weights.
 """
 
 from __future__ import annotations
