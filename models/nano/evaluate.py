@@ -44,9 +44,10 @@ def loop_counts(tok, out: list[int], prefix_len: int) -> tuple[bool, int, int]:
 
 @torch.inference_mode()
 def greedy_loops(model, ids: np.ndarray, prefixes: int, prefix_len: int = 48, new_tokens: int = 64,
-                 temperature: float = 0.0) -> dict:
+                 temperature: float = 0.0, repetition_penalty: float = 1.0) -> dict:
     """Greedy (or, with temperature > 0, seeded top-p 0.9 sampled) continuations vs the held-out text's own next
-    tokens, scored the same way (code repeats itself too)."""
+    tokens, scored the same way (code repeats itself too). A repetition penalty applies before either, as in
+    runtime/sampling.py and transformers (every token id of prompt and continuation so far)."""
     from tokenizers import Tokenizer
 
     tok = Tokenizer.from_file(str(Path(model.name_or_path) / "tokenizer.json"))
@@ -54,6 +55,7 @@ def greedy_loops(model, ids: np.ndarray, prefixes: int, prefix_len: int = 48, ne
     counts = {"greedy": [0, 0, 0], "text": [0, 0, 0]}
     sampling = (dict(do_sample=True, temperature=temperature, top_p=0.9, top_k=0) if temperature
                 else dict(do_sample=False))
+    sampling["repetition_penalty"] = repetition_penalty
     for s in starts.tolist():
         prompt = torch.tensor(ids[s: s + prefix_len], dtype=torch.long)[None]  # [1, prefix_len]
         torch.manual_seed(s)  # a sampled run is reproducible per prefix
@@ -64,6 +66,7 @@ def greedy_loops(model, ids: np.ndarray, prefixes: int, prefix_len: int = 48, ne
             line, rep, n = loop_counts(tok, seq, prefix_len)
             counts[name] = [counts[name][0] + line, counts[name][1] + rep, counts[name][2] + n]
     return dict(prefixes=len(starts), new_tokens=new_tokens, temperature=temperature,
+                repetition_penalty=repetition_penalty,
                 repeated_line_share=counts["greedy"][0] / len(starts),
                 repeated_4gram_share=counts["greedy"][1] / counts["greedy"][2],
                 text_repeated_line_share=counts["text"][0] / len(starts),
@@ -80,6 +83,8 @@ def main() -> None:
     ap.add_argument("--loops", type=int, default=0, metavar="N", help="also measure greedy loops on N prefixes")
     ap.add_argument("--loop-temperature", type=float, default=0.0,
                     help="--loops with sampling at this temperature (top-p 0.9) instead of greedy")
+    ap.add_argument("--loop-repetition-penalty", type=float, default=1.0,
+                    help="--loops with this repetition penalty (1 = off), as qwen-mobile run --repetition-penalty")
     ap.add_argument("--json", type=Path, help="also write the results here")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -106,9 +111,11 @@ def main() -> None:
                   f"{r['bits_per_byte']:.4f} bits/byte", flush=True)
         if args.loops:
             r = greedy_loops(model, np.load(args.data / streams["heldout packages"]), args.loops,
-                             temperature=args.loop_temperature)
+                             temperature=args.loop_temperature, repetition_penalty=args.loop_repetition_penalty)
             results.append(dict(checkpoint=str(ckpt), stream="greedy loops, heldout packages", **r))
             how = f"sampled at T={args.loop_temperature}" if args.loop_temperature else "greedy"
+            if args.loop_repetition_penalty != 1.0:
+                how += f", repetition penalty {args.loop_repetition_penalty}"
             print(f"{ckpt}  {how} loops: {r['repeated_line_share']:.0%} of {r['prefixes']} continuations repeat a "
                   f"line, {r['repeated_4gram_share']:.0%} of their tokens complete a repeated 4-gram (the held-out "
                   f"text's own next tokens: {r['text_repeated_line_share']:.0%}, {r['text_repeated_4gram_share']:.0%})",
