@@ -240,7 +240,7 @@ def main() -> None:
             starts_mask = torch.from_numpy(np.pad(has_newline[rows[:, :-1].numpy()], ((0, 0), (1, 0))))  # [R, T]
             extra = ditto_loss(logits[args.batch:], rows, [m[1] for m in made], [m[2] for m in made],
                                args.ditto_lambda, starts_mask if args.ditto_line_starts else None)
-            share = float("nan")
+            share = None  # the marked share is an unlikelihood figure
         else:
             mle = model(input_ids=x, labels=x).loss
             prefixes = torch.stack([train_t[s: s + args.ul_prefix]
@@ -255,7 +255,7 @@ def main() -> None:
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         log.append(dict(step=step, mle=round(mle.item(), 4), objective=round(float(extra.detach()), 4),
-                        repeated_share=round(share, 4), lr=lr, elapsed=round(time.time() - t0, 1)))
+                        repeated_share=None if share is None else round(share, 4), lr=lr, elapsed=round(time.time() - t0, 1)))
         if step % 10 == 0:
             print(f"step {step} mle {mle.item():.4f} {args.objective} {float(extra.detach()):.4f} lr {lr:.2e} "
                   f"{(time.time() - t0) / 60:.1f} min", flush=True)
