@@ -12,9 +12,7 @@ import hashlib
 import json
 import os
 import shutil
-import signal
 import tempfile
-import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -173,33 +171,6 @@ def _folder_mode() -> int:
     return 0o777 & ~umask
 
 
-# Set by `ctrl_c_never_publishes`' handler; read just before a staged bundle is renamed into place.
-_ctrl_c_seen = threading.Event()
-
-
-@contextmanager
-def ctrl_c_never_publishes():
-    """Ctrl-C raises KeyboardInterrupt as usual and is also remembered until the block ends, so an export that was
-    interrupted can never publish a bundle. Library code on the export path may swallow the exception (in one
-    fresh-clone CI run `qwen-mobile export tiny` exited 0, i.e. published, after a SIGINT 3 s into its 32 s);
-    `staged_bundle` checks the flag before its rename and aborts there. Only the main thread can install a handler; elsewhere the block changes nothing."""
-    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
-        yield  # a job started with SIGINT ignored (nohup, `&` in a script) stays that way
-        return
-
-    def remember_and_raise(signum, frame):
-        _ctrl_c_seen.set()
-        raise KeyboardInterrupt
-
-    _ctrl_c_seen.clear()
-    previous = signal.signal(signal.SIGINT, remember_and_raise)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-        _ctrl_c_seen.clear()
-
-
 @contextmanager
 def staged_bundle(out: Path, force: bool, source_dir: Path | None = None):
     """Yield a temporary folder beside `out`; on success it replaces `out`, on failure it is removed.
@@ -214,8 +185,6 @@ def staged_bundle(out: Path, force: bool, source_dir: Path | None = None):
     try:
         os.chmod(staging, _folder_mode())
         yield staging
-        if _ctrl_c_seen.is_set():  # interrupted, and something on the way swallowed the KeyboardInterrupt
-            raise KeyboardInterrupt
         check_out(out, force, source_dir)  # the folder may have changed during a long export
         trash = None
         if out.exists():

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import sys
 
-from qwen_mobile.runtime.bundle import ctrl_c_never_publishes
 from qwen_mobile.runtime.commands import add_bundle_commands, positive_int
 from qwen_mobile.runtime.errors import UsageError
 
@@ -88,8 +87,7 @@ USER_ERRORS = (OSError, ValueError, VerificationError)
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        with ctrl_c_never_publishes():
-            return args.func(args)
+        return args.func(args)
     except UsageError as err:
         print(f"qwen-mobile {args.command}: error: {err}", file=sys.stderr)
         return 2
