@@ -298,8 +298,11 @@ def test_a_verification_refusal_is_one_line_with_its_numbers_and_the_way_out(tmp
 
 def test_ctrl_c_during_an_export_is_one_line_and_leaves_nothing(tmp_path):
     out = tmp_path / "b"
+    # Started as from a terminal, with Ctrl-C's default action: a job started with `&` by a non-interactive shell (a CI
+    # script, `nohup cmd &`) inherits SIGINT ignored, and then the export rightly runs on to the end (exit 0).
     proc = subprocess.Popen(CLI + ["export", "tiny", "--no-progress", "--out", str(out)], stderr=subprocess.PIPE,
-                            stdout=subprocess.DEVNULL, text=True)
+                            stdout=subprocess.DEVNULL, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     seen = ""
     while "effective recipe" not in seen:  # imports done, the export has started
         line = proc.stderr.readline()
