@@ -40,7 +40,7 @@ import torch.nn.functional as F
 
 import train  # run as a script: models/nano/ is on sys.path
 from evaluate import greedy_loops
-from prepare import _bytes_to_unicode
+from prepare import _token_bytes
 
 HERE = Path(__file__).resolve().parent
 FIRST_SPECIAL_ID = 8166  # <|endoftext|> and the ChatML tokens after it never go into a repeated unit
@@ -50,10 +50,9 @@ def newline_token_mask(tokenizer_path: Path, vocab: int) -> np.ndarray:
     """[vocab] bool: token ids whose bytes contain a line break (byte-level BPE merges "\\n" with indentation)."""
     from tokenizers import Tokenizer
 
-    table = {c: b for b, c in _bytes_to_unicode().items()}
     out = np.zeros(vocab, dtype=bool)
-    for piece, i in Tokenizer.from_file(str(tokenizer_path)).get_vocab(with_added_tokens=False).items():
-        out[i] = 10 in bytes(table[c] for c in piece)
+    for i, raw in _token_bytes(Tokenizer.from_file(str(tokenizer_path))).items():
+        out[i] = b"\n" in raw
     return out
 
 
@@ -237,9 +236,11 @@ def main() -> None:
                 logits = forward(input_ids=torch.cat([x, rows])).logits  # [B + R, T, V]
             mle = F.cross_entropy(logits[:args.batch, :-1].float().reshape(-1, logits.shape[-1]),
                                   x[:, 1:].reshape(-1))  # [B * (T-1), V] against [B * (T-1)]
-            starts_mask = torch.from_numpy(np.pad(has_newline[rows[:, :-1].numpy()], ((0, 0), (1, 0))))  # [R, T]
+            line_starts = None
+            if args.ditto_line_starts:  # token t opens a line when token t-1 holds a line break
+                line_starts = torch.from_numpy(np.pad(has_newline[rows[:, :-1].numpy()], ((0, 0), (1, 0))))  # [R, T]
             extra = ditto_loss(logits[args.batch:], rows, [m[1] for m in made], [m[2] for m in made],
-                               args.ditto_lambda, starts_mask if args.ditto_line_starts else None)
+                               args.ditto_lambda, line_starts)
             share = None  # the marked share is an unlikelihood figure
         else:
             mle = model(input_ids=x, labels=x).loss

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from prepare import _bytes_to_unicode  # run as a script: models/nano/ is on sys.path
+from prepare import _token_bytes  # run as a script: models/nano/ is on sys.path
 
 HERE = Path(__file__).resolve().parent
 
@@ -117,12 +117,9 @@ def token_byte_lengths(tokenizer_path: Path, vocab: int) -> np.ndarray:
     """UTF-8 bytes of each token id; added tokens (document separators) count 0 bytes."""
     from tokenizers import Tokenizer
 
-    tok = Tokenizer.from_file(str(tokenizer_path))
-    added = {t.content for t in tok.get_added_tokens_decoder().values()}
-    table = {c: b for b, c in _bytes_to_unicode().items()}
     out = np.zeros(vocab, dtype=np.int64)
-    for piece, i in tok.get_vocab(with_added_tokens=True).items():
-        out[i] = 0 if piece in added else len(bytes(table[c] for c in piece))
+    for i, raw in _token_bytes(Tokenizer.from_file(str(tokenizer_path))).items():
+        out[i] = len(raw)
     return out
 
 
