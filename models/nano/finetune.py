@@ -1,4 +1,4 @@
-"""Fine-tune a trained nano against its own greedy loops, on CPU: maximum likelihood plus one of two objectives.
+"""Fine-tune a trained nano against its own greedy loops, on CPU: maximum likelihood with one of three objectives.
 
     python models/nano/finetune.py --from models/nano --out /tmp/nano_ditto --until 15:40            # DITTO
     python models/nano/finetune.py --objective unlikelihood --from models/nano --out /tmp/nano_ul --until 03:50
@@ -13,6 +13,10 @@ maximum-likelihood term on ordinary training batches keeps its perplexity.
   the (detached) probability of the same token one unit earlier; the model learns that each repeat of a line is
   lambda times as likely as the one before, instead of more likely (the self-reinforcement that makes loops).
   No generation is needed, so a step costs one forward/backward.
+- ``mask-repeats`` (after Li et al., "Repetition In Repetition Out", NeurIPS 2023, who trace loops to the repetitions
+  in the training data and penalise them). Plain maximum likelihood, except that tokens repeating an earlier line of the
+  same window (``--mask-unit line``) or completing an n-gram seen earlier in it (``--mask-unit ngram``) carry no loss:
+  the model is never rewarded for copying, while every ordinary token still pushes wrong copies down.
 - ``unlikelihood`` (Welleck et al., ICLR 2020, sequence level; session 10's attempt). Every step the model greedily
   continues a few training prefixes, and -log(1 - p) is added at each token completing a 4-gram it already wrote.
 
@@ -21,7 +25,7 @@ run saves a bf16 checkpoint with the held-out stdlib sample's perplexity (``held
 monitors) and the share of 32 greedy continuations of *training* prefixes that repeat a line. ``evaluate.py``
 then scores the chosen checkpoint on the held-out packages.
 
-Results (README.md, "Tried against the loops"): neither objective met the greedy goal; neither is in the shipped weights.
+Results (README.md, "Tried against the loops"): no objective met the greedy goal; none is in the shipped weights.
 """
 
 from __future__ import annotations
@@ -97,6 +101,27 @@ def ditto_loss(logits: torch.Tensor, rows: torch.Tensor, unit_lens: list[int], e
     return torch.cat(losses).mean()
 
 
+def repeated_line_mask(tokens: np.ndarray, has_newline: np.ndarray, min_tokens: int = 3) -> np.ndarray:
+    """[T] bool: the tokens of every line that already occurred, token for token, earlier in the row.
+
+    A line here is the run of tokens after one holding a line break, up to and including the next such token (byte-level
+    BPE merges a line break with the next line's indentation, so a line's own indentation closes the line before it).
+    Lines of fewer than ``min_tokens`` tokens (``)``, ``else:``, a blank line) are never marked: code repeats those
+    legitimately. The first line of the row may be cut and is never marked either.
+    """
+    mask = np.zeros(len(tokens), dtype=bool)
+    seen: set[tuple[int, ...]] = set()
+    start = None  # the row's first line is cut at the window's start
+    for t in np.flatnonzero(has_newline[tokens]).tolist():
+        if start is not None and t + 1 - start >= min_tokens:
+            line = tuple(tokens[start: t + 1].tolist())
+            if line in seen:
+                mask[start: t + 1] = True
+            seen.add(line)
+        start = t + 1
+    return mask
+
+
 def repeated_ngram_mask(tokens: list[int], start: int, n: int) -> torch.Tensor:
     """[len(tokens)] bool: positions >= start whose token completes an n-gram already seen since `start - n + 1`."""
     mask = torch.zeros(len(tokens), dtype=torch.bool)
@@ -142,7 +167,7 @@ def save_bf16(model, folder: Path, source: Path) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--objective", choices=("ditto", "unlikelihood"), default="ditto")
+    ap.add_argument("--objective", choices=("ditto", "mask-repeats", "unlikelihood"), default="ditto")
     ap.add_argument("--from", dest="source", type=Path, default=HERE, help="trained nano folder (default: this one)")
     ap.add_argument("--out", type=Path, required=True, help="final model here, checkpoints in OUT/ckpt-STEP")
     ap.add_argument("--data", type=Path, default=Path("/tmp/nano_data"))
@@ -156,6 +181,8 @@ def main() -> None:
     ap.add_argument("--ditto-lambda", type=float, default=0.5, help="each repeat this times as likely as the last")
     ap.add_argument("--ditto-line-starts", action="store_true",
                     help="apply the loss only at tokens that open a line (after a token holding a line break)")
+    ap.add_argument("--mask-unit", choices=("line", "ngram"), default="line",
+                    help="mask-repeats: no loss on tokens of a repeated line, or on tokens completing a repeated --ngram")
     ap.add_argument("--ul-sequences", type=int, default=2, help="greedy continuations per step (unlikelihood)")
     ap.add_argument("--ul-prefix", type=int, default=48)
     ap.add_argument("--ul-new", type=int, default=64)
@@ -163,12 +190,12 @@ def main() -> None:
     ap.add_argument("--checkpoint-minutes", type=float, default=8.0)
     ap.add_argument("--monitor-prefixes", type=int, default=32, help="training prefixes continued at checkpoints")
     ap.add_argument("--bf16", action="store_true", help="bf16 autocast for the forward (as train.py --bf16)")
-    ap.add_argument("--compile", action="store_true", help="torch.compile the forward (ditto only; ~2.5 min once)")
+    ap.add_argument("--compile", action="store_true", help="torch.compile the forward (not unlikelihood; ~2.5 min once)")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
-    if args.compile and args.objective != "ditto":
-        raise SystemExit("finetune.py: --compile is for --objective ditto (unlikelihood generates with varying shapes)")
+    if args.compile and args.objective == "unlikelihood":
+        raise SystemExit("finetune.py: --compile is not for --objective unlikelihood (it generates with varying shapes)")
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -242,6 +269,18 @@ def main() -> None:
             extra = ditto_loss(logits[args.batch:], rows, [m[1] for m in made], [m[2] for m in made],
                                args.ditto_lambda, line_starts)
             share = None  # the marked share is an unlikelihood figure
+        elif args.objective == "mask-repeats":
+            rows_np = x.numpy()
+            repeats = np.stack([repeated_line_mask(r, has_newline) if args.mask_unit == "line"
+                                else repeated_ngram_mask(r.tolist(), 0, args.ngram).numpy() for r in rows_np])  # [B, T]
+            keep = torch.from_numpy(~repeats[:, 1:]).float()  # [B, T-1]: weight of each predicted token
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
+                logits = forward(input_ids=x).logits  # [B, T, V]
+            per_token = F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1),
+                                        reduction="none").view(keep.shape)  # [B * (T-1)] -> [B, T-1]
+            mle = (per_token * keep).sum() / keep.sum()
+            extra = (per_token.detach() * (1 - keep)).sum() / (1 - keep).sum().clamp_min(1)  # logged, not trained
+            share = 1 - keep.mean().item()
         else:
             mle = model(input_ids=x, labels=x).loss
             prefixes = torch.stack([train_t[s: s + args.ul_prefix]
@@ -250,7 +289,7 @@ def main() -> None:
             seqs = greedy_continue(model, prefixes, args.ul_new)  # [S, prefix + new]
             model.train()
             extra, share = unlikelihood_loss(model, seqs, args.ul_prefix, args.ngram)
-        loss = mle + args.weight * extra
+        loss = mle if args.objective == "mask-repeats" else mle + args.weight * extra
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

@@ -77,3 +77,34 @@ def test_ditto_loss_gradient_stops_at_the_earlier_repeat():
     assert logits.grad[0, :3].abs().sum() == 0 and logits.grad[0, 3:7].abs().sum() > 0
     with pytest.raises(ValueError, match="unit"):
         finetune.ditto_loss(logits, rows, [4], [4], 0.5)  # the unit would start at token 0: nothing predicts it
+
+
+def test_repeated_line_mask_marks_exactly_the_lines_written_before(has_newline):
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(NANO / "tokenizer.json"))
+    lines = ["result = compute(first)", "items.append(result)", "print(result)", ")", "items.append(result)",
+             "value = compute(second)", ")", "print(result)", "items.append(result)"]
+    ids = np.array(tok.encode("\n".join(lines) + "\n").ids, dtype=np.int64)
+    mask = finetune.repeated_line_mask(ids, has_newline)
+    # Marked runs, decoded, against the text's own repeats: every non-first occurrence of a line of 3+ tokens.
+    runs, t = [], 0
+    while t < len(ids):
+        if mask[t]:
+            end = t
+            while end < len(ids) and mask[end]:
+                end += 1
+            runs.append(tok.decode(ids[t:end].tolist()))
+            t = end
+        else:
+            t += 1
+    seen, expect = set(), []
+    for i, ln in enumerate(lines):
+        if i and ln in seen and len(tok.encode(ln + "\n").ids) >= 3:  # the first line counts as possibly cut
+            expect.append(ln + "\n")
+        seen.add(ln)
+    assert expect == ["items.append(result)\n", "print(result)\n", "items.append(result)\n"]  # the text's design
+    assert "".join(runs) == "".join(expect)
+    # A line equal to the row's first (possibly cut) line is not marked: that line was never seen whole.
+    ids = np.array(tok.encode("print(result)\nprint(result)\nprint(result)\n").ids, dtype=np.int64)
+    assert tok.decode(ids[finetune.repeated_line_mask(ids, has_newline)].tolist()) == "print(result)\n"
