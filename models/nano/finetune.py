@@ -1,4 +1,4 @@
-"""Fine-tune a trained nano against its own greedy loops, on CPU: maximum likelihood with one of three objectives.
+"""Fine-tune a trained nano against its own greedy loops, on CPU: maximum likelihood with one of four objectives.
 
     python models/nano/finetune.py --from models/nano --out /tmp/nano_ditto --until 15:40            # DITTO
     python models/nano/finetune.py --objective unlikelihood --from models/nano --out /tmp/nano_ul --until 03:50
@@ -17,6 +17,9 @@ maximum-likelihood term on ordinary training batches keeps its perplexity.
   in the training data and penalise them). Plain maximum likelihood, except that tokens repeating an earlier line of the
   same window (``--mask-unit line``) or completing an n-gram seen earlier in it (``--mask-unit ngram``) carry no loss:
   the model is never rewarded for copying, while every ordinary token still pushes wrong copies down.
+- ``token-unlikelihood`` (Welleck et al., ICLR 2020, token level). On ordinary batches, beside maximum likelihood,
+  -log(1 - p(c)) for every token c already in the context except the target: copying is pushed down wherever the
+  data did not copy.
 - ``unlikelihood`` (Welleck et al., ICLR 2020, sequence level; session 10's attempt). Every step the model greedily
   continues a few training prefixes, and -log(1 - p) is added at each token completing a 4-gram it already wrote.
 
@@ -122,6 +125,16 @@ def repeated_line_mask(tokens: np.ndarray, has_newline: np.ndarray, min_tokens: 
     return mask
 
 
+def context_token_unlikelihood(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Welleck et al.'s token-level unlikelihood on rows x [B, T] with logits [B, T, V]: at each position t the
+    candidates are the tokens of x[:, :t+1] other than the target x[:, t+1]; mean over positions of
+    -sum_c log(1 - p(c))."""
+    seen = F.one_hot(x[:, :-1], logits.shape[-1]).cummax(dim=1).values.bool()  # [B, T-1, V]: in the context so far
+    seen.scatter_(-1, x[:, 1:, None], False)  # the target itself is never a negative
+    probs = torch.softmax(logits[:, :-1].float(), dim=-1)  # [B, T-1, V]
+    return -(torch.log((1 - probs).clamp_min(1e-5)) * seen).sum(-1).mean()
+
+
 def repeated_ngram_mask(tokens: list[int], start: int, n: int) -> torch.Tensor:
     """[len(tokens)] bool: positions >= start whose token completes an n-gram already seen since `start - n + 1`."""
     mask = torch.zeros(len(tokens), dtype=torch.bool)
@@ -167,7 +180,7 @@ def save_bf16(model, folder: Path, source: Path) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--objective", choices=("ditto", "mask-repeats", "unlikelihood"), default="ditto")
+    ap.add_argument("--objective", choices=("ditto", "mask-repeats", "token-unlikelihood", "unlikelihood"), default="ditto")
     ap.add_argument("--from", dest="source", type=Path, default=HERE, help="trained nano folder (default: this one)")
     ap.add_argument("--out", type=Path, required=True, help="final model here, checkpoints in OUT/ckpt-STEP")
     ap.add_argument("--data", type=Path, default=Path("/tmp/nano_data"))
@@ -281,6 +294,11 @@ def main() -> None:
             mle = (per_token * keep).sum() / keep.sum()
             extra = (per_token.detach() * (1 - keep)).sum() / (1 - keep).sum().clamp_min(1)  # logged, not trained
             share = 1 - keep.mean().item()
+        elif args.objective == "token-unlikelihood":
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
+                logits = forward(input_ids=x).logits  # [B, T, V]
+            mle = F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1))
+            extra, share = context_token_unlikelihood(logits, x), None
         else:
             mle = model(input_ids=x, labels=x).loss
             prefixes = torch.stack([train_t[s: s + args.ul_prefix]

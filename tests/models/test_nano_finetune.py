@@ -108,3 +108,17 @@ def test_repeated_line_mask_marks_exactly_the_lines_written_before(has_newline):
     # A line equal to the row's first (possibly cut) line is not marked: that line was never seen whole.
     ids = np.array(tok.encode("print(result)\nprint(result)\nprint(result)\n").ids, dtype=np.int64)
     assert tok.decode(ids[finetune.repeated_line_mask(ids, has_newline)].tolist()) == "print(result)\n"
+
+
+def test_context_token_unlikelihood_matches_a_direct_loop():
+    torch.manual_seed(0)
+    x = torch.randint(0, 12, (2, 10))  # [B, T]: a small vocabulary, so tokens recur
+    logits = torch.randn(2, 10, 12) * 2  # [B, T, V]
+    probs = torch.softmax(logits, dim=-1)
+    per_position = []
+    for b in range(2):
+        for t in range(9):  # position t predicts x[b, t + 1]
+            negatives = set(x[b, :t + 1].tolist()) - {x[b, t + 1].item()}
+            per_position.append(sum(-math.log(1 - probs[b, t, c].item()) for c in negatives))
+    got = finetune.context_token_unlikelihood(logits, x)
+    assert got.item() == pytest.approx(sum(per_position) / len(per_position), rel=1e-5)
