@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -175,3 +176,20 @@ def test_demo_prompt_greedy_64_tokens_repeat_no_line(model, tokenizer):
         # A line is compared with its indentation: `return n` in an if-body and after it are two lines of code.
         lines = [ln.rstrip() for ln in text.split("\n")[:-1] if ln.strip()]  # the last line may be cut mid-way
         assert len(lines) >= 3 and len(lines) == len(set(lines)), repr(text)
+        # A loop inside one line is still a loop: session 14's `mask-repeats` fine-tune met the line rule above on
+        # both prompts by writing `def fibonacci(n, n, n, n, n, ...` instead.
+        assert not looping_within_a_line(text), repr(text)
+
+
+def looping_within_a_line(text: str) -> bool:
+    """A piece of text with two or more distinct non-blank characters (`n, `, `self.x`) four times in a row. A piece of one
+    character (`----` under a docstring heading, indentation) is layout, not a loop."""
+    return any(len(set(piece) - set(" \t\n")) >= 2 for piece, _ in re.findall(r"(.{2,}?)(\1{3,})", text))
+
+
+def test_looping_within_a_line_tells_loops_from_layout():
+    assert looping_within_a_line("def fibonacci(n, n, n, n, n, n")
+    assert looping_within_a_line("x = self.a.self.a.self.a.self.a.")
+    assert not looping_within_a_line("    Parameters\n    ----------\n        n : int\n")
+    assert not looping_within_a_line("            return fibonacci(n - 1) + fibonacci(n - 2)\n")
+    assert not looping_within_a_line("a, b, c = 1, 1, 1\n")  # three in a row is ordinary code
