@@ -2,6 +2,7 @@
 
     python models/nano/finetune.py --from models/nano --out /tmp/nano_ditto --until 15:40            # DITTO
     python models/nano/finetune.py --objective unlikelihood --from models/nano --out /tmp/nano_ul --until 03:50
+    python models/nano/finetune.py --objective mask-repeats --lr 2e-4 --bf16 --compile --out /tmp/nano_mask_line --until 18:50
 
 Why: greedy decoding of this small model loops (a line written again and again) and more tokens do not fix it
 (README.md, "Greedy loops"). Both objectives change what the model prefers once it has repeated itself; the
