@@ -171,6 +171,12 @@ def unlikelihood_loss(model, seqs: torch.Tensor, prefix_len: int, n: int) -> tup
     return loss, share
 
 
+def next_token_nll(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """[B, T-1]: -log p(x[:, t+1] | x[:, :t+1]) from logits [B, T, V], in fp32 whatever the forward's precision."""
+    return F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1),
+                           reduction="none").view(x.shape[0], -1)  # [B * (T-1)] -> [B, T-1]
+
+
 def save_bf16(model, folder: Path, source: Path) -> None:
     """A loadable nano folder (weights in bf16 like the shipped file, plus the source's tokenizer files)."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -252,6 +258,11 @@ def main() -> None:
                             lr=args.lr, betas=(0.9, 0.95))
     gen = torch.Generator().manual_seed(args.seed)
     forward = torch.compile(model) if args.compile else model
+
+    def forward_logits(batch: torch.Tensor) -> torch.Tensor:
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
+            return forward(input_ids=batch).logits  # [rows, T, V]
+
     deadline = train.deadline_of(args.until) - 6 * 60  # the final evaluation and save take about 6 minutes here
     t0, log, step, est_steps, last_ckpt = time.time(), [], 0, None, time.time()
     hi = len(train_t) - args.seq_len - 1
@@ -273,10 +284,8 @@ def main() -> None:
         if args.objective == "ditto":
             made = [ditto_row(train_ids, has_newline, rng, args.seq_len) for _ in range(args.ditto_rows)]
             rows = torch.from_numpy(np.stack([m[0] for m in made]))  # [R, T]
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
-                logits = forward(input_ids=torch.cat([x, rows])).logits  # [B + R, T, V]
-            mle = F.cross_entropy(logits[:args.batch, :-1].float().reshape(-1, logits.shape[-1]),
-                                  x[:, 1:].reshape(-1))  # [B * (T-1), V] against [B * (T-1)]
+            logits = forward_logits(torch.cat([x, rows]))  # [B + R, T, V]
+            mle = next_token_nll(logits[:args.batch], x).mean()
             line_starts = None
             if args.ditto_line_starts:  # token t opens a line when token t-1 holds a line break
                 line_starts = torch.from_numpy(np.pad(has_newline[rows[:, :-1].numpy()], ((0, 0), (1, 0))))  # [R, T]
@@ -284,21 +293,16 @@ def main() -> None:
                                args.ditto_lambda, line_starts)
             share = None  # the marked share is an unlikelihood figure
         elif args.objective == "mask-repeats":
-            rows_np = x.numpy()
             repeats = np.stack([repeated_line_mask(r, has_newline) if args.mask_unit == "line"
-                                else repeated_ngram_mask(r.tolist(), 0, args.ngram).numpy() for r in rows_np])  # [B, T]
+                                else repeated_ngram_mask(r.tolist(), 0, args.ngram).numpy() for r in x.numpy()])  # [B, T]
             keep = torch.from_numpy(~repeats[:, 1:]).float()  # [B, T-1]: weight of each predicted token
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
-                logits = forward(input_ids=x).logits  # [B, T, V]
-            per_token = F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1),
-                                        reduction="none").view(keep.shape)  # [B * (T-1)] -> [B, T-1]
+            per_token = next_token_nll(forward_logits(x), x)  # [B, T-1]
             mle = (per_token * keep).sum() / keep.sum()
             extra = (per_token.detach() * (1 - keep)).sum() / (1 - keep).sum().clamp_min(1)  # logged, not trained
             share = 1 - keep.mean().item()
         elif args.objective == "token-unlikelihood":
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
-                logits = forward(input_ids=x).logits  # [B, T, V]
-            mle = F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1))
+            logits = forward_logits(x)  # [B, T, V]
+            mle = next_token_nll(logits, x).mean()
             extra, share = context_token_unlikelihood(logits, x), None
         else:
             mle = model(input_ids=x, labels=x).loss

@@ -122,3 +122,12 @@ def test_context_token_unlikelihood_matches_a_direct_loop():
             per_position.append(sum(-math.log(1 - probs[b, t, c].item()) for c in negatives))
     got = finetune.context_token_unlikelihood(logits, x)
     assert got.item() == pytest.approx(sum(per_position) / len(per_position), rel=1e-5)
+
+
+def test_next_token_nll_is_minus_log_softmax_at_the_next_token():
+    torch.manual_seed(0)
+    x = torch.randint(0, 20, (3, 7))  # [B, T]
+    logits = torch.randn(3, 7, 20, dtype=torch.bfloat16)  # [B, T, V], as under bf16 autocast
+    log_p = torch.log_softmax(logits.float(), dim=-1)
+    expect = torch.tensor([[-log_p[b, t, x[b, t + 1]].item() for t in range(6)] for b in range(3)])
+    torch.testing.assert_close(finetune.next_token_nll(logits, x), expect, rtol=1e-6, atol=1e-6)
