@@ -1,11 +1,11 @@
-"""Fine-tune a trained nano against its own greedy loops, on CPU: maximum likelihood with one of four objectives.
+"""Fine-tune a trained nano against its own greedy loops, on CPU: maximum likelihood with one of five objectives.
 
     python models/nano/finetune.py --from models/nano --out /tmp/nano_ditto --until 15:40            # DITTO
     python models/nano/finetune.py --objective unlikelihood --from models/nano --out /tmp/nano_ul --until 03:50
     python models/nano/finetune.py --objective mask-repeats --lr 2e-4 --bf16 --compile --out /tmp/nano_mask_line --until 18:50
 
 Why: greedy decoding of this small model loops (a line written again and again) and more tokens do not fix it
-(README.md, "Greedy loops"). Both objectives change what the model prefers once it has repeated itself; the
+(README.md, "Greedy loops"). Each objective changes what the model learns from repetition; the
 maximum-likelihood term on ordinary training batches keeps its perplexity.
 
 - ``ditto`` (Xu et al., "Learning to Break the Loop", NeurIPS 2022). Pseudo-repetitive rows are built from the
@@ -18,6 +18,10 @@ maximum-likelihood term on ordinary training batches keeps its perplexity.
   in the training data and penalise them). Plain maximum likelihood, except that tokens repeating an earlier line of the
   same window (``--mask-unit line``) or completing an n-gram seen earlier in it (``--mask-unit ngram``) carry no loss:
   the model is never rewarded for copying, while every ordinary token still pushes wrong copies down.
+- ``rep-dropout`` (Li et al.'s own method, "repetition dropout"): plain maximum likelihood while every layer hides
+  each bigram that repeats in the row from its token mixer with probability ``--rep-rate`` (0.6, the paper's), so
+  the model cannot learn to predict by copying what repeats (``train.RepetitionDropout``; ``train.py --rep-dropout``
+  applies it from scratch).
 - ``token-unlikelihood`` (Welleck et al., ICLR 2020, token level). On ordinary batches, beside maximum likelihood,
   -log(1 - p(c)) for every token c already in the context except the target: copying is pushed down wherever the
   data did not copy.
@@ -187,7 +191,7 @@ def save_bf16(model, folder: Path, source: Path) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--objective", choices=("ditto", "mask-repeats", "token-unlikelihood", "unlikelihood"), default="ditto")
+    ap.add_argument("--objective", choices=("ditto", "mask-repeats", "rep-dropout", "token-unlikelihood", "unlikelihood"), default="ditto")
     ap.add_argument("--from", dest="source", type=Path, default=HERE, help="trained nano folder (default: this one)")
     ap.add_argument("--out", type=Path, required=True, help="final model here, checkpoints in OUT/ckpt-STEP")
     ap.add_argument("--data", type=Path, default=Path("/tmp/nano_data"))
@@ -207,6 +211,9 @@ def main() -> None:
     ap.add_argument("--ul-prefix", type=int, default=48)
     ap.add_argument("--ul-new", type=int, default=64)
     ap.add_argument("--ngram", type=int, default=4)
+    ap.add_argument("--rep-rate", type=float, default=0.6,
+                    help="rep-dropout: chance that a layer hides a repeated --rep-ngram (train.RepetitionDropout)")
+    ap.add_argument("--rep-ngram", type=int, default=2)
     ap.add_argument("--checkpoint-minutes", type=float, default=8.0)
     ap.add_argument("--monitor-prefixes", type=int, default=32, help="training prefixes continued at checkpoints")
     ap.add_argument("--bf16", action="store_true", help="bf16 autocast for the forward (as train.py --bf16)")
@@ -257,6 +264,8 @@ def main() -> None:
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
                             lr=args.lr, betas=(0.9, 0.95))
     gen = torch.Generator().manual_seed(args.seed)
+    rep_dropout = (train.RepetitionDropout(model, args.rep_ngram, args.rep_rate, args.seed)
+                   if args.objective == "rep-dropout" else None)
     forward = torch.compile(model) if args.compile else model
 
     def forward_logits(batch: torch.Tensor) -> torch.Tensor:
@@ -300,6 +309,11 @@ def main() -> None:
             mle = (per_token * keep).sum() / keep.sum()
             extra = (per_token.detach() * (1 - keep)).sum() / (1 - keep).sum().clamp_min(1)  # logged, not trained
             share = 1 - keep.mean().item()
+        elif args.objective == "rep-dropout":
+            rep_dropout.draw(x)
+            mle = next_token_nll(forward_logits(x), x).mean()
+            extra = torch.zeros(())  # nothing beside maximum likelihood: the mask is the method
+            share = rep_dropout.hidden.float().mean().item()
         elif args.objective == "token-unlikelihood":
             logits = forward_logits(x)  # [B, T, V]
             mle = next_token_nll(logits, x).mean()
@@ -315,6 +329,8 @@ def main() -> None:
         loss = mle if args.objective == "mask-repeats" else mle + args.weight * extra
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        if rep_dropout:
+            rep_dropout.hidden = None  # checkpoints score and decode with every token visible
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         log.append(dict(step=step, mle=round(mle.item(), 4), objective=round(float(extra.detach()), 4),

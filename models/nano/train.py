@@ -154,6 +154,82 @@ def save_state(path: Path, **state) -> None:
     os.replace(tmp, path)
 
 
+def repetition_drop_mask(x: torch.Tensor, n: int, layers: int, rate: float,
+                         gen: torch.Generator) -> torch.Tensor:
+    """[layers, B, T] bool, True where a layer hides a token from its mixer (Li et al.'s repetition dropout).
+
+    A token can be hidden when it lies in an n-gram that occurs at least twice in its row. Each such n-gram
+    is hidden in each layer independently with probability ``rate``, at all of its occurrences (the first
+    included), as in the paper: the model then cannot learn to predict by copying what repeats.
+    """
+    batch, seq = x.shape
+    base = int(x.max()) + 1
+    if base ** n >= 2 ** 62:
+        raise ValueError(f"repetition_drop_mask: {n}-grams of a {base}-token vocabulary overflow int64 codes")
+    spans = seq - n + 1
+    codes = x[:, :spans].clone()  # [B, T-n+1]: one integer per n-gram, keyed by its first position
+    for k in range(1, n):
+        codes = codes * base + x[:, k:k + spans]
+    hidden = torch.zeros(layers, batch, seq, dtype=torch.bool)
+    for row in range(batch):
+        _, which, counts = torch.unique(codes[row], return_inverse=True, return_counts=True)
+        gate = (torch.rand(layers, len(counts), generator=gen) < rate) & (counts >= 2)  # [L, distinct n-grams]
+        at_start = gate[:, which]  # [L, T-n+1]
+        for k in range(n):
+            hidden[:, row, k:k + spans] |= at_start
+    return hidden
+
+
+class RepetitionDropout:
+    """Applies a ``repetition_drop_mask`` to a transformers Qwen3.5 model through forward hooks.
+
+    Attention layers: the hidden tokens' keys are masked for every later query (a token still sees itself,
+    so no softmax row is empty). Gated delta layers: a hidden token's step leaves the recurrent state as it
+    was, beta = 0 (nothing written) and decay exp(g) = 1 (its content does not choose how much is forgotten),
+    so later tokens cannot read it, which is what masking its key does in attention. The short causal conv
+    still passes a token to its next three neighbours, as the residual stream passes it to itself; the loops
+    this targets copy from lines back, through the state or the keys. ``hidden`` is set per batch and must be
+    None outside training steps (then the hooks do nothing).
+    """
+
+    def __init__(self, model, n: int, rate: float, seed: int):
+        if model.config._attn_implementation != "sdpa":
+            raise ValueError(f"RepetitionDropout: needs the sdpa attention (boolean masks), "
+                             f"not {model.config._attn_implementation!r}")
+        self.n, self.rate = n, rate
+        self.gen = torch.Generator().manual_seed(seed)
+        self.hidden: torch.Tensor | None = None  # [L, B, T] bool
+        self.layers = len(model.model.layers)
+        for i, layer in enumerate(model.model.layers):
+            if model.config.layer_types[i] == "full_attention":
+                layer.self_attn.register_forward_pre_hook(self._attention_hook(i), with_kwargs=True)
+            else:
+                # beta = sigmoid(b) -> 0 and g = -exp(A_log) * softplus(a + dt_bias) -> 0 at hidden tokens
+                layer.linear_attn.in_proj_b.register_forward_hook(self._gate_hook(i))
+                layer.linear_attn.in_proj_a.register_forward_hook(self._gate_hook(i))
+
+    def draw(self, x: torch.Tensor) -> None:
+        self.hidden = repetition_drop_mask(x, self.n, self.layers, self.rate, self.gen)
+
+    def _attention_hook(self, i: int):
+        def hook(module, args, kwargs):
+            if self.hidden is None:
+                return None
+            seq = self.hidden.shape[-1]
+            causal = torch.ones(seq, seq, dtype=torch.bool).tril()  # [T, T]
+            visible = ~self.hidden[i][:, None, None, :] | torch.eye(seq, dtype=torch.bool)  # [B, 1, T, T]
+            kwargs["attention_mask"] = causal & visible
+            return args, kwargs
+        return hook
+
+    def _gate_hook(self, i: int):
+        def hook(module, args, output):  # output: the b or a logits, [B, T, value heads]
+            if self.hidden is None:
+                return None
+            return output.masked_fill(self.hidden[i][..., None], -1e4)
+        return hook
+
+
 def repeats_a_line(text: str) -> bool:
     """Whether a non-blank line, indentation stripped, occurs twice; the last line may be cut, so it is left out."""
     lines = [ln.strip() for ln in text.split("\n")[:-1] if ln.strip()]
@@ -199,6 +275,10 @@ def main() -> None:
     ap.add_argument("--compile", action="store_true",
                     help="torch.compile the training forward (about 2.5 min to compile, once per start or resume)")
     ap.add_argument("--no-save", action="store_true", help="timing runs: train, print tokens/s, write nothing")
+    ap.add_argument("--rep-dropout", type=float, default=0.0, metavar="P",
+                    help="repetition dropout (Li et al. 2023): each layer hides each n-gram that repeats in a "
+                         "training row from its mixer with probability P (0: off; the paper used 0.6)")
+    ap.add_argument("--rep-ngram", type=int, default=2, help="n of --rep-dropout's repeated n-grams (the paper: 2)")
     args = ap.parse_args()
 
     import transformers
@@ -214,6 +294,7 @@ def main() -> None:
     held_ids = np.load(args.data / "heldout.npy")  # held-out stdlib files
     pkg_ids = np.load(args.data / "heldout_packages.npy")  # held-out packages
     model = make_model(CONFIG)
+    rep_dropout = RepetitionDropout(model, args.rep_ngram, args.rep_dropout, args.seed) if args.rep_dropout else None
     n_params = sum(p.numel() for p in model.parameters())  # tied table counted once
     print(f"params {n_params:,}; train tokens {len(train_ids):,}; torch {torch.__version__}, "
           f"transformers {transformers.__version__}", flush=True)
@@ -241,6 +322,8 @@ def main() -> None:
         model.load_state_dict(st["model"])
         opt.load_state_dict(st["opt"])
         gen.set_state(st["gen"])
+        if rep_dropout:
+            rep_dropout.gen.set_state(st["rep_gen"])
         torch.set_rng_state(st["torch_rng"])
         log, evals, tokens_seen, replans = st["log"], st["evals"], st["tokens_seen"], st["replans"]
         start_step, prior_seconds = st["step"], st["train_seconds"]
@@ -261,10 +344,14 @@ def main() -> None:
             g["lr"] = lr
         starts = torch.randint(0, hi, (args.batch,), generator=gen)
         x = torch.stack([train_t[s: s + args.seq_len] for s in starts.tolist()])  # [B, T]
+        if rep_dropout:
+            rep_dropout.draw(x)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
             loss = forward(input_ids=x, labels=x).loss  # transformers shifts labels internally
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        if rep_dropout:
+            rep_dropout.hidden = None  # the checkpoint's scores and greedy samples see every token
         gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip).item()
         opt.step()
         tokens_seen += x.numel()
@@ -300,6 +387,7 @@ def main() -> None:
             evals.append(dict(step=step, tokens_seen=tokens_seen, ppl=sample["ppl"], bits_per_byte=sample["bits_per_byte"],
                               loss=sample["loss"], repeated_line=looping))
             save_state(args.state, model=model.state_dict(), opt=opt.state_dict(), gen=gen.get_state(),
+                       rep_gen=rep_dropout.gen.get_state() if rep_dropout else None,
                        torch_rng=torch.get_rng_state(), log=log, evals=evals, tokens_seen=tokens_seen,
                        replans=replans, step=step, steps=steps, train_seconds=time.time() - t0)
             print(f"checkpoint at step {step}: held-out sample ppl {sample['ppl']:.2f} "

@@ -1,4 +1,4 @@
-"""models/nano/finetune.py's DITTO pieces: the pseudo-repetitive rows and the loss, against direct re-statements."""
+"""models/nano/finetune.py's objectives (DITTO, repeat masks, unlikelihood) and train.py's repetition dropout, against direct re-statements."""
 
 from __future__ import annotations
 
@@ -131,3 +131,76 @@ def test_next_token_nll_is_minus_log_softmax_at_the_next_token():
     log_p = torch.log_softmax(logits.float(), dim=-1)
     expect = torch.tensor([[-log_p[b, t, x[b, t + 1]].item() for t in range(6)] for b in range(3)])
     torch.testing.assert_close(finetune.next_token_nll(logits, x), expect, rtol=1e-6, atol=1e-6)
+
+
+def _repeated_ngram_spans(row: list[int], n: int) -> dict[tuple, list[int]]:
+    """Start positions of every n-gram that occurs at least twice in row, by n-gram (a direct restatement)."""
+    starts: dict[tuple, list[int]] = {}
+    for i in range(len(row) - n + 1):
+        starts.setdefault(tuple(row[i:i + n]), []).append(i)
+    return {gram: at for gram, at in starts.items() if len(at) >= 2}
+
+
+@pytest.mark.parametrize("n", [2, 3])
+def test_repetition_drop_mask_hides_whole_repeated_ngrams_per_layer(n):
+    train = finetune.train
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 8, (3, 96), generator=gen)  # a small vocabulary, so n-grams repeat
+    everything = train.repetition_drop_mask(x, n, 4, 1.0, gen)  # [L, B, T]
+    assert not train.repetition_drop_mask(x, n, 4, 0.0, gen).any()
+    half = train.repetition_drop_mask(x, n, 4, 0.5, gen)
+    for b, row in enumerate(x.tolist()):
+        spans = _repeated_ngram_spans(row, n)
+        expect = torch.zeros(len(row), dtype=torch.bool)
+        for at in spans.values():
+            for i in at:
+                expect[i:i + n] = True
+        assert spans and all((everything[layer, b] == expect).all() for layer in range(4))
+        # At rate 0.5 each repeated n-gram is hidden or not as a whole, in each layer on its own: a token hidden
+        # in a layer lies in some n-gram whose every occurrence that layer hides.
+        for layer in range(4):
+            hidden = half[layer, b]
+            kept_whole = torch.zeros(len(row), dtype=torch.bool)
+            for at in spans.values():
+                if all(hidden[i:i + n].all() for i in at):
+                    for i in at:
+                        kept_whole[i:i + n] = True
+            assert (hidden == kept_whole).all()
+        assert 0 < half[:, b].sum() < everything[:, b].sum()
+    assert not (half[0] == half[1]).all()  # layers draw apart
+
+
+def test_repetition_dropout_hooks_cut_hidden_tokens_out_of_every_mixer():
+    """A token hidden in every layer must not reach any other position: change it and only its own logits move.
+
+    The gated delta layers' short conv would carry it to its next three neighbours, so its taps other than the
+    current token are zeroed here; what is left to carry the token is the attention keys and the recurrent
+    state, which the hooks close. Without the hooks the same change moves the later positions' logits.
+    """
+    train = finetune.train
+    cfg = dict(train.CONFIG, vocab_size=64, hidden_size=64, intermediate_size=96, num_hidden_layers=4,
+               layer_types=["linear_attention", "full_attention", "linear_attention", "full_attention"],
+               num_attention_heads=4, num_key_value_heads=2, head_dim=16, linear_num_key_heads=2,
+               linear_num_value_heads=4, linear_key_head_dim=16, linear_value_head_dim=16,
+               eos_token_id=63, pad_token_id=63)
+    torch.manual_seed(0)
+    model = train.make_model(cfg).eval()
+    with torch.no_grad():
+        for layer in model.model.layers:
+            if hasattr(layer, "linear_attn"):
+                layer.linear_attn.conv1d.weight[..., :-1] = 0  # [channels, 1, kernel]: keep the current token only
+    rep = train.RepetitionDropout(model, 2, 0.6, 0)
+    x = torch.randint(0, 63, (1, 24))
+    y = x.clone()
+    y[0, 9] = (x[0, 9] + 1) % 63
+    hidden = torch.zeros(4, 1, 24, dtype=torch.bool)
+    hidden[:, 0, 9] = True
+    with torch.no_grad():
+        rep.hidden = hidden
+        masked = model(input_ids=x).logits, model(input_ids=y).logits
+        rep.hidden = None
+        plain = model(input_ids=x).logits, model(input_ids=y).logits
+    others = [t for t in range(24) if t != 9]
+    assert torch.allclose(masked[0][0, others], masked[1][0, others], atol=1e-5)
+    assert not torch.allclose(masked[0][0, 9], masked[1][0, 9], atol=1e-3)
+    assert (plain[0][0, 10:] - plain[1][0, 10:]).abs().max() > 1e-2
