@@ -224,6 +224,8 @@ def main() -> None:
     if args.compile and args.objective == "unlikelihood":
         raise SystemExit("finetune.py: --compile is not for --objective unlikelihood (it generates with varying shapes)")
 
+    if args.bf16:
+        train.require_bf16_hardware("finetune.py")
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     torch.manual_seed(args.seed)

@@ -204,3 +204,13 @@ def test_repetition_dropout_hooks_cut_hidden_tokens_out_of_every_mixer():
     assert torch.allclose(masked[0][0, others], masked[1][0, others], atol=1e-5)
     assert not torch.allclose(masked[0][0, 9], masked[1][0, 9], atol=1e-3)
     assert (plain[0][0, 10:] - plain[1][0, 10:]).abs().max() > 1e-2
+
+
+def test_bf16_is_refused_where_the_cpu_would_emulate_it(monkeypatch):
+    train = finetune.train
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    with pytest.raises(SystemExit, match="train.py: --bf16: .* neither AVX512-BF16 nor AMX"):
+        train.require_bf16_hardware("train.py")
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)
+    train.require_bf16_hardware("train.py")  # AMX alone is enough
