@@ -337,6 +337,9 @@ def main() -> None:
         opt.load_state_dict(st["opt"])
         gen.set_state(st["gen"])
         if rep_dropout:
+            if st.get("rep_gen") is None:
+                raise SystemExit(f"train.py: --resume --rep-dropout: the state at {args.state} was saved by a run "
+                                 "without --rep-dropout")
             rep_dropout.gen.set_state(st["rep_gen"])
         torch.set_rng_state(st["torch_rng"])
         log, evals, tokens_seen, replans = st["log"], st["evals"], st["tokens_seen"], st["replans"]
@@ -442,6 +445,7 @@ def main() -> None:
     result = dict(
         command=(f"python models/nano/train.py --steps {args.steps} --batch {args.batch} --threads {args.threads}"
                  + (" --bf16" if args.bf16 else "") + (" --compile" if args.compile else "")
+                 + (f" --rep-dropout {args.rep_dropout} --rep-ngram {args.rep_ngram}" if args.rep_dropout else "")
                  + (f" --until {args.until}" if args.until else "")),
         args={k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         python=platform.python_version(), torch=torch.__version__, transformers=transformers.__version__,
