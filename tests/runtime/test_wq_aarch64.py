@@ -2,8 +2,8 @@
 qemu (baseline armv8-a, and armv8.2-a+dotprod, where linear_wq_a8 uses sdot instead of widening multiplies); the same
 self-test built for the host without the AVX2 TU checks the portable path with no torch involved.
 
-The aarch64 case is skipped unless aarch64-linux-gnu-g++ and qemu-aarch64 are installed
-(apt-get install g++-aarch64-linux-gnu qemu-user).
+The aarch64 cases ask for the `aarch64_tools` fixture (tests/runtime/conftest.py): it apt-get installs
+g++-aarch64-linux-gnu and qemu-user when missing and skips only where it cannot (not root).
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ ROOT = Path(__file__).resolve().parents[2]
 KERNELS = ROOT / "runtime" / "kernels"
 SOURCES = [KERNELS / f for f in ("wq.cpp", "wq_generic.cpp", "gated_delta_rule.cpp", "gdr_generic.cpp")] + [
     Path(__file__).with_name("wq_selftest.cpp")]
-QEMU = shutil.which("qemu-aarch64") or shutil.which("qemu-aarch64-static")
 
 
 def _build_and_run(cxx: str, out: Path, runner: list[str], isa: str, flags: tuple[str, ...] = (),
@@ -32,17 +31,14 @@ def _build_and_run(cxx: str, out: Path, runner: list[str], isa: str, flags: tupl
     assert proc.stdout.count("a8 ") >= 16, proc.stdout  # the linear_wq_a8 cases ran
 
 
-@pytest.mark.skipif(shutil.which("aarch64-linux-gnu-g++") is None or QEMU is None,
-                    reason="needs aarch64-linux-gnu-g++ and qemu-aarch64")
-def test_neon_weight_only_matches_fp64_under_qemu(tmp_path):
-    _build_and_run("aarch64-linux-gnu-g++", tmp_path / "wq_selftest", [QEMU], "neon")
+def test_neon_weight_only_matches_fp64_under_qemu(tmp_path, aarch64_tools):
+    _build_and_run("aarch64-linux-gnu-g++", tmp_path / "wq_selftest", [aarch64_tools], "neon")
 
 
-@pytest.mark.skipif(shutil.which("aarch64-linux-gnu-g++") is None or QEMU is None,
-                    reason="needs aarch64-linux-gnu-g++ and qemu-aarch64")
-def test_neon_dotprod_weight_only_matches_fp64_under_qemu(tmp_path):
+def test_neon_dotprod_weight_only_matches_fp64_under_qemu(tmp_path, aarch64_tools):
     # qemu's default CPU model ("max") implements the dot-product extension.
-    _build_and_run("aarch64-linux-gnu-g++", tmp_path / "wq_selftest", [QEMU], "neon", ("-march=armv8.2-a+dotprod",),
+    _build_and_run("aarch64-linux-gnu-g++", tmp_path / "wq_selftest", [aarch64_tools], "neon",
+                   ("-march=armv8.2-a+dotprod",),
                    dotprod=True)
 
 
@@ -55,9 +51,7 @@ def test_portable_weight_only_matches_fp64_standalone(tmp_path):
     _build_and_run("g++", tmp_path / "wq_selftest", [], "portable")
 
 
-@pytest.mark.skipif(shutil.which("aarch64-linux-gnu-g++") is None or QEMU is None or shutil.which("gcc") is None,
-                    reason="needs aarch64-linux-gnu-g++, qemu-aarch64 and gcc")
-def test_dotprod_tu_is_chosen_at_run_time_under_qemu(tmp_path):
+def test_dotprod_tu_is_chosen_at_run_time_under_qemu(tmp_path, aarch64_tools):  # gcc too: installed with them
     # The library's own build: baseline armv8-a plus wq_neon_dot.cpp, dispatched on HWCAP_ASIMDDP. On a Cortex-A76
     # model the a8 bodies must run sdot, on a Cortex-A53 (Armv8.0, no dot product) none, and both must be correct.
     # Which instructions ran is counted by bench/arm_cost's qemu plugin (sdot/udot class), not inferred.
