@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from pathlib import Path
 
 import pytest
 
@@ -12,6 +13,28 @@ from checkpoints import make_hf_causal_lm, make_hf_conditional_generation
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 warnings.filterwarnings("ignore", message=".*falling back to its reference PyTorch implementation.*")
+
+TESTS = Path(__file__).resolve().parent
+# These build into folders shared beyond one test (the host qwen-bench build, ~/.cache/qwen_mobile's aarch64 trees)
+# or apt-get the cross tools: two xdist workers doing that at once would race, so they share one worker, in order.
+SHARED_BUILDS = ("native/", "android/", "runtime/test_gdr_aarch64.py", "runtime/test_wq_aarch64.py")
+
+
+@pytest.hookimpl(optionalhook=True)  # a pytest-xdist hook: without xdist installed, nothing to do
+def pytest_xdist_make_scheduler(config, log):
+    """Under `-n 2` (the README's test command): each test file stays on one worker, so its module fixtures (an export,
+    a lowering cached for several tests) are built once, and the SHARED_BUILDS files all share one worker.
+
+    A scheduler rather than xdist_group marks: pytest 9.2 keeps a test's id where xdist 3.8's `--dist loadgroup` no
+    longer writes the group into it, so those marks are silently ignored."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class FileScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            path = nodeid.split("::", 1)[0]  # tests/native/test_serve.py
+            return "shared-builds" if path.removeprefix("tests/").startswith(SHARED_BUILDS) else path
+
+    return FileScheduling(config, log)
 
 
 @pytest.fixture(scope="session")
