@@ -214,3 +214,42 @@ def test_bf16_is_refused_where_the_cpu_would_emulate_it(monkeypatch):
         train.require_bf16_hardware("train.py")
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)
     train.require_bf16_hardware("train.py")  # AMX alone is enough
+
+
+def test_best_of_n_keeps_the_likeliest_continuation_that_repeats_no_line():
+    from types import SimpleNamespace
+
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(NANO)
+    prefix = tok("def f(x):\n", return_tensors="pt")["input_ids"]  # [1, P]
+    texts = {"loop": "    return x\n    return x\n    return x\n    return x\n",
+             "plain": "    y = x + 1\n    print(y)\n    return y\n",
+             "liked": "    z = x * 2\n    print(z)\n    return z\n"}
+    bodies = {k: tok(v)["input_ids"] for k, v in texts.items()}
+    n = min(map(len, bodies.values()))  # one length for all; the cut last line is not judged
+    rows = {k: torch.cat([prefix[0], torch.tensor(v[:n])]) for k, v in bodies.items()}  # [P + n] each
+    # Prefix 0 samples all three, prefix 1 only loops; the loop is the likeliest of all, then "liked".
+    samples = torch.stack([rows["loop"], rows["plain"], rows["liked"], rows["loop"], rows["loop"], rows["loop"]])
+    boost = {0: 9.0, 2: 4.0, 3: 9.0, 4: 9.0, 5: 9.0}  # sample row -> logit added at its own next tokens
+
+    class Model:
+        config = SimpleNamespace(eos_token_id=1)
+
+        def generate(self, input_ids, **kwargs):
+            assert input_ids.shape == (6, prefix.shape[1]) and kwargs["max_new_tokens"] == n
+            return samples
+
+        def __call__(self, input_ids):
+            logits = torch.zeros(*input_ids.shape, 8192)  # [6, T, V]
+            for row, b in boost.items():
+                logits[row, torch.arange(input_ids.shape[1] - 1), input_ids[row, 1:]] = b
+            return SimpleNamespace(logits=logits)
+
+    prefixes = prefix.repeat(2, 1)  # [2, P]
+    kept = finetune.best_of_n_targets(Model(), tok, prefixes, 3, 0.8, n, 4)
+    assert kept.tolist() == [rows["liked"].tolist()]  # the loop and the all-looping prefix are dropped
+    gen = torch.Generator().manual_seed(0)
+    drawn = {tuple(finetune.best_of_n_targets(Model(), tok, prefixes, 3, 0.8, n, 4, "random", gen)[0].tolist())
+             for _ in range(20)}
+    assert drawn == {tuple(rows["plain"].tolist()), tuple(rows["liked"].tolist())}
