@@ -30,10 +30,10 @@ maximum-likelihood term on ordinary training batches keeps its perplexity.
 - ``best-of-n`` (rejection-sampling self-training, as in STaR or RFT; session 16). Every step the current model
   samples ``--bon-samples`` continuations of each of ``--bon-prefixes`` training prefixes (``--bon-temperature``,
   top-p 0.9); those that repeat no line and complete at most ``--bon-max-repeats`` already-seen 4-grams are kept,
-  and the one the model finds likeliest becomes a maximum-likelihood target. Sampled at T = 1 this model repeats a
-  line in 10 % of continuations, greedy in 70 %: the non-looping paths are in its own distribution, and training on
-  them is a positive signal where unlikelihood only pushes the copy down (REINFORCE with a pass/fail reward, without
-  baseline).
+  and one of them per prefix becomes a maximum-likelihood target (``--bon-pick random``, the plain REINFORCE gradient
+  of a pass/fail reward without baseline, or ``likeliest``, which collapsed to one canned docstring). Sampled at
+  T = 1 this model repeats a line in 10 % of continuations, greedy in 70 %: the non-looping paths are in its own
+  distribution, and training on them is a positive signal where unlikelihood only pushes the copy down.
 
 Nothing here looks at the held-out packages or chooses by the demo prompts: every ``--checkpoint-minutes`` the
 run saves a bf16 checkpoint with the held-out stdlib sample's perplexity (``heldout.json``, as train.py
