@@ -114,3 +114,23 @@ def vlm_b_fp32(tmp_path_factory):
     out = tmp_path_factory.mktemp("bundles") / "vlm-b-fp32"
     manifest = export(str(src), out, **{**SMALL, "preset": "xnnpack-fp32", "image_sizes": B_SIZES})
     return src, out, manifest
+
+
+@pytest.fixture(scope="session")
+def aarch64_tools() -> str:
+    """qemu-aarch64's path, after apt-get installing the cross compiler and qemu-user when missing (as root, as CI is).
+
+    Decided when a test first asks, not at collection: on a fresh machine the tools arrive during the run, and a
+    collection-time skipif would skip the NEON self-tests silently there. Skips only where nothing can install them.
+    Used by the NEON self-tests (tests/runtime) and the ARM cost tests (tests/native/test_arm_cost.py).
+    """
+    import sys
+
+    sys.path.insert(0, str(TESTS.parent))
+    from bench.arm_cost import tools
+
+    try:
+        tools.ensure_system_tools()
+    except tools.ToolsMissing as e:
+        pytest.skip(f"aarch64 tools unavailable: {e}")
+    return tools.QEMU

@@ -54,11 +54,7 @@ int main(int argc, char** argv) {
 
 
 @pytest.fixture(scope="module")
-def cache() -> Path:
-    try:
-        tools.ensure_system_tools()
-    except tools.ToolsMissing as e:
-        pytest.skip(f"aarch64 tools unavailable: {e}")
+def cache(aarch64_tools) -> Path:  # the cross tools installed (tests/conftest.py), or the module skipped
     c = tools.default_cache()
     c.mkdir(parents=True, exist_ok=True)
     return c

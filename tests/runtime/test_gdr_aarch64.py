@@ -1,6 +1,6 @@
 """The NEON path: cross-compile the C++ core for aarch64 and run its fp64 self-test under qemu.
 
-The `aarch64_tools` fixture (tests/runtime/conftest.py) apt-get installs g++-aarch64-linux-gnu and qemu-user when
+The `aarch64_tools` fixture (tests/conftest.py) apt-get installs g++-aarch64-linux-gnu and qemu-user when
 missing and skips only where it cannot (not root).
 """
 

@@ -2,7 +2,7 @@
 qemu (baseline armv8-a, and armv8.2-a+dotprod, where linear_wq_a8 uses sdot instead of widening multiplies); the same
 self-test built for the host without the AVX2 TU checks the portable path with no torch involved.
 
-The aarch64 cases ask for the `aarch64_tools` fixture (tests/runtime/conftest.py): it apt-get installs
+The aarch64 cases ask for the `aarch64_tools` fixture (tests/conftest.py): it apt-get installs
 g++-aarch64-linux-gnu and qemu-user when missing and skips only where it cannot (not root).
 """
 
