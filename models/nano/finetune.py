@@ -1,4 +1,4 @@
-"""Fine-tune a trained nano against its own greedy loops, on CPU: maximum likelihood with one of six objectives.
+"""Fine-tune a trained nano against its own greedy loops, on CPU: maximum likelihood with one of seven objectives.
 
     python models/nano/finetune.py --from models/nano --out /tmp/nano_ditto --until 15:40            # DITTO
     python models/nano/finetune.py --objective unlikelihood --from models/nano --out /tmp/nano_ul --until 03:50
@@ -34,6 +34,12 @@ maximum-likelihood term on ordinary training batches keeps its perplexity.
   of a pass/fail reward without baseline, or ``likeliest``, which collapsed to one canned docstring). Sampled at
   T = 1 this model repeats a line in 10 % of continuations, greedy in 70 %: the non-looping paths are in its own
   distribution, and training on them is a positive signal where unlikelihood only pushes the copy down.
+- ``loop-branch`` (session 17). Best-of-n on the states greedy decoding actually visits: every step the model greedily
+  continues ``--bon-prefixes`` training prefixes; where a continuation repeats a line, it samples ``--bon-samples``
+  branches from the start of that line (the greedy path before it kept), draws one among those that repeat no line,
+  and trains on it (maximum likelihood from the branch point) while pushing down the greedy token at the fork where
+  the branch leaves the loop (-log(1 - p), weight ``--branch-ul-weight``). Best-of-n trained on sampled states, and
+  its samples improved while its greedy loops barely moved; here the correction lands where greedy decoding goes wrong.
 
 Nothing here looks at the held-out packages or chooses by the demo prompts: every ``--checkpoint-minutes`` the
 run saves a bf16 checkpoint with the held-out stdlib sample's perplexity (``heldout.json``, as train.py
@@ -210,6 +216,71 @@ def best_of_n_targets(model, tok, prefixes: torch.Tensor, samples: int, temperat
     return torch.stack(kept) if kept else seqs[:0]
 
 
+def loop_branch_point(tok, seq: list[int], prefix_len: int) -> int | None:
+    """Index in seq of the first token of the first line of the continuation (seq[prefix_len:]) that repeats an
+    earlier line of it, indentation stripped (``train.repeats_a_line``, the goal's rule): where decoding chose to write
+    a line again. None when no line repeats. The branch keeps the line break before that line, not its indentation."""
+    cont = seq[prefix_len:]
+    closing = next((k for k in range(1, len(cont) + 1) if train.repeats_a_line(tok.decode(cont[:k]))), None)
+    if closing is None:
+        return None
+    # cont[closing - 1] ends the repeated line; the line began after the last token before it holding a line break
+    # (the pre-tokenizer never joins a line break to the next line's words).
+    breaks = [j for j in range(closing - 1) if "\n" in tok.decode([cont[j]])]
+    return prefix_len + (breaks[-1] + 1 if breaks else 0)
+
+
+@torch.no_grad()
+def loop_branch_targets(model, tok, prefixes: torch.Tensor, samples: int, temperature: float, new_tokens: int,
+                        max_4gram_share: float, gen: torch.Generator | None = None) -> tuple[list[tuple], int]:
+    """Greedy continuations of prefixes [B, P]; for each that repeats a line, sampled branches from the start of the
+    repeated line (its greedy path up to there kept), and one branch drawn at random among those after which no line
+    of the continuation repeats and at most `max_4gram_share` of the branch's tokens complete a 4-gram already seen
+    (a loop inside a line; the greedy part before the branch, on its way to a loop, is not counted).
+
+    Returns ([(sequence [P + new_tokens], branch b, fork d, greedy token at d)], greedy continuations that loop):
+    the sequence equals the greedy one before d and differs at d, the token where greedy decoding went on to loop."""
+    from evaluate import loop_counts
+
+    batch, prefix_len = prefixes.shape
+    common = dict(pad_token_id=model.config.eos_token_id, top_k=0)
+    greedy = model.generate(input_ids=prefixes, attention_mask=torch.ones_like(prefixes), do_sample=False,
+                            max_new_tokens=new_tokens, min_new_tokens=new_tokens, **common)  # [B, P + new]
+    out, looping = [], 0
+    for seq in greedy:
+        branch = loop_branch_point(tok, seq.tolist(), prefix_len)
+        if branch is None:
+            continue
+        looping += 1
+        context = seq[:branch][None].repeat(samples, 1)  # [S, branch]
+        rest = prefix_len + new_tokens - branch
+        cand = model.generate(input_ids=context, attention_mask=torch.ones_like(context), do_sample=True,
+                              temperature=temperature, top_p=0.9, max_new_tokens=rest, min_new_tokens=rest,
+                              **common)  # [S, P + new]
+        passing = []
+        for i in range(samples):
+            line = loop_counts(tok, cand[i].tolist(), prefix_len)[0]
+            _, repeats, scored = loop_counts(tok, cand[i].tolist(), branch)
+            if not line and repeats <= max_4gram_share * scored:
+                passing.append(i)
+        if not passing:
+            continue
+        pick = cand[passing[torch.randint(len(passing), (1,), generator=gen).item()]]
+        fork = branch + int((pick[branch:] != seq[branch:]).nonzero()[0, 0])  # it cannot equal a looping path
+        out.append((pick, branch, fork, int(seq[fork])))
+    return out, looping
+
+
+def loop_branch_loss(logits: torch.Tensor, targets: list[tuple]) -> tuple[torch.Tensor, torch.Tensor]:
+    """logits [K, T, V] of the K target sequences: (mean over targets of the mean NLL of each branch's tokens from b,
+    mean over targets of -log(1 - p(greedy token at the fork d)))."""
+    seqs = torch.stack([t[0] for t in targets])  # [K, T]
+    nll = next_token_nll(logits, seqs)  # [K, T-1]: entry t-1 is token t's
+    mle = torch.stack([nll[k, b - 1:].mean() for k, (_, b, _, _) in enumerate(targets)]).mean()
+    p_loop = torch.stack([torch.softmax(logits[k, d - 1].float(), -1)[g] for k, (_, _, d, g) in enumerate(targets)])
+    return mle, -torch.log((1 - p_loop).clamp_min(1e-5)).mean()
+
+
 def next_token_nll(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """[B, T-1]: -log p(x[:, t+1] | x[:, :t+1]) from logits [B, T, V], in fp32 whatever the forward's precision."""
     return F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1),
@@ -226,8 +297,8 @@ def save_bf16(model, folder: Path, source: Path) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--objective", choices=("best-of-n", "ditto", "mask-repeats", "rep-dropout", "token-unlikelihood",
-                                                 "unlikelihood"), default="ditto")
+    ap.add_argument("--objective", choices=("best-of-n", "ditto", "loop-branch", "mask-repeats", "rep-dropout",
+                                             "token-unlikelihood", "unlikelihood"), default="ditto")
     ap.add_argument("--from", dest="source", type=Path, default=HERE, help="trained nano folder (default: this one)")
     ap.add_argument("--out", type=Path, required=True, help="final model here, checkpoints in OUT/ckpt-STEP")
     ap.add_argument("--data", type=Path, default=Path("/tmp/nano_data"))
@@ -257,6 +328,12 @@ def main() -> None:
                     help="which passing continuation to train on (likeliest collapsed to one canned docstring)")
     ap.add_argument("--bon-max-repeats", type=int, default=4,
                     help="a kept continuation completes at most this many 4-grams already seen (of --ul-new tokens)")
+    ap.add_argument("--branch-max-4gram-share", type=float, default=0.25,
+                    help="loop-branch: a kept branch has at most this share of tokens completing a seen 4-gram (the "
+                         "held-out text's own continuations: 7 %%; greedy ones: 58 %%)")
+    ap.add_argument("--branch-ul-weight", type=float, default=1.0,
+                    help="loop-branch: weight of the unlikelihood of the greedy token at the fork, beside the branch's "
+                         "likelihood")
     ap.add_argument("--checkpoint-minutes", type=float, default=8.0)
     ap.add_argument("--monitor-prefixes", type=int, default=32, help="training prefixes continued at checkpoints")
     ap.add_argument("--bf16", action="store_true", help="bf16 autocast for the forward (as train.py --bf16)")
@@ -264,7 +341,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
-    if args.compile and args.objective in ("unlikelihood", "best-of-n"):
+    if args.compile and args.objective in ("unlikelihood", "best-of-n", "loop-branch"):
         raise SystemExit(f"finetune.py: --compile is not for --objective {args.objective} (it generates with varying "
                          "shapes)")
 
@@ -375,6 +452,21 @@ def main() -> None:
             extra = (next_token_nll(model(input_ids=targets).logits, targets)[:, args.ul_prefix - 1:].mean()
                      if len(targets) else torch.zeros(()))
             share = len(targets) / args.bon_prefixes  # prefixes with a passing sample
+        elif args.objective == "loop-branch":
+            prefixes = torch.stack([train_t[s: s + args.ul_prefix]  # [B', P]
+                                    for s in torch.randint(0, hi, (args.bon_prefixes,), generator=gen).tolist()])
+            model.eval()
+            targets, looping = loop_branch_targets(model, tok, prefixes, args.bon_samples, args.bon_temperature,
+                                                   args.ul_new, args.branch_max_4gram_share, gen)
+            model.train()
+            mle = next_token_nll(forward_logits(x), x).mean()
+            if targets:
+                branch_mle, fork_ul = loop_branch_loss(model(input_ids=torch.stack([t[0] for t in targets])).logits,
+                                                       targets)
+                extra = branch_mle + args.branch_ul_weight * fork_ul
+            else:
+                extra = torch.zeros(())
+            share = looping / args.bon_prefixes  # greedy continuations of the step's prefixes that repeat a line
         else:
             mle = model(input_ids=x, labels=x).loss
             prefixes = torch.stack([train_t[s: s + args.ul_prefix]

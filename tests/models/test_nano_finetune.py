@@ -1,4 +1,5 @@
-"""models/nano/finetune.py's objectives (DITTO, repeat masks, unlikelihood) and train.py's repetition dropout, against direct re-statements."""
+"""models/nano/finetune.py's objectives (DITTO, repeat masks, unlikelihood, best-of-n, loop branches) and train.py's
+repetition dropout, against direct re-statements."""
 
 from __future__ import annotations
 
@@ -253,3 +254,77 @@ def test_best_of_n_keeps_the_likeliest_continuation_that_repeats_no_line():
     drawn = {tuple(finetune.best_of_n_targets(Model(), tok, prefixes, 3, 0.8, n, 4, "random", gen)[0].tolist())
              for _ in range(20)}
     assert drawn == {tuple(rows["plain"].tolist()), tuple(rows["liked"].tolist())}
+
+
+@pytest.fixture(scope="module")
+def nano_tok():
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(NANO)
+
+
+@pytest.mark.parametrize("body, before_branch", [
+    ("    if n < 2:\n        return n\n    if n < 2:\n        return n\n", "    if n < 2:\n        return n\n"),
+    ("    return n\n        return n\n", "    return n\n"),  # the goal's rule strips indentation
+    ("    y = n\n    return y\n", None),
+    ("    y = n\n    y = n", None),  # a cut last line is not judged
+])
+def test_loop_branch_point_is_the_start_of_the_first_repeated_line(nano_tok, body, before_branch):
+    prefix = nano_tok("def f(n):\n")["input_ids"]
+    seq = prefix + nano_tok(body)["input_ids"]
+    branch = finetune.loop_branch_point(nano_tok, seq, len(prefix))
+    if before_branch is None:
+        assert branch is None
+    else:
+        assert nano_tok.decode(seq[len(prefix):branch]) == before_branch
+
+
+def test_loop_branch_targets_keep_a_branch_that_leaves_the_loop_from_the_greedy_path(nano_tok):
+    from types import SimpleNamespace
+
+    prefix = nano_tok("def f(n):\n")["input_ids"]
+    looping = prefix + nano_tok("    if n < 2:\n        return n\n    if n < 2:\n        return n\n")["input_ids"]
+    new = len(looping) - len(prefix)
+    clean = prefix + nano_tok("    x = n + 1\n    print(x)\n    y = x * 2\n    return y\n    # end\n")["input_ids"][:new]
+    branch = finetune.loop_branch_point(nano_tok, looping, len(prefix))
+    rest = len(looping) - branch
+    bodies = {"loop again": "    if n < 2:\n        return n\n",
+              "loop in a line": "    x = x, x, x, x, x, x, x, x, x, x, x, x, x\n",
+              "leave": "    if n == 1:\n        return 1\n    return f(n - 1) + f(n - 2)\n"}
+    branches = {k: looping[:branch] + nano_tok(v)["input_ids"][:rest] for k, v in bodies.items()}
+    assert all(len(b) == len(looping) for b in branches.values())
+    calls = []
+
+    class Model:
+        config = SimpleNamespace(eos_token_id=1)
+
+        def generate(self, input_ids, do_sample, max_new_tokens, **kwargs):
+            calls.append((input_ids.tolist(), do_sample, max_new_tokens))
+            if not do_sample:  # greedy: prefix 0 loops, prefix 1 does not
+                return torch.tensor([looping, clean])
+            return torch.tensor(list(branches.values()))
+
+    prefixes = torch.tensor([prefix, prefix])  # [2, P]
+    targets, n_looping = finetune.loop_branch_targets(Model(), nano_tok, prefixes, 3, 1.0, new, 0.25,
+                                                      torch.Generator().manual_seed(0))
+    assert n_looping == 1 and len(calls) == 2  # only the looping prefix is branched
+    assert calls[1] == ([looping[:branch]] * 3, True, rest)  # from the greedy path up to the repeated line
+    (seq, b, fork, greedy_token), = targets
+    assert seq.tolist() == branches["leave"] and b == branch
+    assert nano_tok.decode(seq[b:fork]) == "    if n"  # the same as greedy up to the fork
+    assert nano_tok.decode([seq[fork]]) == " ==" and nano_tok.decode([greedy_token]) == " <"
+
+
+def test_loop_branch_loss_matches_a_direct_loop():
+    torch.manual_seed(0)
+    seqs = torch.randint(0, 50, (2, 12))
+    logits = torch.randn(2, 12, 50)
+    targets = [(seqs[0], 5, 7, 3), (seqs[1], 9, 9, 11)]  # (sequence, branch, fork, greedy token at the fork)
+    branch_nll, fork_ul = [], []
+    for k, (seq, b, d, g) in enumerate(targets):
+        logp = [torch.log_softmax(logits[k, t - 1], -1)[seq[t]].item() for t in range(b, 12)]
+        branch_nll.append(-sum(logp) / len(logp))
+        fork_ul.append(-math.log(1 - torch.softmax(logits[k, d - 1], -1)[g].item()))
+    mle, ul = finetune.loop_branch_loss(logits, targets)
+    assert mle.item() == pytest.approx(sum(branch_nll) / 2, rel=1e-5)
+    assert ul.item() == pytest.approx(sum(fork_ul) / 2, rel=1e-5)
