@@ -134,3 +134,19 @@ def aarch64_tools() -> str:
     except tools.ToolsMissing as e:
         pytest.skip(f"aarch64 tools unavailable: {e}")
     return tools.QEMU
+
+
+@pytest.fixture(scope="session")
+def java_tools() -> None:
+    """javac and java, after apt-get installing default-jdk-headless when missing (as root, as CI is); decided when a
+    test first asks, like aarch64_tools, so a machine without a JDK runs the Java tests instead of skipping them."""
+    import shutil
+    import sys
+
+    sys.path.insert(0, str(TESTS.parent))
+    from bench.arm_cost import tools
+
+    try:
+        tools.apt_install([] if shutil.which("javac") and shutil.which("java") else ["default-jdk-headless"])
+    except tools.ToolsMissing as e:
+        pytest.skip(f"no JDK: {e}")

@@ -77,8 +77,12 @@ class ToolsMissing(RuntimeError):
 
 def ensure_system_tools(install: bool = True) -> None:
     """g++-aarch64-linux-gnu and qemu-user (dynamic qemu-aarch64), installed with apt-get when missing."""
-    missing = sorted({pkg for exe, pkg in APT_PACKAGES.items() if not shutil.which(exe)}
-                     | (set() if Path(QEMU).exists() else {"qemu-user"}))
+    apt_install(sorted({pkg for exe, pkg in APT_PACKAGES.items() if not shutil.which(exe)}
+                       | (set() if Path(QEMU).exists() else {"qemu-user"})), install)
+
+
+def apt_install(missing: list[str], install: bool = True) -> None:
+    """apt-get install the Debian packages `missing` (none: nothing to do); ToolsMissing where that cannot run."""
     if not missing:
         return
     if not install or os.geteuid() != 0 or not shutil.which("apt-get"):

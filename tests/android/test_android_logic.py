@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -21,12 +20,8 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 TRACES = sorted((REPO / "tests/native/power_traces").glob("*.jsonl"))
 
-pytestmark = pytest.mark.skipif(shutil.which("javac") is None or shutil.which("g++") is None,
-                                reason="needs javac and g++ (android_app/check.sh installs the JDK)")
-
-
 @pytest.fixture(scope="module")
-def classes(tmp_path_factory) -> Path:
+def classes(tmp_path_factory, java_tools) -> Path:
     out = tmp_path_factory.mktemp("android-classes")
     sources = sorted((REPO / "android_app/src/org/qwenmobile/core").glob("*.java"))
     sources.append(REPO / "tests/android/ReportSample.java")

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import warnings
 from pathlib import Path
@@ -18,9 +17,6 @@ REPO = Path(__file__).resolve().parents[2]
 TURNS = ["Write a function that adds two numbers.", "Now one that multiplies them, with a docstring.",
          "¿Y en español? 🙂"]
 MAX_NEW = 24
-
-pytestmark = pytest.mark.skipif(shutil.which("javac") is None, reason="needs javac (android_app/check.sh installs it)")
-
 
 @pytest.fixture(scope="module")
 def qwen_bench() -> Path:
@@ -42,7 +38,7 @@ def nano_bundle(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def classes(tmp_path_factory) -> Path:
+def classes(tmp_path_factory, java_tools) -> Path:
     out = tmp_path_factory.mktemp("android-chat-classes")
     sources = sorted((REPO / "android_app/src/org/qwenmobile/core").glob("*.java"))
     subprocess.run(["javac", "-nowarn", "-source", "8", "-target", "8", "-Xlint:-options", "-encoding", "UTF-8",
