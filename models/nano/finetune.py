@@ -47,6 +47,7 @@ monitors) and the share of 32 greedy continuations of *training* prefixes that r
 then scores the chosen checkpoint on the held-out packages.
 
 Results (README.md, "Tried against the loops"): no objective met the greedy goal; none is in the shipped weights.
+``loop-branch`` cut greedy loops on held-out prefixes the most (70 % -> 30 %, at +15 % perplexity) with varied text.
 """
 
 from __future__ import annotations
