@@ -20,6 +20,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 TRACES = sorted((REPO / "tests/native/power_traces").glob("*.jsonl"))
 
+
 @pytest.fixture(scope="module")
 def classes(tmp_path_factory, java_tools) -> Path:
     out = tmp_path_factory.mktemp("android-classes")
