@@ -116,6 +116,17 @@ def vlm_b_fp32(tmp_path_factory):
     return src, out, manifest
 
 
+def _system_tools():
+    """bench.arm_cost.tools (apt_install, ensure_system_tools, ToolsMissing), importable from the repository root."""
+    import sys
+
+    if str(TESTS.parent) not in sys.path:
+        sys.path.insert(0, str(TESTS.parent))
+    from bench.arm_cost import tools
+
+    return tools
+
+
 @pytest.fixture(scope="session")
 def aarch64_tools() -> str:
     """qemu-aarch64's path, after apt-get installing the cross compiler and qemu-user when missing (as root, as CI is).
@@ -124,11 +135,7 @@ def aarch64_tools() -> str:
     collection-time skipif would skip the NEON self-tests silently there. Skips only where nothing can install them.
     Used by the NEON self-tests (tests/runtime) and the ARM cost tests (tests/native/test_arm_cost.py).
     """
-    import sys
-
-    sys.path.insert(0, str(TESTS.parent))
-    from bench.arm_cost import tools
-
+    tools = _system_tools()
     try:
         tools.ensure_system_tools()
     except tools.ToolsMissing as e:
@@ -141,11 +148,8 @@ def java_tools() -> None:
     """javac and java, after apt-get installing default-jdk-headless when missing (as root, as CI is); decided when a
     test first asks, like aarch64_tools, so a machine without a JDK runs the Java tests instead of skipping them."""
     import shutil
-    import sys
 
-    sys.path.insert(0, str(TESTS.parent))
-    from bench.arm_cost import tools
-
+    tools = _system_tools()
     try:
         tools.apt_install([] if shutil.which("javac") and shutil.which("java") else ["default-jdk-headless"])
     except tools.ToolsMissing as e:

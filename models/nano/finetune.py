@@ -399,6 +399,12 @@ def main() -> None:
     deadline = train.deadline_of(args.until) - 6 * 60  # the final evaluation and save take about 6 minutes here
     t0, log, step, est_steps, last_ckpt = time.time(), [], 0, None, time.time()
     hi = len(train_t) - args.seq_len - 1
+
+    def training_prefixes(count: int) -> torch.Tensor:
+        """[count, --ul-prefix]: training-stream windows at the run generator's next offsets (generation objectives)."""
+        return torch.stack([train_t[s: s + args.ul_prefix]
+                            for s in torch.randint(0, hi, (count,), generator=gen).tolist()])
+
     model.train()
     while time.time() < deadline:
         # Cosine from lr to lr/10 over the steps the deadline allows (the pace measured over steps 10-30, after
@@ -443,8 +449,7 @@ def main() -> None:
             mle = next_token_nll(logits, x).mean()
             extra, share = context_token_unlikelihood(logits, x), None
         elif args.objective == "best-of-n":
-            prefixes = torch.stack([train_t[s: s + args.ul_prefix]  # [B', P]
-                                    for s in torch.randint(0, hi, (args.bon_prefixes,), generator=gen).tolist()])
+            prefixes = training_prefixes(args.bon_prefixes)
             model.eval()
             targets = best_of_n_targets(model, tok, prefixes, args.bon_samples, args.bon_temperature, args.ul_new,
                                         args.bon_max_repeats, args.bon_pick, gen)  # [kept, P + new]
@@ -454,8 +459,7 @@ def main() -> None:
                      if len(targets) else torch.zeros(()))
             share = len(targets) / args.bon_prefixes  # prefixes with a passing sample
         elif args.objective == "loop-branch":
-            prefixes = torch.stack([train_t[s: s + args.ul_prefix]  # [B', P]
-                                    for s in torch.randint(0, hi, (args.bon_prefixes,), generator=gen).tolist()])
+            prefixes = training_prefixes(args.bon_prefixes)
             model.eval()
             targets, looping = loop_branch_targets(model, tok, prefixes, args.bon_samples, args.bon_temperature,
                                                    args.ul_new, args.branch_max_4gram_share, gen)
@@ -470,8 +474,7 @@ def main() -> None:
             share = looping / args.bon_prefixes  # greedy continuations of the step's prefixes that repeat a line
         else:
             mle = model(input_ids=x, labels=x).loss
-            prefixes = torch.stack([train_t[s: s + args.ul_prefix]
-                                    for s in torch.randint(0, hi, (args.ul_sequences,), generator=gen).tolist()])
+            prefixes = training_prefixes(args.ul_sequences)
             model.eval()
             seqs = greedy_continue(model, prefixes, args.ul_new)  # [S, prefix + new]
             model.train()
