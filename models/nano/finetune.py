@@ -65,7 +65,7 @@ import torch
 import torch.nn.functional as F
 
 import train  # run as a script: models/nano/ is on sys.path
-from evaluate import greedy_loops
+from evaluate import definition_loops, definition_prompt, definition_starts, greedy_loops, inline_loop_runs
 from prepare import _token_bytes
 
 HERE = Path(__file__).resolve().parent
@@ -217,57 +217,94 @@ def best_of_n_targets(model, tok, prefixes: torch.Tensor, samples: int, temperat
     return torch.stack(kept) if kept else seqs[:0]
 
 
-def loop_branch_point(tok, seq: list[int], prefix_len: int) -> int | None:
+def loop_branch_point(tok, seq: list[int], prefix_len: int, inline: bool = False, judge_prompt: bool = False
+                      ) -> int | None:
     """Index in seq of the first token of the first line of the continuation (seq[prefix_len:]) that repeats an
     earlier line of it, indentation stripped (``train.repeats_a_line``, the goal's rule): where decoding chose to write
-    a line again. None when no line repeats. The branch keeps the line break before that line, not its indentation."""
+    a line again. None when no line repeats. The branch keeps the line break before that line, not its indentation.
+
+    judge_prompt: a line of the prompt counts as earlier (a definition prompt is whole lines the user wrote; a window's
+    first line is cut). inline: a loop inside a line (a piece repeated four times in a row, the goal's second rule)
+    is a branch point too, at the token holding the piece's third copy, when it comes before a repeated line."""
     cont = seq[prefix_len:]
-    closing = next((k for k in range(1, len(cont) + 1) if train.repeats_a_line(tok.decode(cont[:k]))), None)
-    if closing is None:
-        return None
-    # cont[closing - 1] ends the repeated line; the line began after the last token before it holding a line break
-    # (the pre-tokenizer never joins a line break to the next line's words).
-    breaks = [j for j in range(closing - 1) if "\n" in tok.decode([cont[j]])]
-    return prefix_len + (breaks[-1] + 1 if breaks else 0)
+    head = seq[:prefix_len] if judge_prompt else []
+    closing = next((k for k in range(1, len(cont) + 1) if train.repeats_a_line(tok.decode(head + cont[:k]))), None)
+    line_point = None
+    if closing is not None:
+        # cont[closing - 1] ends the repeated line; the line began after the last token before it holding a line
+        # break (the pre-tokenizer never joins a line break to the next line's words).
+        breaks = [j for j in range(closing - 1) if "\n" in tok.decode([cont[j]])]
+        line_point = prefix_len + (breaks[-1] + 1 if breaks else 0)
+    inline_point = None
+    if inline:
+        text = tok.decode(cont)
+        runs = inline_loop_runs(text)
+        if runs:
+            third = min(m.start(2) + len(m.group(1)) for m in runs)  # char offset of the first run's third copy
+            inline_point = prefix_len + next(k for k in range(len(cont)) if len(tok.decode(cont[:k + 1])) > third)
+    points = [p for p in (line_point, inline_point) if p is not None]
+    return min(points) if points else None
 
 
 @torch.no_grad()
 def loop_branch_targets(model, tok, prefixes: torch.Tensor, samples: int, temperature: float, new_tokens: int,
-                        max_4gram_share: float, gen: torch.Generator | None = None) -> tuple[list[tuple], int]:
+                        max_4gram_share: float, gen: torch.Generator | None = None, user_prompts: bool = False
+                        ) -> tuple[list[tuple], int]:
     """Greedy continuations of prefixes [B, P]; for each that repeats a line, sampled branches from the start of the
     repeated line (its greedy path up to there kept), and one branch drawn at random among those after which no line
     of the continuation repeats and at most `max_4gram_share` of the branch's tokens complete a 4-gram already seen
     (a loop inside a line; the greedy part before the branch, on its way to a loop, is not counted).
 
     Returns ([(sequence [P + new_tokens], branch b, fork d, greedy token at d)], greedy continuations that loop):
-    the sequence equals the greedy one before d and differs at d, the token where greedy decoding went on to loop."""
+    the sequence equals the greedy one before d and differs at d, the token where greedy decoding went on to loop.
+
+    user_prompts (definition prompts, whole lines): the prompt's lines count for the line rule, a loop inside a line
+    is a branch point too, and a kept branch loops inside no line."""
     from evaluate import loop_counts
 
     batch, prefix_len = prefixes.shape
-    common = dict(pad_token_id=model.config.eos_token_id, top_k=0)
+    eos = model.config.eos_token_id
+    common = dict(pad_token_id=eos, top_k=0)
+
+    def ended(seq: torch.Tensor) -> torch.Tensor:
+        """seq cut after its first end of text in the continuation: a user's decode stops there (user_prompts)."""
+        stops = (seq[prefix_len:] == eos).nonzero()
+        return seq[:prefix_len + int(stops[0, 0]) + 1] if user_prompts and len(stops) else seq
+
+    # A window's continuation always runs new_tokens (no end of text mid-file); a user's prompt may end early.
+    length = {} if user_prompts else dict(min_new_tokens=new_tokens)
     greedy = model.generate(input_ids=prefixes, attention_mask=torch.ones_like(prefixes), do_sample=False,
-                            max_new_tokens=new_tokens, min_new_tokens=new_tokens, **common)  # [B, P + new]
+                            max_new_tokens=new_tokens, **length, **common)  # [B, P + new]
     out, looping = [], 0
-    for seq in greedy:
-        branch = loop_branch_point(tok, seq.tolist(), prefix_len)
+    for seq in map(ended, greedy):
+        branch = loop_branch_point(tok, seq.tolist(), prefix_len, inline=user_prompts, judge_prompt=user_prompts)
         if branch is None:
             continue
         looping += 1
         context = seq[:branch][None].repeat(samples, 1)  # [S, branch]
         rest = prefix_len + new_tokens - branch
+        length = {} if user_prompts else dict(min_new_tokens=rest)
         cand = model.generate(input_ids=context, attention_mask=torch.ones_like(context), do_sample=True,
-                              temperature=temperature, top_p=0.9, max_new_tokens=rest, min_new_tokens=rest,
-                              **common)  # [S, P + new]
+                              temperature=temperature, top_p=0.9, max_new_tokens=rest, **length,
+                              **common)  # [S, <= P + new]
         passing = []
         for i in range(samples):
-            line = loop_counts(tok, cand[i].tolist(), prefix_len)[0]
-            _, repeats, scored = loop_counts(tok, cand[i].tolist(), branch)
-            if not line and repeats <= max_4gram_share * scored:
+            ids = ended(cand[i]).tolist()
+            line = loop_counts(tok, ids, prefix_len)[0]
+            if user_prompts:  # the prompt's lines count, and so does a loop inside a line
+                line = (line or train.repeats_a_line(tok.decode(ids))
+                        or bool(inline_loop_runs(tok.decode(ids[prefix_len:]))))
+            _, repeats, scored = loop_counts(tok, ids, branch)
+            if not line and repeats <= max_4gram_share * max(scored, 1):
                 passing.append(i)
         if not passing:
             continue
-        pick = cand[passing[torch.randint(len(passing), (1,), generator=gen).item()]]
-        fork = branch + int((pick[branch:] != seq[branch:]).nonzero()[0, 0])  # it cannot equal a looping path
+        pick = ended(cand[passing[torch.randint(len(passing), (1,), generator=gen).item()]])
+        both = min(len(pick), len(seq))
+        differ = (pick[branch:both] != seq[branch:both]).nonzero()
+        if not len(differ):  # one is the other cut at an end of text: no fork to push down
+            continue
+        fork = branch + int(differ[0, 0])
         out.append((pick, branch, fork, int(seq[fork])))
     return out, looping
 
@@ -335,6 +372,10 @@ def main() -> None:
     ap.add_argument("--branch-ul-weight", type=float, default=1.0,
                     help="loop-branch: weight of the unlikelihood of the greedy token at the fork, beside the branch's "
                          "likelihood")
+    ap.add_argument("--branch-prompts", choices=("windows", "definitions"), default="windows",
+                    help="loop-branch prefixes: 48-token training windows, or user-shaped prompts cut from training "
+                         "definitions (a def/class line, or it and one more line, with nothing before it; decoding "
+                         "may end at end of text; inline loops branch too)")
     ap.add_argument("--checkpoint-minutes", type=float, default=8.0)
     ap.add_argument("--monitor-prefixes", type=int, default=32, help="training prefixes continued at checkpoints")
     ap.add_argument("--bf16", action="store_true", help="bf16 autocast for the forward (as train.py --bf16)")
@@ -363,21 +404,32 @@ def main() -> None:
     has_newline = newline_token_mask(args.source / "tokenizer.json", train.CONFIG["vocab_size"])
     tok = AutoTokenizer.from_pretrained(args.source)
     rng = np.random.default_rng(args.seed)
+    user_prompts = args.objective == "loop-branch" and args.branch_prompts == "definitions"
+    if user_prompts:
+        from tokenizers import Tokenizer
+
+        fast_tok = Tokenizer.from_file(str(args.source / "tokenizer.json"))
+        definitions = definition_starts(fast_tok, train_ids)
 
     def checkpoint(step: int) -> dict:
         model.eval()
         sample = train.score(model, sample_windows, token_bytes)
         loops = greedy_loops(model, train_ids, args.monitor_prefixes)
+        user = definition_loops(model, train_ids, args.monitor_prefixes) if user_prompts else None
         demo = train.greedy_samples(model, tok, train.DEMO_PROMPTS)
         model.train()
         row = dict(step=step, heldout_sample_ppl=round(sample["ppl"], 3),
                    train_prefix_repeated_line_share=loops["repeated_line_share"],
                    train_prefix_repeated_4gram_share=round(loops["repeated_4gram_share"], 4),
                    demo_repeated_line=[s["repeated_line"] for s in demo])
+        if user:
+            row["train_definition_failing_share"] = round(user["failing_share"], 4)
         print(f"checkpoint {step}: held-out sample ppl {row['heldout_sample_ppl']:.2f}; greedy on "
               f"{args.monitor_prefixes} training prefixes: {loops['repeated_line_share']:.0%} repeat a line, "
               f"{loops['repeated_4gram_share']:.0%} of tokens complete a repeated 4-gram; demo prompts looping "
-              f"{sum(row['demo_repeated_line'])}/{len(demo)}", flush=True)
+              f"{sum(row['demo_repeated_line'])}/{len(demo)}"
+              + (f"; {user['failing_share']:.0%} of {user['prompts']} training definition prompts fail the goal's "
+                 "rules" if user else ""), flush=True)
         return row
 
     before = train.score(model, pkg_windows, token_bytes)
@@ -404,6 +456,16 @@ def main() -> None:
         """[count, --ul-prefix]: training-stream windows at the run generator's next offsets (generation objectives)."""
         return torch.stack([train_t[s: s + args.ul_prefix]
                             for s in torch.randint(0, hi, (count,), generator=gen).tolist()])
+
+    def user_shaped_prompts(count: int) -> list[torch.Tensor]:
+        """count [1, P] prompts cut from training definitions at the run generator's next draws."""
+        out = []
+        while len(out) < count:
+            start = definitions[torch.randint(len(definitions), (1,), generator=gen).item()]
+            cut = definition_prompt(fast_tok, train_ids, int(start), torch.randint(2, (1,), generator=gen).item())
+            if cut:
+                out.append(torch.tensor(fast_tok.encode(cut[0]).ids)[None])
+        return out
 
     model.train()
     while time.time() < deadline:
@@ -459,15 +521,23 @@ def main() -> None:
                      if len(targets) else torch.zeros(()))
             share = len(targets) / args.bon_prefixes  # prefixes with a passing sample
         elif args.objective == "loop-branch":
-            prefixes = training_prefixes(args.bon_prefixes)
             model.eval()
-            targets, looping = loop_branch_targets(model, tok, prefixes, args.bon_samples, args.bon_temperature,
-                                                   args.ul_new, args.branch_max_4gram_share, gen)
+            if user_prompts:  # prompts of different lengths: one at a time
+                targets, looping = [], 0
+                for prompt in user_shaped_prompts(args.bon_prefixes):
+                    got, loops_here = loop_branch_targets(model, tok, prompt, args.bon_samples, args.bon_temperature,
+                                                          args.ul_new, args.branch_max_4gram_share, gen, True)
+                    targets, looping = targets + got, looping + loops_here
+            else:
+                targets, looping = loop_branch_targets(model, tok, training_prefixes(args.bon_prefixes),
+                                                       args.bon_samples, args.bon_temperature, args.ul_new,
+                                                       args.branch_max_4gram_share, gen)
             model.train()
             mle = next_token_nll(forward_logits(x), x).mean()
-            if targets:
-                branch_mle, fork_ul = loop_branch_loss(model(input_ids=torch.stack([t[0] for t in targets])).logits,
-                                                       targets)
+            if targets:  # one forward per target: their lengths differ when a decode ended early
+                parts = [loop_branch_loss(model(input_ids=t[0][None]).logits, [t]) for t in targets]
+                branch_mle = torch.stack([m for m, _ in parts]).mean()
+                fork_ul = torch.stack([u for _, u in parts]).mean()
                 extra = branch_mle + args.branch_ul_weight * fork_ul
             else:
                 extra = torch.zeros(())

@@ -328,3 +328,143 @@ def test_loop_branch_loss_matches_a_direct_loop():
     mle, ul = finetune.loop_branch_loss(logits, targets)
     assert mle.item() == pytest.approx(sum(branch_nll) / 2, rel=1e-5)
     assert ul.item() == pytest.approx(sum(fork_ul) / 2, rel=1e-5)
+
+
+# User-shaped prompts (session 18): definitions cut to their first lines, as `qwen-mobile demo` prompts.
+
+STREAM_CODE = ("import os\n\n\ndef f(x):\n    return x\n\n\nclass C(\n        Base):\n    pass\n\n\n"
+               "class D:\n    def method(self):\n        pass\n")
+
+
+@pytest.fixture(scope="module")
+def fast_tok():
+    from tokenizers import Tokenizer
+
+    return Tokenizer.from_file(str(NANO / "tokenizer.json"))
+
+
+def definition_stream(fast_tok) -> np.ndarray:
+    eot = fast_tok.token_to_id("<|endoftext|>")
+    ids = fast_tok.encode(STREAM_CODE).ids + [eot] + fast_tok.encode("def g():\n    y = 1\n    return y\n").ids
+    return np.array(ids, dtype=np.int64)
+
+
+def test_definition_starts_are_top_level_defs_and_classes(fast_tok):
+    evaluate = pytest.importorskip("evaluate")
+    ids = definition_stream(fast_tok)
+    starts = evaluate.definition_starts(fast_tok, ids)
+    # Where the text says so: the headers at column 0, after a line break or the document separator; the method
+    # `    def method` is not a prompt a user starts a file with.
+    heads = [fast_tok.decode(ids[s:].tolist()).split("\n")[0] for s in starts]
+    assert heads == ["def f(x):", "class C(", "class D:", "def g():"]
+
+
+def test_definition_prompt_cuts_whole_lines_and_keeps_the_code_that_follows(fast_tok):
+    evaluate = pytest.importorskip("evaluate")
+    ids = definition_stream(fast_tok)
+    f, c, d, g = evaluate.definition_starts(fast_tok, ids).tolist()
+    assert evaluate.definition_prompt(fast_tok, ids, f, 0)[0] == "def f(x):\n"
+    prompt, truth = evaluate.definition_prompt(fast_tok, ids, f, 1)
+    assert prompt == "def f(x):\n    return x\n"
+    assert truth.startswith("\n\nclass C(\n")  # the code's own next tokens, from where the prompt stops
+    assert evaluate.definition_prompt(fast_tok, ids, c, 0) is None  # a header over two lines
+    assert evaluate.definition_prompt(fast_tok, ids, d, 1)[0] == "class D:\n    def method(self):\n"
+    prompt, truth = evaluate.definition_prompt(fast_tok, ids, g, 1)
+    assert prompt == "def g():\n    y = 1\n" and truth == "    return y\n"
+    # The last definition of a document: its continuation stops at the separator, not in the next file.
+    before_eot = evaluate.definition_prompt(fast_tok, ids, d, 0)[1]
+    assert "<|endoftext|>" not in before_eot and "def g" not in before_eot
+
+
+@pytest.mark.parametrize("text, line, inline", [
+    ("def f(n):\n    if n < 2:\n        return n\n    if n < 2:\n        return 1\n", True, False),
+    ("def f(n):\n    if n:\n        return n\n    return n\n", False, False),  # indentation kept, as the test does
+    ("def f(n):\n    return g(n, n, n, n, n)\n", False, True),
+    ("def f(n):\n    \"\"\"Doc.\n\n    Parameters\n    ----------\n    \"\"\"\n    x = 1\n    x = 1", False, False),
+])
+def test_goal_rules_match_the_goal_test(text, line, inline):
+    evaluate = pytest.importorskip("evaluate")
+    from tests.models.test_nano_checkpoint import looping_within_a_line
+
+    assert evaluate.loops_as_the_goal_counts(text) == (line, inline)
+    assert inline == looping_within_a_line(text)  # the goal test's own statement of the second rule
+
+
+@pytest.mark.parametrize("prompt, body, before_branch", [
+    # The prompt's lines count: the loop starts where the continuation writes the prompt's `if n < 2:` again.
+    ("def fibonacci(n):\n    if n < 2:\n", "        return n\n    if n < 2:\n        return n\n", "        return n\n"),
+    # A loop inside a line branches at the piece's third copy.
+    ("def f(x):\n", "    return g(x, x, x, x, x, x, x)\n", "    return g(x, x,"),
+    ("def f(x):\n", "    return g(x, y)\n    a = 1\n", None),
+])
+def test_loop_branch_point_on_user_prompts(nano_tok, prompt, body, before_branch):
+    prefix = nano_tok(prompt)["input_ids"]
+    seq = prefix + nano_tok(body)["input_ids"]
+    branch = finetune.loop_branch_point(nano_tok, seq, len(prefix), inline=True, judge_prompt=True)
+    if before_branch is None:
+        assert branch is None
+    else:
+        assert nano_tok.decode(seq[len(prefix):branch]) == before_branch
+    # Windows judge neither (their first line is cut): the first example then branches later, the second never.
+    plain = finetune.loop_branch_point(nano_tok, seq, len(prefix))
+    assert plain is None or branch is None or plain > branch
+
+
+def test_loop_branch_targets_on_user_prompts_stop_at_end_of_text_and_reject_inline_loops(nano_tok):
+    from types import SimpleNamespace
+
+    eot = nano_tok.convert_tokens_to_ids("<|endoftext|>")
+    prefix = nano_tok("def fibonacci(n):\n    if n < 2:\n")["input_ids"]
+    looping = prefix + nano_tok("        return n\n    if n < 2:\n        return n\n")["input_ids"]
+    branch = finetune.loop_branch_point(nano_tok, looping, len(prefix), inline=True, judge_prompt=True)
+    new = len(looping) - len(prefix)
+    bodies = {"repeats the prompt": "    if n < 2:\n        return 0\n",
+              "loops in a line": "    return f(n, n, n, n, n, n, n, n)\n",
+              "ends": "    return n * 3 + 1\n"}
+    rows = []
+    for name, body in bodies.items():
+        ids = looping[:branch] + nano_tok(body)["input_ids"] + ([eot] if name == "ends" else [])
+        rows.append((ids + [eot] * len(looping))[:len(looping) + 8])  # generate pads after an end of text
+    calls = []
+
+    class Model:
+        config = SimpleNamespace(eos_token_id=eot)
+
+        def generate(self, input_ids, do_sample, max_new_tokens, **kwargs):
+            calls.append(kwargs.get("min_new_tokens"))
+            return torch.tensor([looping] if not do_sample else rows)
+
+    targets, n_looping = finetune.loop_branch_targets(Model(), nano_tok, torch.tensor([prefix]), 3, 1.0, new, 0.25,
+                                                      torch.Generator().manual_seed(0), user_prompts=True)
+    assert calls == [None, None]  # a user's decode may end early: no forced length
+    (seq, b, fork, greedy_token), = targets
+    assert n_looping == 1 and b == branch
+    assert nano_tok.decode(seq[b:].tolist()) == bodies["ends"] + "<|endoftext|>"  # cut after its end of text
+    assert nano_tok.decode([greedy_token]) == nano_tok.decode([looping[fork]])
+    assert seq[:fork].tolist() == looping[:fork] and seq[fork] != looping[fork]
+
+
+def test_definition_loops_scores_decodes_by_the_goal_rules(fast_tok):
+    evaluate = pytest.importorskip("evaluate")
+    from types import SimpleNamespace
+
+    ids = definition_stream(fast_tok)
+    eot = fast_tok.token_to_id("<|endoftext|>")
+
+    class Model:
+        name_or_path = str(NANO)
+        config = SimpleNamespace(eos_token_id=eot)
+
+        def __init__(self, echo: bool):
+            self.echo = echo
+
+        def generate(self, input_ids, **kwargs):  # writes the prompt again (a loop), or ends at once
+            more = input_ids if self.echo else torch.tensor([[eot]])
+            return torch.cat([input_ids, more], dim=1)
+
+    looping, ending = evaluate.definition_loops(Model(True), ids, 8), evaluate.definition_loops(Model(False), ids, 8)
+    # The four definitions are cut alternately to one line and two: f(x) to one, C's header spans two lines (none),
+    # D to one, g to two.
+    assert looping["prompts"] == ending["prompts"] == 3
+    assert looping["repeated_line_share"] == 1.0 and ending["failing_share"] == 0.0
+    assert looping["text_failing_share"] == ending["text_failing_share"]  # the code itself, scored the same way
