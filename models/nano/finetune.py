@@ -40,6 +40,10 @@ maximum-likelihood term on ordinary training batches keeps its perplexity.
   and trains on it (maximum likelihood from the branch point) while pushing down the greedy token at the fork where
   the branch leaves the loop (-log(1 - p), weight ``--branch-ul-weight``). Best-of-n trained on sampled states, and
   its samples improved while its greedy loops barely moved; here the correction lands where greedy decoding goes wrong.
+  ``--branch-prompts definitions`` (session 18) draws the prefixes as a user writes them instead of 48-token windows:
+  a top-level ``def``/``class`` line of the training stream, or it and its first body line, with nothing before it
+  (``evaluate.definition_prompt``, the shape of the demo's ``def fibonacci(n):``). The prompt's lines then count for
+  the line rule, a loop inside a line is a branch point too, and a decode may stop at end of text.
 
 Nothing here looks at the held-out packages or chooses by the demo prompts: every ``--checkpoint-minutes`` the
 run saves a bf16 checkpoint with the held-out stdlib sample's perplexity (``heldout.json``, as train.py
