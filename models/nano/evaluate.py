@@ -3,6 +3,7 @@
     python models/nano/prepare.py                        # writes the held-out streams into --data
     python models/nano/evaluate.py OLD_DIR models/nano   # one line per checkpoint and stream
     python models/nano/evaluate.py OLD_DIR models/nano --loops 64   # also: how often greedy text loops
+    python models/nano/evaluate.py models/nano --def-prompts 128 --demo   # user-shaped prompts; the demo judged
 
 Streams: the held-out packages (whole packages never trained on, ``prepare.PACKAGES``) and the held-out
 stdlib files. Each is scored on ``--windows`` windows of 512 tokens spread evenly over it (0 = every
@@ -32,6 +33,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from train import (  # run as a script: models/nano/ is on sys.path
+    DEMO_PROMPTS,
+    greedy_samples,
     repeats_a_line,
     score,
     token_byte_lengths,
@@ -166,11 +169,13 @@ def main() -> None:
                     help="--loops with this repetition penalty (1 = off), as qwen-mobile run --repetition-penalty")
     ap.add_argument("--def-prompts", type=int, default=0, metavar="N",
                     help="also decode N user-shaped definition prompts (def/class line, or it and one more line)")
+    ap.add_argument("--demo", action="store_true",
+                    help="also print the greedy continuations of the demo prompts, judged by the goal's rules")
     ap.add_argument("--json", type=Path, help="also write the results here")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     streams = {"heldout packages": "heldout_packages.npy", "heldout stdlib": "heldout.npy"}
     results = []
@@ -207,6 +212,12 @@ def main() -> None:
             print(f"{ckpt}  definition prompts: {r['failing_share']:.0%} of {r['prompts']} greedy continuations fail "
                   f"the goal's rules ({r['repeated_line_share']:.0%} repeat a line, {r['inline_loop_share']:.0%} loop "
                   f"inside a line; the held-out code's own: {r['text_failing_share']:.0%})", flush=True)
+        if args.demo:
+            for smp in greedy_samples(model, AutoTokenizer.from_pretrained(ckpt), DEMO_PROMPTS):
+                line, inline = loops_as_the_goal_counts(smp["prompt"] + smp["continuation"])
+                verdict = "a line repeats" if line else "loops inside a line" if inline else "passes"
+                results.append(dict(checkpoint=str(ckpt), stream="demo prompt", **smp, goal_verdict=verdict))
+                print(f"{ckpt}  demo prompt, greedy, {verdict}:\n{smp['prompt']}{smp['continuation']}\n", flush=True)
     if args.json:
         args.json.write_text(json.dumps(results, indent=1) + "\n")
 
