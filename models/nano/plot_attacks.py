@@ -1,0 +1,58 @@
+"""Plot what each fine-tune against greedy loops bought and what it cost: attacks.json -> attacks.png.
+
+    python models/nano/plot_attacks.py            # reads attacks.json beside it, writes attacks.png
+
+attacks.json holds the measured numbers the README's tables quote (``evaluate.py DIR --loops 128 --def-prompts 128``
+for each fine-tune). Left: held-out perplexity against the share of 128 greedy continuations of held-out windows that
+repeat a line. Right: the same perplexity against the share of 128 user-shaped definition prompts whose greedy
+continuation fails the goal's rules, where it was measured. The dashed line is the held-out code's own share: what
+real code does in the same 64 tokens.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+
+def main() -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    data = json.loads((HERE / "attacks.json").read_text())
+    panels = (("windows_line_share", "heldout_text_windows_line_share",
+               "greedy continuations of 128 held-out windows\nthat repeat a line"),
+              ("definitions_failing_share", "heldout_text_definitions_failing_share",
+               "greedy continuations of 128 held-out definition\nprompts failing the goal's rules"))
+    fig, axes = plt.subplots(1, 2, figsize=(14, 5.5), sharex=True)
+    markers = "ovs^DPXph<>*"
+    for ax, (key, text_key, label) in zip(axes, panels):
+        for i, m in enumerate(data["models"]):
+            if m[key] is None:
+                continue
+            shipped = m["session"] is None
+            ax.scatter(m["ppl"], 100 * m[key], s=120 if shipped else 45, marker="*" if shipped else markers[i % 11],
+                       color="black" if shipped else f"C{i % 10}",
+                       label=m["name"] + ("" if shipped else f" (session {m['session']})"))
+        ax.axhline(100 * data["reference"][text_key], ls="--", color="grey", label="the held-out code itself")
+        ax.set_ylim(0, 100)
+        ax.set_xlabel("held-out packages perplexity (lower is better)")
+        ax.set_ylabel(f"% of {label}")
+        ax.grid(alpha=0.3)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="center right", fontsize=8)
+    fig.subplots_adjust(right=0.74, wspace=0.3)
+    fig.suptitle("nano: fine-tunes against greedy loops (goal: no repeated line on the demo prompts)")
+    tmp = HERE / "attacks.png.tmp"
+    fig.savefig(tmp, dpi=110, format="png")
+    os.replace(tmp, HERE / "attacks.png")
+    print(f"wrote {HERE / 'attacks.png'}")
+
+
+if __name__ == "__main__":
+    main()
