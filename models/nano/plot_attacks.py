@@ -30,13 +30,13 @@ def main() -> None:
               ("definitions_failing_share", "heldout_text_definitions_failing_share",
                "greedy continuations of 128 held-out definition\nprompts failing the goal's rules"))
     fig, axes = plt.subplots(1, 2, figsize=(14, 5.5), sharex=True)
-    markers = "ovs^DPXph<>*"
+    markers = "ovs^DPXph<>d"
     for ax, (key, text_key, label) in zip(axes, panels):
         for i, m in enumerate(data["models"]):
             if m[key] is None:
                 continue
             shipped = m["session"] is None
-            ax.scatter(m["ppl"], 100 * m[key], s=120 if shipped else 45, marker="*" if shipped else markers[i % 11],
+            ax.scatter(m["ppl"], 100 * m[key], s=120 if shipped else 45, marker="*" if shipped else markers[i % len(markers)],
                        color="black" if shipped else f"C{i % 10}",
                        label=m["name"] + ("" if shipped else f" (session {m['session']})"))
         ax.axhline(100 * data["reference"][text_key], ls="--", color="grey", label="the held-out code itself")
@@ -46,7 +46,7 @@ def main() -> None:
         ax.grid(alpha=0.3)
     handles, labels = axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="center right", fontsize=8)
-    fig.subplots_adjust(right=0.74, wspace=0.3)
+    fig.subplots_adjust(left=0.06, right=0.72, wspace=0.25)
     fig.suptitle("nano: fine-tunes against greedy loops (goal: no repeated line on the demo prompts)")
     tmp = HERE / "attacks.png.tmp"
     fig.savefig(tmp, dpi=110, format="png")
