@@ -261,7 +261,7 @@ def loop_branch_targets(model, tok, prefixes: torch.Tensor, samples: int, temper
     of the continuation repeats and at most `max_4gram_share` of the branch's tokens complete a 4-gram already seen
     (a loop inside a line; the greedy part before the branch, on its way to a loop, is not counted).
 
-    Returns ([(sequence [P + new_tokens], branch b, fork d, greedy token at d)], greedy continuations that loop):
+    Returns ([(sequence [<= P + new_tokens], branch b, fork d, greedy token at d)], greedy continuations that loop):
     the sequence equals the greedy one before d and differs at d, the token where greedy decoding went on to loop.
 
     user_prompts (definition prompts, whole lines): the prompt's lines count for the line rule, a loop inside a line
