@@ -103,6 +103,8 @@ def definition_loops(model, ids: np.ndarray, prompts: int, new_tokens: int = 64)
     starts = definition_starts(tok, ids)
     cut = [definition_prompt(tok, ids, int(s), k % 2, new_tokens) for k, s in enumerate(starts)]
     cut = [c for c in cut if c]
+    if not cut:
+        raise ValueError("definition prompts: the stream has no top-level def/class with a one-line header")
     picks = [cut[i] for i in np.unique(np.linspace(0, len(cut) - 1, prompts).astype(int))]
     counts = {"greedy": [0, 0, 0], "text": [0, 0, 0]}
     examples = []

@@ -71,7 +71,14 @@ import torch
 import torch.nn.functional as F
 
 import train  # run as a script: models/nano/ is on sys.path
-from evaluate import definition_loops, definition_prompt, definition_starts, greedy_loops, inline_loop_runs
+from evaluate import (
+    definition_loops,
+    definition_prompt,
+    definition_starts,
+    greedy_loops,
+    inline_loop_runs,
+    loop_counts,
+)
 from prepare import _token_bytes
 
 HERE = Path(__file__).resolve().parent
@@ -201,8 +208,6 @@ def best_of_n_targets(model, tok, prefixes: torch.Tensor, samples: int, temperat
     """prefixes [B, P] -> [<=B, P + new_tokens]: per prefix, one of `samples` sampled continuations that repeat no
     line and complete at most `max_repeats` 4-grams already seen (the likeliest, or one drawn at random: the plain
     pass/fail REINFORCE gradient); prefixes with none are dropped."""
-    from evaluate import loop_counts
-
     batch, prefix_len = prefixes.shape
     seqs = model.generate(input_ids=prefixes.repeat_interleave(samples, 0),  # [B * S, P] -> [B * S, P + new]
                           attention_mask=torch.ones(batch * samples, prefix_len, dtype=torch.long),
@@ -266,8 +271,6 @@ def loop_branch_targets(model, tok, prefixes: torch.Tensor, samples: int, temper
 
     user_prompts (definition prompts, whole lines): the prompt's lines count for the line rule, a loop inside a line
     is a branch point too, and a kept branch loops inside no line."""
-    from evaluate import loop_counts
-
     batch, prefix_len = prefixes.shape
     eos = model.config.eos_token_id
     common = dict(pad_token_id=eos, top_k=0)

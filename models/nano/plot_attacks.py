@@ -36,8 +36,8 @@ def main() -> None:
             if m[key] is None:
                 continue
             shipped = m["session"] is None
-            ax.scatter(m["ppl"], 100 * m[key], s=120 if shipped else 45, marker="*" if shipped else markers[i % len(markers)],
-                       color="black" if shipped else f"C{i % 10}",
+            ax.scatter(m["ppl"], 100 * m[key], s=120 if shipped else 45,
+                       marker="*" if shipped else markers[i % len(markers)], color="black" if shipped else f"C{i % 10}",
                        label=m["name"] + ("" if shipped else f" (session {m['session']})"))
         ax.axhline(100 * data["reference"][text_key], ls="--", color="grey", label="the held-out code itself")
         ax.set_ylim(0, 100)

@@ -468,3 +468,6 @@ def test_definition_loops_scores_decodes_by_the_goal_rules(fast_tok):
     assert looping["prompts"] == ending["prompts"] == 3
     assert looping["repeated_line_share"] == 1.0 and ending["failing_share"] == 0.0
     assert looping["text_failing_share"] == ending["text_failing_share"]  # the code itself, scored the same way
+    no_definitions = np.array(fast_tok.encode("x = 1\nprint(x)\n").ids, dtype=np.int64)
+    with pytest.raises(ValueError, match="no top-level def/class"):
+        evaluate.definition_loops(Model(False), no_definitions, 8)
