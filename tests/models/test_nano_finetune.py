@@ -444,6 +444,35 @@ def test_loop_branch_targets_on_user_prompts_stop_at_end_of_text_and_reject_inli
     assert seq[:fork].tolist() == looping[:fork] and seq[fork] != looping[fork]
 
 
+def test_the_4gram_filter_rejects_the_recursive_fibonacci_and_share_1_turns_it_off(nano_tok):
+    # Session 18's runs kept --branch-max-4gram-share 0.25 on user prompts, where the goal's rules already judge loops
+    # inside a line; this is the legitimate branch that filter threw away.
+    from types import SimpleNamespace
+
+    eot = nano_tok.convert_tokens_to_ids("<|endoftext|>")
+    prefix = nano_tok("def fibonacci(n):\n    if n < 2:\n")["input_ids"]
+    looping = prefix + nano_tok("        return n\n    if n < 2:\n        return n\n")["input_ids"]
+    branch = finetune.loop_branch_point(nano_tok, looping, len(prefix), inline=True, judge_prompt=True)
+    recursion = looping[:branch] + nano_tok("    return fibonacci(n - 1) + fibonacci(n - 2)\n")["input_ids"] + [eot]
+    _, repeats, scored = finetune.loop_counts(nano_tok, recursion, branch)
+    assert repeats > 0.25 * scored  # `fibonacci` is several tokens: its second copy completes seen 4-grams
+
+    class Model:
+        config = SimpleNamespace(eos_token_id=eot)
+
+        def generate(self, input_ids, do_sample, max_new_tokens, **kwargs):
+            return torch.tensor([looping] if not do_sample else [recursion] * 3)
+
+    def kept(share):
+        new_tokens = len(looping) - len(prefix)
+        return finetune.loop_branch_targets(Model(), nano_tok, torch.tensor([prefix]), 3, 1.0, new_tokens, share,
+                                            torch.Generator().manual_seed(0), user_prompts=True)[0]
+
+    assert kept(0.25) == []
+    (seq, b, _, _), = kept(1.0)
+    assert b == branch and seq.tolist() == recursion
+
+
 def test_definition_loops_scores_decodes_by_the_goal_rules(fast_tok):
     evaluate = pytest.importorskip("evaluate")
     from types import SimpleNamespace
