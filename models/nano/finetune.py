@@ -377,9 +377,10 @@ def main() -> None:
                     help="a kept continuation completes at most this many 4-grams already seen (of --ul-new tokens)")
     ap.add_argument("--branch-max-4gram-share", type=float, default=0.25,
                     help="loop-branch: a kept branch has at most this share of tokens completing a seen 4-gram (the "
-                         "held-out text's own continuations: 7 %%; greedy ones: 58 %%); 1 turns it off, which "
-                         "suits --branch-prompts definitions: there inline loops are judged directly, and the filter "
-                         "rejects code that repeats a long name (`fibonacci(n - 1) + fibonacci(n - 2)`: 33 %%))")
+                         "held-out text's own continuations: 7 %%; greedy ones: 58 %%); 1 turns it off. "
+                         "With --branch-prompts definitions the goal's inline rule already judges loops inside a line, "
+                         "and the filter rejects code that repeats a long name (`fibonacci(n - 1) + fibonacci(n - 2)`: "
+                         "33 %%); turning it off did not lower the loops by itself (README, session 19)")
     ap.add_argument("--branch-ul-weight", type=float, default=1.0,
                     help="loop-branch: weight of the unlikelihood of the greedy token at the fork, beside the branch's "
                          "likelihood")
