@@ -410,13 +410,31 @@ def test_loop_branch_point_on_user_prompts(nano_tok, prompt, body, before_branch
     assert plain is None or branch is None or plain > branch
 
 
-def test_loop_branch_targets_on_user_prompts_stop_at_end_of_text_and_reject_inline_loops(nano_tok):
-    from types import SimpleNamespace
-
+@pytest.fixture(scope="module")
+def fibonacci_loop(nano_tok):
+    """(end-of-text id, the demo prompt's ids, the shipped nano's greedy loop after it, the loop's branch point)."""
     eot = nano_tok.convert_tokens_to_ids("<|endoftext|>")
     prefix = nano_tok("def fibonacci(n):\n    if n < 2:\n")["input_ids"]
     looping = prefix + nano_tok("        return n\n    if n < 2:\n        return n\n")["input_ids"]
-    branch = finetune.loop_branch_point(nano_tok, looping, len(prefix), inline=True, judge_prompt=True)
+    return eot, prefix, looping, finetune.loop_branch_point(nano_tok, looping, len(prefix), inline=True,
+                                                            judge_prompt=True)
+
+
+def scripted_model(eos: int, greedy_rows: list, sampled_rows: list, calls: list | None = None):
+    """Stands in for the model in loop_branch_targets: generate() returns greedy_rows when decoding greedily and
+    sampled_rows when sampling, and appends each call's other keyword arguments to calls."""
+    from types import SimpleNamespace
+
+    def generate(input_ids, do_sample, max_new_tokens, **kwargs):
+        if calls is not None:
+            calls.append(kwargs)
+        return torch.tensor(sampled_rows if do_sample else greedy_rows)
+
+    return SimpleNamespace(config=SimpleNamespace(eos_token_id=eos), generate=generate)
+
+
+def test_loop_branch_targets_on_user_prompts_stop_at_end_of_text_and_reject_inline_loops(nano_tok, fibonacci_loop):
+    eot, prefix, looping, branch = fibonacci_loop
     new = len(looping) - len(prefix)
     bodies = {"repeats the prompt": "    if n < 2:\n        return 0\n",
               "loops in a line": "    return f(n, n, n, n, n, n, n, n)\n",
@@ -426,17 +444,10 @@ def test_loop_branch_targets_on_user_prompts_stop_at_end_of_text_and_reject_inli
         ids = looping[:branch] + nano_tok(body)["input_ids"] + ([eot] if name == "ends" else [])
         rows.append((ids + [eot] * len(looping))[:len(looping) + 8])  # generate pads after an end of text
     calls = []
-
-    class Model:
-        config = SimpleNamespace(eos_token_id=eot)
-
-        def generate(self, input_ids, do_sample, max_new_tokens, **kwargs):
-            calls.append(kwargs.get("min_new_tokens"))
-            return torch.tensor([looping] if not do_sample else rows)
-
-    targets, n_looping = finetune.loop_branch_targets(Model(), nano_tok, torch.tensor([prefix]), 3, 1.0, new, 0.25,
+    model = scripted_model(eot, [looping], rows, calls)
+    targets, n_looping = finetune.loop_branch_targets(model, nano_tok, torch.tensor([prefix]), 3, 1.0, new, 0.25,
                                                       torch.Generator().manual_seed(0), user_prompts=True)
-    assert calls == [None, None]  # a user's decode may end early: no forced length
+    assert [c.get("min_new_tokens") for c in calls] == [None, None]  # a user's decode may end early: no forced length
     (seq, b, fork, greedy_token), = targets
     assert n_looping == 1 and b == branch
     assert nano_tok.decode(seq[b:].tolist()) == bodies["ends"] + "<|endoftext|>"  # cut after its end of text
@@ -444,28 +455,17 @@ def test_loop_branch_targets_on_user_prompts_stop_at_end_of_text_and_reject_inli
     assert seq[:fork].tolist() == looping[:fork] and seq[fork] != looping[fork]
 
 
-def test_the_4gram_filter_rejects_the_recursive_fibonacci_and_share_1_turns_it_off(nano_tok):
+def test_the_4gram_filter_rejects_the_recursive_fibonacci_and_share_1_turns_it_off(nano_tok, fibonacci_loop):
     # Session 18's runs kept --branch-max-4gram-share 0.25 on user prompts, where the goal's rules already judge loops
     # inside a line; this is the legitimate branch that filter threw away.
-    from types import SimpleNamespace
-
-    eot = nano_tok.convert_tokens_to_ids("<|endoftext|>")
-    prefix = nano_tok("def fibonacci(n):\n    if n < 2:\n")["input_ids"]
-    looping = prefix + nano_tok("        return n\n    if n < 2:\n        return n\n")["input_ids"]
-    branch = finetune.loop_branch_point(nano_tok, looping, len(prefix), inline=True, judge_prompt=True)
+    eot, prefix, looping, branch = fibonacci_loop
     recursion = looping[:branch] + nano_tok("    return fibonacci(n - 1) + fibonacci(n - 2)\n")["input_ids"] + [eot]
     _, repeats, scored = finetune.loop_counts(nano_tok, recursion, branch)
     assert repeats > 0.25 * scored  # `fibonacci` is several tokens: its second copy completes seen 4-grams
 
-    class Model:
-        config = SimpleNamespace(eos_token_id=eot)
-
-        def generate(self, input_ids, do_sample, max_new_tokens, **kwargs):
-            return torch.tensor([looping] if not do_sample else [recursion] * 3)
-
     def kept(share):
-        new_tokens = len(looping) - len(prefix)
-        return finetune.loop_branch_targets(Model(), nano_tok, torch.tensor([prefix]), 3, 1.0, new_tokens, share,
+        model, new_tokens = scripted_model(eot, [looping], [recursion] * 3), len(looping) - len(prefix)
+        return finetune.loop_branch_targets(model, nano_tok, torch.tensor([prefix]), 3, 1.0, new_tokens, share,
                                             torch.Generator().manual_seed(0), user_prompts=True)[0]
 
     assert kept(0.25) == []
