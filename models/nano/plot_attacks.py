@@ -6,7 +6,7 @@ attacks.json holds the measured numbers the README's tables quote (``evaluate.py
 for each fine-tune). Left: held-out perplexity against the share of 128 greedy continuations of held-out windows that
 repeat a line. Right: the same perplexity against the share of 128 user-shaped definition prompts whose greedy
 continuation fails the goal's rules, where it was measured. The dashed line is the held-out code's own share: what
-real code does in the same 64 tokens.
+real code does in the same 64 tokens. The pre-trained weights are the hollow circle, the shipped fine-tune the star.
 """
 
 from __future__ import annotations
@@ -35,10 +35,12 @@ def main() -> None:
         for i, m in enumerate(data["models"]):
             if m[key] is None:
                 continue
-            shipped = m["session"] is None
-            ax.scatter(m["ppl"], 100 * m[key], s=120 if shipped else 45,
-                       marker="*" if shipped else markers[i % len(markers)], color="black" if shipped else f"C{i % 10}",
-                       label=m["name"] + ("" if shipped else f" (session {m['session']})"))
+            base, shipped = m["session"] is None, m.get("shipped", False)
+            ax.scatter(m["ppl"], 100 * m[key], s=160 if shipped else 80 if base else 45,
+                       marker="*" if shipped else "o" if base else markers[i % len(markers)],
+                       color="black" if shipped or base else f"C{i % 10}",
+                       facecolors="none" if base else None,
+                       label=m["name"] + ("" if base else f" (session {m['session']})") + (": shipped" if shipped else ""))
         ax.axhline(100 * data["reference"][text_key], ls="--", color="grey", label="the held-out code itself")
         ax.set_ylim(0, 100)
         ax.set_xlabel("held-out packages perplexity (lower is better)")
@@ -46,7 +48,7 @@ def main() -> None:
         ax.grid(alpha=0.3)
     handles, labels = axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="center right", fontsize=8)
-    fig.subplots_adjust(left=0.06, right=0.72, wspace=0.25)
+    fig.subplots_adjust(left=0.06, right=0.66, wspace=0.25)
     fig.suptitle("nano: fine-tunes against greedy loops (goal: no repeated line on the demo prompts)")
     tmp = HERE / "attacks.png.tmp"
     fig.savefig(tmp, dpi=110, format="png")

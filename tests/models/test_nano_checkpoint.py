@@ -18,12 +18,13 @@ import torch
 
 NANO = Path(__file__).resolve().parents[2] / "models" / "nano"
 
-# Held-out sample perplexity measured at training time (bf16 file, fp32 compute; 8 windows from the held-out
-# packages): 17.69, 1.112 bits/byte (models/nano/README.md). The bound is 10 % above it: enough for BLAS and
-# thread-count differences, while the previous nano (38.25, 1.410), the first nano (294.4, 2.200 on the same
-# windows), shifted norms, tiled heads or random weights (ppl ~8192) land far above.
-PPL_BOUND = 19.5
-BPB_BOUND = 1.23
+# Held-out sample perplexity of the shipped weights (bf16 file, fp32 compute; 8 windows from the held-out packages):
+# 19.74, 1.154 bits/byte (models/nano/README.md; the pre-trained weights before the loop-branch fine-tune: 17.69,
+# 1.112). The bound is 10 % above it, the rule the earlier bounds used: enough for BLAS and thread-count differences,
+# while the previous nano (38.25, 1.410), the first nano (294.4, 2.200 on the same windows), shifted norms, tiled heads
+# or random weights (ppl ~8192) land far above.
+PPL_BOUND = 21.7
+BPB_BOUND = 1.27
 
 SPECIAL = {  # Qwen's names; ids are this tokenizer's (BPE ids first, added tokens last, as in Qwen)
     "<|endoftext|>": 8166,
@@ -129,7 +130,9 @@ def test_heldout_perplexity_below_bound(model):
 def test_greedy_generation_continues_python(model, tokenizer):
     prompt = "def fibonacci(n):\n    if n < 2:\n"
     ids = tokenizer(prompt, return_tensors="pt")
-    out = model.generate(**ids, max_new_tokens=32, do_sample=False)
+    # 64 tokens, the goal's length: the shipped fine-tune writes a two-line comment and a loop before its `return`
+    # (the pre-trained weights returned at once, within 32).
+    out = model.generate(**ids, max_new_tokens=64, do_sample=False)
     text = tokenizer.decode(out[0, ids["input_ids"].shape[1]:])
     # Python structure, which random or mis-loaded weights do not produce: the if-body opens one
     # level deeper (8 spaces), it returns, and every line is indented in steps of 4.
@@ -161,11 +164,12 @@ def test_corpus_manifest_holds_out_whole_permissive_packages():
     assert not [f["path"] for f in corpus["files"] if f["split"] == "heldout" and f["sha256_16"] in train_text]
 
 
-# Issue 23's greedy goal, unmet by the shipped nano: it halves the previous nano's held-out perplexity (35.1 -> 18.1)
-# but greedy decoding of the demo prompt loops (`if n < 2:` / `return n` five times). Across its 28 training
-# checkpoints 1 to 4 of the 4 demo prompts looped with no trend as perplexity fell from 182 to 18
-# (models/nano/README.md, "Greedy loops"). Strict: a nano that stops looping turns this into a failure to update.
-@pytest.mark.xfail(strict=True, reason="issue 23 greedy goal unmet: the shipped nano loops on the demo prompt")
+# Issue 23's greedy goal. The pre-trained nano (held-out ppl 18.1) looped on the demo prompt (`if n < 2:` / `return n`
+# five times), and across its 28 training checkpoints 1 to 4 of the 4 demo prompts looped with no trend. The shipped
+# weights add session 19's loop-branch fine-tune (run D, ppl 20.1), which cut greedy continuations failing these rules
+# on 128 held-out user-shaped prompts from 79 % to 17 %. It passes these two prompts, but narrowly: its own checkpoints
+# passed the second one at 3 of 10 (models/nano/README.md, "Greedy loops"), and `class Stack:` still loops. The file
+# is fixed and greedy decoding deterministic, so a failure here means the weights or the decoding path changed.
 def test_demo_prompt_greedy_64_tokens_repeat_no_line(model, tokenizer):
     # The first nano looped ("the file is a string of the file is a string ...") within a few lines; the demo
     # (`qwen-mobile demo`) and the CLI default decode from these prompts.
