@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-# Measured on the 17.8M-token nano (issue 23; README "State layout"): max |dlogit| 0.108 (delta rule fp32) and 0.149
-# (fp16) over 512 steps (reference max |logit| 19.5), top-1 >= 0.998, final recurrent state within 2.0e-3 of fp32,
-# growth 0.71-0.76; growth compares the last 64 steps with the first 64. The 0.15 bound was 2x the previous nano's
-# 0.075 (max |logit| 15.8) and the fp16 rows now sit at it; it is kept, not raised: the better-trained models' larger
-# logits carry larger fp16 errors. (The first nano, max |logit| ~10: 0.019-0.024, top-1 >= 0.996, growth 1.17.)
+# Measured on the shipped nano (issue 23: the 17.8M-token run plus its loop-branch fine-tune; README "State layout"):
+# max |dlogit| 0.109 (delta rule fp32) and 0.120 (fp16) over 512 steps (reference max |logit| 19.2), top-1 >= 0.998,
+# final recurrent state within 2.3e-3 of fp32, growth 0.77-0.90; growth compares the last 64 steps with the first 64.
+# The 0.15 bound was 2x the previous nano's 0.075 (max |logit| 15.8); the pre-trained weights' fp16 rows sat at it
+# (0.149), kept, not raised: better-trained models' larger logits carry larger fp16 errors. (The first nano, max
+# |logit| ~10: 0.019-0.024, top-1 >= 0.996, growth 1.17.)
 MAX_ABS_LOGIT_DIFF = 0.15
 MIN_TOP1 = 0.99
 MAX_STATE_REL_ERR = 5e-3
