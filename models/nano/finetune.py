@@ -50,10 +50,14 @@ run saves a bf16 checkpoint with the held-out stdlib sample's perplexity (``held
 monitors) and the share of 32 greedy continuations of *training* prefixes that repeat a line. ``evaluate.py``
 then scores the chosen checkpoint on the held-out packages.
 
-Results (README.md, "Tried against the loops"): no objective met the greedy goal; none is in the shipped weights.
-``loop-branch`` cut greedy loops on held-out prefixes the most (70 % -> 30 %, at +15 % perplexity) with varied text;
-with ``--branch-prompts definitions``, held-out definition prompts failing the goal's rules went 79 % -> 18 % (+12 %
-perplexity) while two of the four demo prompts still loop.
+Results (README.md, "Tried against the loops"): ``loop-branch`` cut greedy loops on held-out prefixes the most
+(70 % -> 30 %, at +15 % perplexity) with varied text; with ``--branch-prompts definitions``, held-out definition
+prompts failing the goal's rules went 79 % -> 17-18 % (+11-12 % perplexity). The shipped weights are that objective's
+session 19 run D (README.md, "The fine-tune against greedy loops"):
+
+    python models/nano/finetune.py --objective loop-branch --branch-prompts definitions --out /tmp/nano_ft \
+        --steps 628 --cosine-steps 592 --lr 2e-4 --warmup 20 --batch 2 --weight 1 --branch-max-4gram-share 1 \
+        --bon-temperature 0.8 --threads 1      # from the pre-trained weights (--from), about 94 minutes
 """
 
 from __future__ import annotations
@@ -342,6 +346,17 @@ def save_bf16(model, folder: Path, source: Path) -> None:
     copy.deepcopy(model).to(torch.bfloat16).save_pretrained(folder)
 
 
+PACE_STEP = 30  # the step at which the cosine's length is fixed (a --until run measures its pace up to here)
+
+
+def learning_rate(step: int, peak: float, warmup: int, cosine_steps: int | None) -> float:
+    """Cosine from `peak` to a tenth of it over `cosine_steps` (None before it is fixed: the peak), held at the tenth
+    after it, times a linear warmup over `warmup` steps: fresh AdamW moments' full-size steps at once jolt a trained
+    model."""
+    frac = min(1.0, step / cosine_steps) if cosine_steps else 0.0
+    return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac))) * min(1.0, (step + 1) / warmup)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--objective", choices=("best-of-n", "ditto", "loop-branch", "mask-repeats", "rep-dropout",
@@ -349,7 +364,13 @@ def main() -> None:
     ap.add_argument("--from", dest="source", type=Path, default=HERE, help="trained nano folder (default: this one)")
     ap.add_argument("--out", type=Path, required=True, help="final model here, checkpoints in OUT/ckpt-STEP")
     ap.add_argument("--data", type=Path, default=Path("/tmp/nano_data"))
-    ap.add_argument("--until", metavar="HH:MM", required=True, help="wall-clock end; the final evaluation follows")
+    end = ap.add_mutually_exclusive_group(required=True)
+    end.add_argument("--until", metavar="HH:MM", help="wall-clock end; the final evaluation follows; the cosine's "
+                     "length is fitted at step %d from the pace" % PACE_STEP)
+    end.add_argument("--steps", type=int, help="stop after this many steps instead (a plan that does not depend on the "
+                     "machine's speed)")
+    ap.add_argument("--cosine-steps", type=int, help="with --steps: the cosine's length (default --steps; the shipped "
+                    "run's --until plan was 592, then it stayed at the floor to step 628)")
     ap.add_argument("--lr", type=float, default=2e-4, help="peak; cosine to a tenth over the time --until allows")
     ap.add_argument("--warmup", type=int, default=100, help="steps of linear warmup")
     ap.add_argument("--batch", type=int, default=4, help="maximum-likelihood rows per step")
@@ -395,6 +416,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
+    if args.cosine_steps and not args.steps:
+        ap.error("--cosine-steps goes with --steps (with --until the pace sets the cosine's length)")
     if args.compile and args.objective in ("unlikelihood", "best-of-n", "loop-branch"):
         raise SystemExit(f"finetune.py: --compile is not for --objective {args.objective} (it generates with varying "
                          "shapes)")
@@ -460,7 +483,8 @@ def main() -> None:
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
             return forward(input_ids=batch).logits  # [rows, T, V]
 
-    deadline = train.deadline_of(args.until) - 6 * 60  # the final evaluation and save take about 6 minutes here
+    # The final evaluation and save take about 6 minutes here.
+    deadline = train.deadline_of(args.until) - 6 * 60 if args.until else None
     t0, log, step, est_steps, last_ckpt = time.time(), [], 0, None, time.time()
     hi = len(train_t) - args.seq_len - 1
 
@@ -480,16 +504,15 @@ def main() -> None:
         return out
 
     model.train()
-    while time.time() < deadline:
-        # Cosine from lr to lr/10 over the steps the deadline allows (the pace measured over steps 10-30, after
-        # the compile).
+    while step < args.steps if args.steps else time.time() < deadline:
+        # The cosine's length is fixed at PACE_STEP: with --until, the steps the deadline allows at the pace of steps
+        # 10-30 (after any compile); with --steps, --cosine-steps.
         if step == 10:
             t10 = time.time()
-        if step == 30:
-            est_steps = max(31, 30 + int((deadline - time.time()) / ((time.time() - t10) / 20)))
-        frac = min(1.0, step / est_steps) if est_steps else 0.0
-        lr = args.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
-        lr *= min(1.0, (step + 1) / args.warmup)  # fresh AdamW moments: full-size steps at once jolt a trained model
+        if step == PACE_STEP:
+            est_steps = ((args.cosine_steps or args.steps) if args.steps else
+                         max(PACE_STEP + 1, PACE_STEP + int((deadline - time.time()) / ((time.time() - t10) / 20))))
+        lr = learning_rate(step, args.lr, args.warmup, est_steps)
         for g in opt.param_groups:
             g["lr"] = lr
         starts = torch.randint(0, hi, (args.batch,), generator=gen)

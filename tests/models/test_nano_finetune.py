@@ -500,3 +500,23 @@ def test_definition_loops_scores_decodes_by_the_goal_rules(fast_tok):
     no_definitions = np.array(fast_tok.encode("x = 1\nprint(x)\n").ids, dtype=np.int64)
     with pytest.raises(ValueError, match="no top-level def/class"):
         evaluate.definition_loops(Model(False), no_definitions, 8)
+
+
+def test_learning_rate_replays_the_shipped_runs_schedule():
+    """The shipped weights' run (finetune_log.json, written by the run's own inline schedule before learning_rate
+    existed) fixed its cosine at 592 steps from its pace and ran to 628: `--steps 628 --cosine-steps 592` must give
+    every one of its logged rates, so that command reproduces its plan on any machine."""
+    import json
+
+    log = json.loads((NANO / "finetune_log.json").read_text())
+    assert log["steps"] == 628 and "--warmup 20" in log["command"] and "--lr 0.0002" in log["command"]
+    cosine = None
+    for row in log["log"]:
+        if row["step"] == finetune.PACE_STEP:
+            cosine = 592
+        assert finetune.learning_rate(row["step"], 2e-4, 20, cosine) == pytest.approx(row["lr"], rel=1e-12), row
+    # The shape itself, independently: warmup to the peak, a tenth at the cosine's end and after it.
+    assert finetune.learning_rate(0, 2e-4, 20, None) == pytest.approx(1e-5)
+    assert finetune.learning_rate(19, 2e-4, 20, None) == pytest.approx(2e-4)
+    assert finetune.learning_rate(296, 2e-4, 20, 592) == pytest.approx(2e-4 * (0.1 + 0.45))
+    assert finetune.learning_rate(700, 2e-4, 20, 592) == pytest.approx(2e-5)
