@@ -371,7 +371,8 @@ def main() -> None:
                      "machine's speed)")
     ap.add_argument("--cosine-steps", type=int, help="with --steps: the cosine's length (default --steps; the shipped "
                     "run's --until plan was 592, then it stayed at the floor to step 628)")
-    ap.add_argument("--lr", type=float, default=2e-4, help="peak; cosine to a tenth over the time --until allows")
+    ap.add_argument("--lr", type=float, default=2e-4, help="peak; cosine to a tenth over the steps --until allows or "
+                    "--cosine-steps")
     ap.add_argument("--warmup", type=int, default=100, help="steps of linear warmup")
     ap.add_argument("--batch", type=int, default=4, help="maximum-likelihood rows per step")
     ap.add_argument("--seq-len", type=int, default=512)
@@ -612,7 +613,7 @@ def main() -> None:
     for smp in samples:
         print(f"sample (repeated line: {smp['repeated_line']}):\n{smp['prompt']}{smp['continuation']}\n", flush=True)
     flags = [f"--{k.replace('_', '-')}" + ("" if v is True else f" {v}") for k, v in vars(args).items()
-             if v is not False]
+             if v is not False and v is not None]  # unset options (--until or --steps) are left out
     result = dict(command="python models/nano/finetune.py " + " ".join(flags).replace("--source", "--from"), steps=step,
         heldout_packages_before=before, heldout_packages=after, samples=samples, checkpoints=checkpoints, log=log)
     tmp = args.out / "finetune_log.json.tmp"
