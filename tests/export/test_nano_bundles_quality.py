@@ -3,22 +3,27 @@
     .venv/bin/python -m pytest -m slow tests/export/test_nano_bundles_quality.py -s
 
 Perplexity over fixed held-out windows (models/nano/heldout.json), teacher-forced through each bundle's `decode`
-method, against our eager fp32 model on the same windows.
+method, against our eager fp32 model on the same windows. The scoring is scripts/nano_quality.py's, the script that
+prints export/README.md's whole table; this file holds each preset to its bound.
 """
 
-import json
-import math
+import importlib.util
+from pathlib import Path
 
 import pytest
-import torch
 
 from qwen_mobile.export import export
-from qwen_mobile.export.source import SHIPPED_MODELS
-from qwen_mobile.models import Qwen35ForCausalLM
-from qwen_mobile.runtime.program import BundleProgram
 
-NANO = SHIPPED_MODELS["nano"]
-WINDOWS = 2  # of the 8 fixed 512-token held-out windows; enough for a stable mean NLL at this cost
+
+def load_nano_quality():
+    path = Path(__file__).resolve().parents[2] / "scripts" / "nano_quality.py"
+    spec = importlib.util.spec_from_file_location("nano_quality", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+nano_quality = load_nano_quality()
 
 # Relative perplexity increase over eager fp32 allowed per recipe (issue 6 targets).
 PPL_REL_BOUND = {
@@ -36,28 +41,10 @@ PPL_REL_BOUND = {
 OVER_BOUND = {"xnnpack-8da4w", "xnnpack-4w"}
 
 
-def windows() -> list[list[int]]:
-    held = json.loads((NANO / "heldout.json").read_text())
-    return [w[: held["seq_len"]] for w in held["windows"][:WINDOWS]]
-
-
-def nll(step_logits: list[torch.Tensor], targets: list[int]) -> float:
-    logp = torch.log_softmax(torch.stack(step_logits).double(), -1)
-    return -float(logp[torch.arange(len(targets)), torch.tensor(targets)].sum())
-
-
 @pytest.fixture(scope="module")
 def eager_reference():
-    model = Qwen35ForCausalLM.from_pretrained(NANO, max_seq_len=1024)
-    total, count, argmax = 0.0, 0, []
-    with torch.no_grad():
-        for w in windows():
-            model.reset()
-            logits = model(torch.tensor([w]), torch.arange(len(w)))[0, :-1]  # predicts w[1:]
-            total += nll(list(logits), w[1:])
-            count += len(w) - 1
-            argmax.append(logits.argmax(-1))
-    return math.exp(total / count), torch.cat(argmax)
+    windows = nano_quality.held_out_windows()
+    return windows, *nano_quality.eager_scores(windows)
 
 
 @pytest.mark.slow
@@ -69,19 +56,11 @@ def eager_reference():
     if p in OVER_BOUND else p
     for p in sorted(PPL_REL_BOUND)])
 def test_bundle_perplexity_close_to_eager(preset, eager_reference, tmp_path):
-    ppl_ref, argmax_ref = eager_reference
+    windows, ppl_ref, argmax_ref = eager_reference
     out = tmp_path / preset
     manifest = export("nano", out, preset=preset, progress=False)
-    program = BundleProgram(out / "model.pte", max_prefill_tokens=manifest["program"]["methods"]["forward"]["max_tokens"],
-                            kernel_namespaces=manifest["program"]["kernel_namespaces"])
-    total, count, argmax = 0.0, 0, []
-    for w in windows():
-        steps = [program.prefill(w[:1], 0)] + [program.decode(t, i) for i, t in enumerate(w[1:-1], start=1)]
-        total += nll(steps, w[1:])
-        count += len(w) - 1
-        argmax.append(torch.stack(steps).argmax(-1))
-    ppl = math.exp(total / count)
-    top1 = float((torch.cat(argmax) == argmax_ref).float().mean())
+    ppl, argmax = nano_quality.bundle_scores(out, manifest, windows)
+    top1 = float((argmax == argmax_ref).float().mean())
     print(f"\n{preset}: ppl {ppl:.3f} vs eager fp32 {ppl_ref:.3f} ({ppl / ppl_ref - 1:+.3%}), top-1 agreement "
           f"{top1:.1%}, {manifest['files']['model.pte']['bytes'] / 1e6:.1f} MB")
     assert abs(ppl / ppl_ref - 1) <= PPL_REL_BOUND[preset]
