@@ -52,6 +52,21 @@ def model():
     return m.eval()
 
 
+@pytest.fixture(scope="module")
+def greedy_64(model, tokenizer):
+    """prompt -> the 64 tokens greedy decoding appends to it, decoded; each prompt is decoded once per module."""
+    done = {}
+
+    def continuation(prompt: str) -> str:
+        if prompt not in done:
+            ids = tokenizer(prompt, return_tensors="pt")
+            out = model.generate(**ids, max_new_tokens=64, do_sample=False)
+            done[prompt] = tokenizer.decode(out[0, ids["input_ids"].shape[1]:])
+        return done[prompt]
+
+    return continuation
+
+
 def test_config_is_qwen35_text_layout():
     cfg = json.loads((NANO / "config.json").read_text())
     assert cfg["model_type"] == "qwen3_5_text"
@@ -127,13 +142,10 @@ def test_heldout_perplexity_below_bound(model):
     assert ppl < PPL_BOUND and bpb < BPB_BOUND, f"held-out ppl {ppl:.2f}, {bpb:.3f} bits/byte"
 
 
-def test_greedy_generation_continues_python(model, tokenizer):
-    prompt = "def fibonacci(n):\n    if n < 2:\n"
-    ids = tokenizer(prompt, return_tensors="pt")
+def test_greedy_generation_continues_python(greedy_64):
     # 64 tokens, the goal's length: the shipped fine-tune writes a two-line comment and a loop before its `return`
     # (the pre-trained weights returned at once, within 32).
-    out = model.generate(**ids, max_new_tokens=64, do_sample=False)
-    text = tokenizer.decode(out[0, ids["input_ids"].shape[1]:])
+    text = greedy_64("def fibonacci(n):\n    if n < 2:\n")
     # Python structure, which random or mis-loaded weights do not produce: the if-body opens one
     # level deeper (8 spaces), it returns, and every line is indented in steps of 4.
     assert text.startswith("        ") and "return" in text, repr(text)
@@ -170,13 +182,11 @@ def test_corpus_manifest_holds_out_whole_permissive_packages():
 # on 128 held-out user-shaped prompts from 79 % to 17 %. It passes these two prompts, but narrowly: its own checkpoints
 # passed the second one at 3 of 10 (models/nano/README.md, "Greedy loops"), and `class Stack:` still loops. The file
 # is fixed and greedy decoding deterministic, so a failure here means the weights or the decoding path changed.
-def test_demo_prompt_greedy_64_tokens_repeat_no_line(model, tokenizer):
+def test_demo_prompt_greedy_64_tokens_repeat_no_line(greedy_64):
     # The first nano looped ("the file is a string of the file is a string ...") within a few lines; the demo
     # (`qwen-mobile demo`) and the CLI default decode from these prompts.
     for prompt in ("def fibonacci(n):\n    if n < 2:\n", "def fibonacci(n):\n"):
-        ids = tokenizer(prompt, return_tensors="pt")
-        out = model.generate(**ids, max_new_tokens=64, do_sample=False)
-        text = prompt + tokenizer.decode(out[0, ids["input_ids"].shape[1]:])
+        text = prompt + greedy_64(prompt)
         # A line is compared with its indentation: `return n` in an if-body and after it are two lines of code.
         lines = [ln.rstrip() for ln in text.split("\n")[:-1] if ln.strip()]  # the last line may be cut mid-way
         assert len(lines) >= 3 and len(lines) == len(set(lines)), repr(text)
