@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import tempfile
 from pathlib import Path
 
@@ -106,8 +107,10 @@ def main() -> None:
     for r in rows:
         print(f"| {r['label']} | {r['model_pte_mb']:.1f} MB | {r['ppl']:.3f} | {r['ppl_change']:+.2%} | "
               f"{r['top1_agreement_with_eager']:.1%} | {r['gate_top1']:.3f} | {r['gate_mean_kl']:.2g} |")
-    if args.out:
-        args.out.write_text(json.dumps({"eager_fp32_ppl": ppl_ref, "rows": rows}, indent=1) + "\n")
+    if args.out:  # written whole under a temporary name, then renamed: never a half-written file at --out
+        tmp = args.out.with_name(f".{args.out.name}.tmp")
+        tmp.write_text(json.dumps({"eager_fp32_ppl": ppl_ref, "rows": rows}, indent=1) + "\n")
+        os.replace(tmp, args.out)
 
 
 if __name__ == "__main__":
